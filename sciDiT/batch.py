@@ -1,0 +1,146 @@
+"""The one batch type every model sees.
+
+A *token set* is an unordered set of tokens with per-token fields and per-set fields. Tokenizers
+(``sciDiT.tokenizers``) are the only code that knows what a token means (an atom, a gene); models,
+the flow-matching code and the training loops see only :class:`TokenSet` and :class:`TokenBatch`.
+
+Fields (``n`` tokens in a set, ``B`` sets padded to ``N`` tokens in a batch):
+
+==========  ===============  ==================================================================
+field       shape            meaning
+==========  ===============  ==================================================================
+types       [n] long         token identity: atomic number (atoms) or gene index (cells)
+pos         [n, 3] float     Cartesian position in Angstrom (zeros for cells)
+frac        [n, 3] float     fractional coordinates in [0, 1) (crystals only, else zeros)
+values      [n] float        scalar value per token: expression (cells only, else zeros)
+lattice     [6] float        a, b, c (Angstrom), alpha, beta, gamma (degrees); zeros if none
+domain      int              :class:`Domain`
+==========  ===============  ==================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from enum import IntEnum
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class Domain(IntEnum):
+    """Modality of a token set; also the index of its conditioning embedding."""
+
+    MOLECULE = 0
+    CRYSTAL = 1
+    CELL = 2
+
+
+@dataclass
+class TokenSet:
+    """One molecule, crystal or cell as a set of tokens (see module docstring for fields)."""
+
+    types: Tensor
+    pos: Tensor
+    frac: Tensor
+    values: Tensor
+    lattice: Tensor
+    domain: Domain
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.types.shape[0])
+
+    def permute(self, perm: Tensor) -> "TokenSet":
+        """The same set with its tokens reordered (a set has no order: models must not care)."""
+        return replace(self, types=self.types[perm], pos=self.pos[perm], frac=self.frac[perm], values=self.values[perm])
+
+
+_TOKEN_FIELDS = ("types", "pos", "frac", "values")
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch of token sets: ``mask[b, i]`` is True where token ``i`` of set ``b`` is real.
+
+    ``cond`` carries extra per-set conditioning tensors (e.g. perturbation token ids) keyed by name;
+    ``meta`` keeps the per-set metadata (ids, SMILES) for export and evaluation.
+    """
+
+    types: Tensor  # [B, N] long, 0 at padding
+    pos: Tensor  # [B, N, 3]
+    frac: Tensor  # [B, N, 3]
+    values: Tensor  # [B, N]
+    mask: Tensor  # [B, N] bool
+    lattice: Tensor  # [B, 6]
+    domain: Tensor  # [B] long
+    cond: dict[str, Tensor] = field(default_factory=dict)
+    meta: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.types.shape[0])
+
+    @property
+    def num_tokens(self) -> Tensor:
+        """Real tokens per set, [B] long."""
+        return self.mask.sum(dim=1)
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the [B, N] slots that are padding (wasted compute)."""
+        return 1.0 - float(self.mask.float().mean())
+
+    def to(self, device: torch.device | str) -> "TokenBatch":
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **moved, cond={k: v.to(device) for k, v in self.cond.items()})
+
+    def unbatch(self) -> list[TokenSet]:
+        """Split back into token sets (padding dropped)."""
+        out = []
+        for b in range(self.batch_size):
+            m = self.mask[b]
+            out.append(
+                TokenSet(
+                    types=self.types[b][m],
+                    pos=self.pos[b][m],
+                    frac=self.frac[b][m],
+                    values=self.values[b][m],
+                    lattice=self.lattice[b],
+                    domain=Domain(int(self.domain[b])),
+                    meta=self.meta[b] if b < len(self.meta) else {},
+                )
+            )
+        return out
+
+
+def collate(sets: list[TokenSet], cond: dict[str, Tensor] | None = None) -> TokenBatch:
+    """Pad a list of token sets to the largest one; the default ``collate_fn`` of every loader."""
+    if not sets:
+        raise ValueError("collate() needs at least one token set")
+    n_max = max(s.num_tokens for s in sets)
+    bsz = len(sets)
+    types = torch.zeros(bsz, n_max, dtype=torch.long)
+    pos = torch.zeros(bsz, n_max, 3)
+    frac = torch.zeros(bsz, n_max, 3)
+    values = torch.zeros(bsz, n_max)
+    mask = torch.zeros(bsz, n_max, dtype=torch.bool)
+    for b, s in enumerate(sets):
+        n = s.num_tokens
+        types[b, :n] = s.types
+        pos[b, :n] = s.pos
+        frac[b, :n] = s.frac
+        values[b, :n] = s.values
+        mask[b, :n] = True
+    return TokenBatch(
+        types=types,
+        pos=pos,
+        frac=frac,
+        values=values,
+        mask=mask,
+        lattice=torch.stack([s.lattice.float() for s in sets]),
+        domain=torch.tensor([int(s.domain) for s in sets], dtype=torch.long),
+        cond=cond or {},
+        meta=[s.meta for s in sets],
+    )
