@@ -1,0 +1,26 @@
+"""Perturbation-response prediction: splits, baselines and the predictor interface sciDiT plugs into."""
+
+from sciDiT.perturbation.baselines import (
+    BASELINES,
+    Additive,
+    LinearGeneEmbedding,
+    NoChange,
+    PerturbedMean,
+    ShiftPredictor,
+    TrainCells,
+)
+from sciDiT.perturbation.splits import PerturbationSplit, random_cells_split, replicate_split, unseen_target_split
+
+__all__ = [
+    "BASELINES",
+    "Additive",
+    "LinearGeneEmbedding",
+    "NoChange",
+    "PerturbationSplit",
+    "PerturbedMean",
+    "ShiftPredictor",
+    "TrainCells",
+    "random_cells_split",
+    "replicate_split",
+    "unseen_target_split",
+]
