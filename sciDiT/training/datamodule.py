@@ -1,0 +1,149 @@
+"""Lightning data module over one or more real datasets, batched as :class:`~sciDiT.batch.TokenBatch`.
+
+Each domain's split is loaded (and cached) by :mod:`sciDiT.data`, the domains are concatenated and
+batched by :class:`~sciDiT.data.sampler.BucketBatchSampler` with the trainer's rank and world size,
+so the Trainer must run with ``use_distributed_sampler=False``. Constructor arguments are the keys of
+the Hydra config group ``sciDiT/configs/data``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from sciDiT.batch import Domain, collate
+from sciDiT.data.cache import TokenSetDataset
+from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae
+from sciDiT.data.qm9 import load_qm9_split
+from sciDiT.data.sampler import BucketBatchSampler, _dist_default
+from sciDiT.errors import SciDiTInputError
+
+DATASET_NAMES = ("qm9", *CDVAE_FOLDERS)
+SPEC_KEYS = {"name", "max_train", "max_val", "max_test", "limit"}
+SPLITS_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+def dataset_specs(datasets: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Normalise the ``datasets`` argument to a list of ``{name, max_train, max_val, max_test, limit}``.
+
+    Accepts a list of names or of dicts with a ``name`` key, or a dict ``{name: {max_train: ...}}``.
+    ``max_<split>``: a seeded random subset of that split; ``limit``: read only the first source rows.
+    """
+    if isinstance(datasets, Mapping):
+        items = [{"name": name, **dict(opts or {})} for name, opts in datasets.items()]
+    else:
+        items = [{"name": d} if isinstance(d, str) else dict(d) for d in datasets]
+    if not items:
+        raise SciDiTInputError("data.datasets is empty: name at least one of " + ", ".join(DATASET_NAMES))
+    for spec in items:
+        unknown = set(spec) - SPEC_KEYS
+        if unknown:
+            raise SciDiTInputError(f"unknown keys {sorted(unknown)} in data.datasets entry {spec} (allowed: {sorted(SPEC_KEYS)})")
+        if spec.get("name") not in DATASET_NAMES:
+            raise SciDiTInputError(f"unknown dataset {spec.get('name')!r} in data.datasets (expected one of {', '.join(DATASET_NAMES)})")
+    return items
+
+
+class TokenSetDataModule(L.LightningDataModule):
+    """Train/val/test loaders over the named datasets, concatenated across domains.
+
+    Args:
+        datasets: which datasets and subset sizes (see :func:`dataset_specs`).
+        data_dir, cache_dir: data folder (read-only) and cache folder; None = env var / default.
+        batch_size: sets per batch; ``max_tokens`` instead caps padded token slots per batch.
+        num_workers: DataLoader worker processes; ``parse_workers``: processes parsing CIFs on first load.
+        seed: seeds the subsets and the per-epoch shuffling.
+        bucket_batches: batches per size-sorted bucket of the sampler.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[Any] | Mapping[str, Any],
+        data_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        batch_size: int = 256,
+        max_tokens: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+        bucket_batches: int = 32,
+        parse_workers: int = 2,
+    ):
+        super().__init__()
+        self.specs = dataset_specs(datasets)
+        self.data_dir, self.cache_dir = data_dir, cache_dir
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.num_workers, self.seed = num_workers, seed
+        self.bucket_batches, self.parse_workers = bucket_batches, parse_workers
+        self.splits: dict[str, list[TokenSetDataset]] = {}
+
+    # -- loading ----------------------------------------------------------------------------------
+    def load_split(self, spec: dict[str, Any], split: str) -> TokenSetDataset:
+        """One dataset's split, cut to ``max_<split>`` sets by a seeded random subset."""
+        name, limit = spec["name"], spec.get("limit")
+        if name == "qm9":
+            data = load_qm9_split(split, self.data_dir, self.cache_dir, limit=limit)
+        else:
+            data = load_cdvae(name, split, self.data_dir, self.cache_dir, limit=limit, workers=self.parse_workers)
+        k = spec.get(f"max_{split}")
+        if k is not None and k < len(data):
+            keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed)).numpy()[:k]
+            data = data.subset(np.sort(keep))
+        return data
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = ("train", "val", "test") if stage is None else SPLITS_OF_STAGE[stage]
+        for split in splits:
+            if split not in self.splits:
+                self.splits[split] = [self.load_split(spec, split) for spec in self.specs]
+
+    def atom_count_histogram(self) -> dict[Domain, torch.Tensor]:
+        """Per domain, how many training sets have n tokens (index n), for sampling set sizes at generation."""
+        self.setup("fit")
+        counts: dict[Domain, list[np.ndarray]] = {}
+        for data in self.splits["train"]:
+            counts.setdefault(data.domain, []).append(data.num_tokens)
+        return {dom: torch.bincount(torch.from_numpy(np.concatenate(parts))) for dom, parts in counts.items()}
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return _dist_default(None, None)
+
+    def loader(self, split: str) -> DataLoader:
+        """A DataLoader of TokenBatch over the split of every dataset (shuffled for train only)."""
+        self.setup(next(stage for stage, s in SPLITS_OF_STAGE.items() if split in s))
+        parts = self.splits[split]
+        rank, world_size = self._rank_world()
+        sampler = BucketBatchSampler(
+            np.concatenate([p.num_tokens for p in parts]),
+            batch_size=self.batch_size,
+            max_tokens=self.max_tokens,
+            shuffle=split == "train",
+            seed=self.seed,
+            bucket_batches=self.bucket_batches,
+            rank=rank,
+            world_size=world_size,
+        )
+        return DataLoader(
+            ConcatDataset(parts),
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
