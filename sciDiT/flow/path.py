@@ -43,10 +43,15 @@ class VelocityModel(Protocol):
 # ----------------------------------------------------------------------------------------------
 
 
+def _draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:
+    """Random numbers are drawn where the generator lives (a CPU seed gives the same draws for CUDA data)."""
+    return device if generator is None else generator.device
+
+
 def sample_noise(mask: Tensor, dim: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Standard Gaussian ``x0 [B, N, dim]`` for the real tokens of ``mask [B, N]``, zeros at padding."""
-    x0 = torch.randn(*mask.shape, dim, generator=generator, device=mask.device, dtype=dtype)  # [B, N, D]
-    return x0 * mask.unsqueeze(-1).to(dtype)
+    x0 = torch.randn(*mask.shape, dim, generator=generator, device=_draw_device(generator, mask.device), dtype=dtype)
+    return x0.to(mask.device) * mask.unsqueeze(-1).to(dtype)  # [B, N, D]
 
 
 def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
@@ -80,10 +85,11 @@ def sample_time(
     ``uniform``: U(0, 1). ``logit_normal``: sigmoid of N(loc, scale^2), which spends more of the
     training signal on intermediate times (Esser et al. 2024, "Scaling Rectified Flow Transformers").
     """
+    draw = _draw_device(generator, device)
     if schedule == "uniform":
-        return torch.rand(batch_size, device=device, generator=generator)
+        return torch.rand(batch_size, device=draw, generator=generator).to(device)
     if schedule == "logit_normal":
-        return torch.sigmoid(loc + scale * torch.randn(batch_size, device=device, generator=generator))
+        return torch.sigmoid(loc + scale * torch.randn(batch_size, device=draw, generator=generator)).to(device)
     raise ValueError(f"unknown time schedule {schedule!r}; expected one of {TIME_SCHEDULES}")
 
 
@@ -126,7 +132,7 @@ def flow_matching_loss(
         t = sample_time(bsz, time_schedule, device=x1.device, generator=generator)  # [B]
     x_t = interpolate(x0, x1, t)  # [B, N, D]
     x_self_cond = None
-    if self_condition_prob > 0 and bool(torch.rand((), device=x1.device, generator=generator) < self_condition_prob):
+    if self_condition_prob > 0 and bool(torch.rand((), device=_draw_device(generator, x1.device), generator=generator) < self_condition_prob):
         with torch.no_grad():
             x_self_cond = x1_from_velocity(x_t, t, model(x_t, t, mask, cond)).detach()  # [B, N, D]
     v = model(x_t, t, mask, cond, x_self_cond=x_self_cond)  # [B, N, D]
