@@ -132,7 +132,8 @@ def flow_matching_loss(
         t = sample_time(bsz, time_schedule, device=x1.device, generator=generator)  # [B]
     x_t = interpolate(x0, x1, t)  # [B, N, D]
     x_self_cond = None
-    if self_condition_prob > 0 and bool(torch.rand((), device=_draw_device(generator, x1.device), generator=generator) < self_condition_prob):
+    coin = torch.rand((), device=_draw_device(generator, x1.device), generator=generator)  # one draw per batch
+    if self_condition_prob > 0 and bool(coin < self_condition_prob):
         with torch.no_grad():
             x_self_cond = x1_from_velocity(x_t, t, model(x_t, t, mask, cond)).detach()  # [B, N, D]
     v = model(x_t, t, mask, cond, x_self_cond=x_self_cond)  # [B, N, D]
