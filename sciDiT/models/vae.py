@@ -1,0 +1,231 @@
+"""Shared all-atom VAE (ADiT-style): one encoder/decoder for molecules and crystals.
+
+Every atom becomes a token; a set transformer encodes the token set into a small per-token latent
+(ADiT: 8 dims) and decodes it back into atom types, Cartesian positions (molecules), fractional
+coordinates and lattice parameters (crystals). Attention is set-based (no positional or index
+embedding), so permuting the input atoms permutes every per-token output.
+
+Sections, in data-flow order: feature maps -> input embedding -> encoder -> latent -> decoder ->
+output heads -> losses -> weight initialisation -> size registry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sciDiT.batch import Domain, TokenBatch
+from sciDiT.models.attention import TransformerBlock, masked_mean
+from sciDiT.tokenizers.crystal import lattice_matrix
+from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
+
+#################################################################################
+#                     Feature maps (normalisation of inputs/targets)            #
+#################################################################################
+
+POS_SCALE = 2.0  # Angstrom per unit of normalised position
+LENGTH_SCALE = 5.0  # Angstrom: lattice lengths are normalised as log(a / LENGTH_SCALE)
+ANGLE_SCALE = 30.0  # degrees per unit of normalised lattice angle
+
+
+def lattice_to_features(lattice: Tensor, has_lattice: Tensor) -> Tensor:
+    """[B, 6] lattice parameters -> [B, 6] normalised (log(length/5), (angle - 90)/30); zeros where no lattice."""
+    lengths = torch.log(lattice[:, :3].clamp_min(1e-3) / LENGTH_SCALE)  # [B, 3]
+    angles = (lattice[:, 3:] - 90.0) / ANGLE_SCALE  # [B, 3]
+    return torch.cat([lengths, angles], dim=-1) * has_lattice[:, None]  # [B, 6]
+
+
+def features_to_lattice(feat: Tensor) -> Tensor:
+    """Inverse of :func:`lattice_to_features` for sets that have a lattice."""
+    return torch.cat([torch.exp(feat[:, :3]) * LENGTH_SCALE, feat[:, 3:] * ANGLE_SCALE + 90.0], dim=-1)  # [B, 6]
+
+
+def fourier_frac(frac: Tensor, num_freqs: int) -> Tensor:
+    """Periodic features of fractional coordinates: sin/cos(2 pi k f), k = 1..K -> [..., 6K]."""
+    k = torch.arange(1, num_freqs + 1, device=frac.device, dtype=frac.dtype)  # [K]
+    angles = 2 * math.pi * frac[..., None] * k  # [..., 3, K]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # [..., 6K]
+
+
+def periodic_difference(a: Tensor, b: Tensor) -> Tensor:
+    """Minimum-image difference of fractional coordinates, in [-0.5, 0.5)."""
+    d = a - b
+    return d - torch.round(d)
+
+
+#################################################################################
+#                                   The VAE                                     #
+#################################################################################
+
+
+@dataclass
+class VAEOutput:
+    """Decoder outputs in normalised units, plus the latent distribution."""
+
+    type_logits: Tensor  # [B, N, NUM_ATOM_TYPES]
+    pos: Tensor  # [B, N, 3] normalised Cartesian positions
+    frac: Tensor  # [B, N, 3] fractional coordinates (unwrapped)
+    lattice: Tensor  # [B, 6] normalised lattice features
+    mu: Tensor  # [B, N, latent_dim]
+    logvar: Tensor  # [B, N, latent_dim]
+
+
+class AllAtomVAE(nn.Module):
+    """Set-transformer VAE over atom tokens with a ``latent_dim``-wide latent per atom."""
+
+    def __init__(
+        self,
+        hidden_size: int = 256,
+        encoder_depth: int = 4,
+        decoder_depth: int = 4,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        latent_dim: int = 8,
+        num_frac_freqs: int = 4,
+        num_domains: int = len(Domain),
+    ):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.num_frac_freqs = num_frac_freqs
+        # input embedding: atom type + position + periodic frac features + lattice + domain
+        self.type_embed = nn.Embedding(NUM_ATOM_TYPES, hidden_size)
+        self.pos_embed = nn.Linear(3, hidden_size)
+        self.frac_embed = nn.Linear(6 * num_frac_freqs, hidden_size)
+        self.lattice_embed = nn.Linear(6, hidden_size)
+        self.domain_embed = nn.Embedding(num_domains, hidden_size)
+        # encoder -> latent
+        self.encoder = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(encoder_depth))
+        self.encoder_norm = nn.LayerNorm(hidden_size)
+        self.to_latent = nn.Linear(hidden_size, 2 * latent_dim)
+        # latent -> decoder
+        self.from_latent = nn.Linear(latent_dim, hidden_size)
+        self.decoder_domain_embed = nn.Embedding(num_domains, hidden_size)
+        self.decoder = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(hidden_size)
+        # output heads
+        self.type_head = nn.Linear(hidden_size, NUM_ATOM_TYPES)
+        self.pos_head = nn.Linear(hidden_size, 3)
+        self.frac_head = nn.Linear(hidden_size, 3)
+        self.lattice_head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, 6))
+        self.initialize_weights()
+
+    # -- encoder ------------------------------------------------------------------------------------
+    def embed(self, batch: TokenBatch) -> Tensor:
+        has_lattice = (batch.domain == Domain.CRYSTAL).to(batch.pos.dtype)  # [B]
+        x = self.type_embed(batch.types)  # [B, N, D]
+        x = x + self.pos_embed(batch.pos / POS_SCALE)  # [B, N, D]
+        x = x + self.frac_embed(fourier_frac(batch.frac, self.num_frac_freqs)) * has_lattice[:, None, None]  # [B, N, D]
+        x = x + self.lattice_embed(lattice_to_features(batch.lattice, has_lattice))[:, None]  # [B, N, D]
+        return x + self.domain_embed(batch.domain)[:, None]  # [B, N, D]
+
+    def encode(self, batch: TokenBatch) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance of the per-atom latents, each [B, N, latent_dim]."""
+        x = self.embed(batch)  # [B, N, D]
+        for block in self.encoder:
+            x = block(x, batch.mask)  # [B, N, D]
+        mu, logvar = self.to_latent(self.encoder_norm(x)).chunk(2, dim=-1)  # 2 x [B, N, L]
+        return mu, logvar.clamp(-12.0, 6.0)
+
+    # -- decoder ------------------------------------------------------------------------------------
+    def decode(self, z: Tensor, mask: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Latents [B, N, L] -> type logits, normalised positions, frac coords, lattice features."""
+        h = self.from_latent(z) + self.decoder_domain_embed(domain)[:, None]  # [B, N, D]
+        for block in self.decoder:
+            h = block(h, mask)  # [B, N, D]
+        h = self.decoder_norm(h)  # [B, N, D]
+        type_logits = self.type_head(h)  # [B, N, T]
+        pos = self.pos_head(h)  # [B, N, 3]
+        frac = self.frac_head(h)  # [B, N, 3]
+        lattice = self.lattice_head(masked_mean(h, mask))  # [B, 6]
+        return type_logits, pos, frac, lattice
+
+    def forward(self, batch: TokenBatch, sample: bool = True) -> VAEOutput:
+        mu, logvar = self.encode(batch)  # [B, N, L] x 2
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu  # [B, N, L]
+        type_logits, pos, frac, lattice = self.decode(z, batch.mask, batch.domain)
+        return VAEOutput(type_logits, pos, frac, lattice, mu, logvar)
+
+    # -- back to token sets -----------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor) -> TokenBatch:
+        """Decode latents into a :class:`TokenBatch` in physical units (types by argmax over elements)."""
+        type_logits, pos, frac, lattice_feat = self.decode(z, mask, domain)
+        type_logits = type_logits.float().clone()
+        type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
+        types = type_logits.argmax(-1) * mask  # [B, N]
+        is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
+        frac = torch.remainder(frac.float(), 1.0) * is_crystal[..., None]  # [B, N, 3]
+        lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
+        crystal_pos = frac @ lattice_matrix(lattice.double()).float()  # [B, N, 3]
+        pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
+        return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
+                          mask=mask, lattice=lattice, domain=domain)
+
+    @torch.no_grad()
+    def reconstruct(self, batch: TokenBatch) -> TokenBatch:
+        """Encode with the posterior mean and decode: the deterministic reconstruction."""
+        mu, _ = self.encode(batch)
+        out = self.decode_to_batch(mu, batch.mask, batch.domain)
+        out.meta = batch.meta
+        return out
+
+    # -- losses -------------------------------------------------------------------------------------
+    def loss(self, out: VAEOutput, target: TokenBatch) -> dict[str, Tensor]:
+        """Per-term losses against the clean target batch (means over real tokens of each domain)."""
+        mask = target.mask  # [B, N]
+        is_mol = (target.domain == Domain.MOLECULE)[:, None] & mask  # [B, N]
+        is_xtal = (target.domain == Domain.CRYSTAL)[:, None] & mask  # [B, N]
+        ce = F.cross_entropy(out.type_logits.float().transpose(1, 2), target.types, reduction="none")  # [B, N]
+        pos_err = (out.pos.float() - target.pos / POS_SCALE).square().sum(-1)  # [B, N]
+        frac_err = periodic_difference(out.frac.float(), target.frac).square().sum(-1)  # [B, N]
+        has_lattice = (target.domain == Domain.CRYSTAL).float()  # [B]
+        lat_err = (out.lattice.float() - lattice_to_features(target.lattice, has_lattice)).square().sum(-1)  # [B]
+        kl = 0.5 * (out.mu.float().square() + out.logvar.float().exp() - 1.0 - out.logvar.float()).sum(-1)  # [B, N]
+        return {
+            "types": _masked_mean(ce, mask),
+            "pos": _masked_mean(pos_err, is_mol),
+            "frac": _masked_mean(frac_err, is_xtal),
+            "lattice": _masked_mean(lat_err, has_lattice.bool()),
+            "kl": _masked_mean(kl, mask),
+        }
+
+    # -- initialisation -----------------------------------------------------------------------------
+    def initialize_weights(self) -> None:
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        for emb in (self.type_embed, self.domain_embed, self.decoder_domain_embed):
+            nn.init.normal_(emb.weight, std=0.02)
+        # start from a near-prior latent: small posterior means, unit variance
+        nn.init.normal_(self.to_latent.weight, std=0.02)
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    w = mask.to(x.dtype)
+    return (x * w).sum() / w.sum().clamp_min(1.0)
+
+
+#################################################################################
+#                                 Size registry                                 #
+#################################################################################
+
+VAE_SIZES: dict[str, dict[str, int]] = {
+    "VAE-T": dict(hidden_size=128, encoder_depth=2, decoder_depth=2, num_heads=4),  # tests, CPU smoke
+    "VAE-S": dict(hidden_size=256, encoder_depth=4, decoder_depth=4, num_heads=8),  # CPU training
+    "VAE-ADiT": dict(hidden_size=512, encoder_depth=8, decoder_depth=8, num_heads=8),  # ADiT scale, GPU
+}
+
+
+def build_vae(size: str, **overrides: int | float) -> AllAtomVAE:
+    """A VAE from the size registry, e.g. ``build_vae("VAE-S", latent_dim=8)``."""
+    if size not in VAE_SIZES:
+        raise KeyError(f"unknown VAE size {size!r}; choose from {sorted(VAE_SIZES)}")
+    return AllAtomVAE(**{**VAE_SIZES[size], **overrides})

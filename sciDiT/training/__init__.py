@@ -1,0 +1,1 @@
+"""Training glue: Lightning modules, data module, augmentation (thin wrappers over sciDiT.models)."""

@@ -1,0 +1,82 @@
+"""Lightning glue for the all-atom VAE: optimisation, augmentation, logging, reconstruction metrics.
+
+The maths lives in :mod:`sciDiT.models.vae`; this module only wires it to a Trainer. It knows
+domains (molecule / crystal) through the batch, never datasets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from sciDiT.batch import TokenBatch, TokenSet
+from sciDiT.models.vae import AllAtomVAE
+from sciDiT.training.augment import augment, corrupt
+from sciDiT.training.optim import build_optimizer
+
+
+class VAEModule(L.LightningModule):
+    """Trains :class:`AllAtomVAE`; ``vae`` holds its constructor arguments (the ``model/vae`` config)."""
+
+    def __init__(
+        self,
+        vae: dict[str, Any],
+        loss_weights: dict[str, float] | None = None,
+        type_mask_prob: float = 0.1,
+        pos_noise: float = 0.05,
+        augment_rotation: bool = True,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 200,
+        max_eval_sets: int = 2000,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = AllAtomVAE(**vae)
+        self.loss_weights = {"types": 1.0, "pos": 1.0, "frac": 10.0, "lattice": 1.0, "kl": 1e-5, **(loss_weights or {})}
+        self._test_pairs: list[tuple[TokenSet, TokenSet]] = []
+
+    # -- training -----------------------------------------------------------------------------------
+    def _losses(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
+        target = augment(batch, rotate=self.hparams.augment_rotation) if self.training else batch
+        noisy = corrupt(target, self.hparams.type_mask_prob, self.hparams.pos_noise) if self.training else target
+        terms = self.model.loss(self.model(noisy, sample=self.training), target)
+        terms["loss"] = sum(self.loss_weights[k] * v for k, v in terms.items())
+        return terms
+
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
+        terms = self._losses(batch)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch.batch_size)
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch.batch_size)
+        self.log("train/atoms", batch.mask.sum().float(), reduce_fx="sum", batch_size=batch.batch_size)
+        return terms["loss"]
+
+    # -- validation: cheap per-token figures --------------------------------------------------------
+    def validation_step(self, batch: TokenBatch, batch_idx: int) -> None:
+        terms = self._losses(batch)
+        recon = self.model.reconstruct(batch)
+        correct = ((recon.types == batch.types) & batch.mask).sum()
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch.batch_size, sync_dist=True)
+        self.log("val/type_accuracy", correct / batch.mask.sum(), batch_size=int(batch.mask.sum()), sync_dist=True)
+
+    # -- test: full reconstruction metrics on decoded structures --------------------------------------
+    def test_step(self, batch: TokenBatch, batch_idx: int) -> None:
+        if len(self._test_pairs) >= self.hparams.max_eval_sets:
+            return
+        recon = self.model.reconstruct(batch)
+        self._test_pairs.extend(zip(recon.to("cpu").unbatch(), batch.to("cpu").unbatch()))
+
+    def on_test_epoch_end(self) -> None:
+        from sciDiT.evaluation.reconstruction import reconstruction_report
+
+        pairs = self._test_pairs[: self.hparams.max_eval_sets]
+        self._test_pairs = []
+        report = reconstruction_report([p for p, _ in pairs], [t for _, t in pairs])
+        for key, value in report.items():
+            self.log(f"test/{key}", float(value), batch_size=1)
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
+
