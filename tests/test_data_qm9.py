@@ -123,3 +123,31 @@ def test_csv_without_columns_names_the_file(tmp_path):
     df.drop(columns=["XYZ_Ang"]).to_csv(tmp_path / "data" / "qm9" / "qm9_part1.csv", index=False)
     with pytest.raises(SciDiTInputError, match="qm9_part1.csv: not a qm9pack CSV"):
         qm9.load_qm9(tmp_path / "data", tmp_path / "cache")
+
+
+def test_pyg_raw_layout_gives_the_same_molecules(tmp_path, raw_rows):
+    """A torch_geometric QM9 root whose raw/ files hold the first real qm9pack rows (format fixture:
+    the target table is zero-filled, sciDiT does not read it) loads to the same token sets."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    rows = raw_rows.iloc[:6]
+    raw = tmp_path / "qm9" / "raw"
+    raw.mkdir(parents=True)
+    with Chem.SDWriter(str(raw / "gdb9.sdf")) as writer:
+        for idx, els, xyz in zip(rows["Index"], rows["Elements"], rows["XYZ_Ang"]):
+            symbols = json.loads(els.replace("'", '"'))
+            coords = json.loads(re.sub(r"\.(?=[,\]Ee])", ".0", xyz))
+            mol = Chem.MolFromXYZBlock(f"{len(symbols)}\n\n" + "".join(f"{s} {x} {y} {z}\n" for s, (x, y, z) in zip(symbols, coords)))
+            rdDetermineBonds.DetermineConnectivity(mol)
+            mol.SetProp("_Name", f"gdb_{idx}")
+            writer.write(mol)
+    (raw / "gdb9.sdf.csv").write_text("mol_id," + ",".join(f"t{k}" for k in range(19)) + "\n" + "".join(f"gdb_{i}," + ",".join(["0"] * 19) + "\n" for i in rows["Index"]))
+    (raw / "uncharacterized.txt").write_text("header\n" * 9 + "\n")  # no molecule skipped
+    assert qm9.find_qm9(tmp_path) == ("pyg", tmp_path / "qm9")
+    from_pyg = qm9.load_qm9(tmp_path, tmp_path / "cache")
+    from_csv = qm9.load_qm9(tmp_path / "no_data", tmp_path / "cache", limit=6)
+    assert from_pyg.meta_column("qm9_index") == from_csv.meta_column("qm9_index")
+    for i in range(6):
+        assert from_pyg[i].types.tolist() == from_csv[i].types.tolist()
+        np.testing.assert_allclose(from_pyg[i].pos.numpy(), from_csv[i].pos.numpy(), atol=2e-4)  # SDF keeps 4 decimals

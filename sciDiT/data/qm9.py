@@ -108,7 +108,12 @@ def _read_pyg(root: Path, limit: int | None) -> TokenSetDataset:
         def download(self) -> None:
             raise not_found("qm9", self.raw_dir, "torch_geometric QM9 raw files " + ", ".join(PYG_RAW_FILES))
 
-    pyg = _LocalQM9(str(root))
+    try:
+        pyg = _LocalQM9(str(root))
+    except DataNotFoundError:
+        raise
+    except Exception as err:  # PyG's processing of malformed raw files raises anything
+        raise SciDiTInputError(f"torch_geometric could not read this QM9 root: {type(err).__name__}: {err}", root) from err
     tokenizer = MoleculeTokenizer()
     n = len(pyg) if limit is None else min(limit, len(pyg))
     sets = []
