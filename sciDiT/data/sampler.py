@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Sampler
 
 
-def _dist_default(rank: int | None, world_size: int | None) -> tuple[int, int]:
+def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world size): the given values, else torch.distributed's when initialized, else (0, 1)."""
     initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     if world_size is None:
@@ -90,7 +90,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ValueError(f"max_tokens={max_tokens} is smaller than the largest set ({int(self.num_tokens.max())} tokens)")
         self.batch_size, self.max_tokens = batch_size, max_tokens
         self.bucket_batches, self.drop_last, self.shuffle = bucket_batches, drop_last, shuffle
-        self.rank, self.world_size = _dist_default(rank, world_size)
+        self.rank, self.world_size = rank_and_world_size(rank, world_size)
         self.sampler = EpochShuffle(len(self.num_tokens), shuffle=shuffle, seed=seed)
         self._cache: tuple[int, list[list[int]]] | None = None
 

@@ -21,7 +21,7 @@ from sciDiT.batch import Domain, collate
 from sciDiT.data.cache import TokenSetDataset
 from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae
 from sciDiT.data.qm9 import load_qm9_split
-from sciDiT.data.sampler import BucketBatchSampler, _dist_default
+from sciDiT.data.sampler import BucketBatchSampler, rank_and_world_size
 from sciDiT.errors import SciDiTInputError
 
 DATASET_NAMES = ("qm9", *CDVAE_FOLDERS)
@@ -114,7 +114,7 @@ class TokenSetDataModule(L.LightningDataModule):
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size
-        return _dist_default(None, None)
+        return rank_and_world_size(None, None)
 
     def loader(self, split: str) -> DataLoader:
         """A DataLoader of TokenBatch over the split of every dataset (shuffled for train only)."""
