@@ -74,7 +74,7 @@ def test_fit_pca_recovers_a_line():
 def _toy() -> ad.AnnData:
     """Hand-made screen: 4 genes, controls, A and B (targets g0 and g1) and the double A+B."""
     rows = {
-        "control": [[0, 0, 0, 0], [2, 0, 0, 0], [1, 1, 0, 0], [1, -1, 0, 0]],
+        "control": [[0, 0, 0, 0], [2, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]],
         "A": [[3, 1, 0, 1], [3, 1, 0, 1]],
         "B": [[1, 3, 0, 0], [1, 3, 0, 2]],
         "A+B": [[4, 4, 0, 1], [4, 4, 0, 3], [4, 4, 0, 2]],
@@ -101,6 +101,11 @@ def test_shift_baselines_closed_form():
         np.testing.assert_allclose(pred.varm["predicted_shift"]["A+B"], expected)
         np.testing.assert_allclose(pred.X.mean(0), np.array([1, 0, 0, 0]) + expected, atol=1e-6)
     assert Additive().fit(train).predict(control, ["A+C"]).uns["skipped"] == ["A+C"]
+    # a negative shift is clipped at 0 in the cells (valid log-expression) but kept exactly in varm
+    reverse = adata[adata.obs["perturbation"].isin(["control", "A+B"])].copy()
+    reverse.obs["perturbation"] = reverse.obs["perturbation"].astype(str).replace({"A+B": "control", "control": "A+B"})
+    down = PerturbedMean().fit(reverse).predict(reverse[reverse.obs["perturbation"] == "control"].copy(), ["A+B"])
+    assert down.X.min() == 0.0 and down.varm["predicted_shift"]["A+B"].min() < 0
     cells = TrainCells().fit(train).predict(control, ["A", "A+B"])
     assert cells.n_obs == 2 and cells.uns["skipped"] == ["A+B"]
 

@@ -24,6 +24,7 @@ against the control cells, as GEARS does; ``de_method='abs_mean'`` ranks by |mea
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,10 +109,11 @@ def top_de_genes(real: ad.AnnData, control: ad.AnnData, perturbations: Sequence[
     if method not in ("t-test", "wilcoxon"):
         raise SciDiTInputError(f"unknown DE method {method!r} (t-test, wilcoxon, abs_mean)")
     labels = np.concatenate([real.obs[PERTURBATION_KEY].astype(str).to_numpy(), np.full(control.n_obs, "__control__")])
-    both = ad.AnnData(X=np.concatenate([dense(real.X), dense(control.X)]), obs=pd.DataFrame({"group": pd.Categorical(labels)}))
-    both.var_names = real.var_names.astype(str)
-    both.obs_names = [str(i) for i in range(both.n_obs)]
-    sc.tl.rank_genes_groups(both, "group", groups=list(perturbations), reference="__control__", method=method, rankby_abs=True, n_genes=n_genes)
+    obs = pd.DataFrame({"group": pd.Categorical(labels)}, index=[str(i) for i in range(labels.size)])
+    both = ad.AnnData(X=np.concatenate([dense(real.X), dense(control.X)]), obs=obs, var=pd.DataFrame(index=pd.Index(real.var_names.astype(str))))
+    with warnings.catch_warnings():  # scanpy's own frame building warns (pandas PerformanceWarning)
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        sc.tl.rank_genes_groups(both, "group", groups=list(perturbations), reference="__control__", method=method, rankby_abs=True, n_genes=n_genes)
     names = both.uns["rank_genes_groups"]["names"]
     index = {g: i for i, g in enumerate(both.var_names)}
     return {p: np.array([index[g] for g in names[p]], dtype=np.int64) for p in perturbations}
@@ -200,13 +202,17 @@ def write_cell_eval_files(pred: ad.AnnData, real: ad.AnnData, control: ad.AnnDat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    var = pd.DataFrame(index=pd.Index(real.var_names.astype(str)))
+
     def with_control(a: ad.AnnData, tag: str) -> ad.AnnData:
-        ctrl = ad.AnnData(X=dense(control.X).astype(np.float32), obs=pd.DataFrame({PERTURBATION_KEY: CONTROL}, index=[f"ctrl_{i}" for i in range(control.n_obs)]))
-        cells = ad.AnnData(X=dense(a.X).astype(np.float32), obs=pd.DataFrame({PERTURBATION_KEY: a.obs[PERTURBATION_KEY].astype(str).to_numpy()}, index=[f"{tag}_{i}" for i in range(a.n_obs)]))
-        both = ad.concat([cells[cells.obs[PERTURBATION_KEY] != CONTROL], ctrl])
-        both.var_names = real.var_names.astype(str)
-        both.obs[PERTURBATION_KEY] = pd.Categorical(both.obs[PERTURBATION_KEY])
-        return both
+        labels = a.obs[PERTURBATION_KEY].astype(str).to_numpy()
+        keep = labels != CONTROL
+        x = np.concatenate([dense(a.X[keep]), dense(control.X)]).astype(np.float32)
+        obs = pd.DataFrame(
+            {PERTURBATION_KEY: pd.Categorical(np.concatenate([labels[keep], np.full(control.n_obs, CONTROL)]))},
+            index=[f"{tag}_{i}" for i in range(int(keep.sum()))] + [f"ctrl_{i}" for i in range(control.n_obs)],
+        )
+        return ad.AnnData(X=x, obs=obs, var=var)
 
     pred_path, real_path = out_dir / f"{name}.h5ad", out_dir / "real.h5ad"
     with_control(pred, "pred").write_h5ad(pred_path)

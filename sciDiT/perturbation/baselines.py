@@ -7,8 +7,9 @@ control cells (log-normalised AnnData) and perturbation labels, it returns predi
 (:func:`sciDiT.evaluation.perturbation.score_perturbations`) applies to all of them.
 
 Shift baselines estimate a mean change ``s_p`` from the training cells (perturbed mean minus the
-training control mean) and predict the given control cells moved by ``s_p`` (values are not
-clipped at 0, so the predicted mean is exactly ``mean(control) + s_p``):
+training control mean) and predict the given control cells moved by ``s_p``, clipped at 0 so that
+they are valid log-expression values (cell-eval rejects negative values; the clipping raises the
+predicted mean of genes pushed below 0, the exact ``s_p`` stays in ``varm['predicted_shift']``):
 
 - :class:`NoChange`: ``s_p = 0`` (the control cells themselves).
 - :class:`PerturbedMean`: ``s_p`` = mean of all perturbed training cells minus the control mean.
@@ -71,7 +72,7 @@ class ShiftPredictor(ABC):
             if s is None:
                 skipped.append(label)
                 continue
-            blocks.append(ctrl_x + s)
+            blocks.append(np.clip(ctrl_x + s, 0.0, None))
             labels += [label] * control.n_obs
             shifts[label] = s
         x = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, len(self.genes)), dtype=np.float32)
@@ -79,8 +80,8 @@ class ShiftPredictor(ABC):
 
 
 def _prediction(x: np.ndarray, labels: list[str], genes: list[str], shifts: dict[str, np.ndarray], method: str, skipped: list[str]) -> ad.AnnData:
-    out = ad.AnnData(X=x, obs=pd.DataFrame({PERTURBATION_KEY: pd.Categorical(labels)}, index=[f"pred_{i}" for i in range(len(labels))]))
-    out.var_names = genes
+    obs = pd.DataFrame({PERTURBATION_KEY: pd.Categorical(labels)}, index=[f"pred_{i}" for i in range(len(labels))])
+    out = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
     out.varm["predicted_shift"] = pd.DataFrame(shifts, index=genes) if shifts else pd.DataFrame(index=genes)
     out.uns["scidit_prediction"] = {"method": method}
     out.uns["skipped"] = list(skipped)
