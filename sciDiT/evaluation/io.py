@@ -17,6 +17,8 @@ from rdkit import Chem, RDLogger
 
 from sciDiT.batch import TokenSet
 from sciDiT.errors import SciDiTInputError
+from sciDiT.export import write_cif_file
+from sciDiT.export import write_sdf as export_sdf
 from sciDiT.tokenizers import CrystalTokenizer, MoleculeTokenizer
 
 MOLECULE_SUFFIXES = (".sdf", ".xyz")
@@ -114,15 +116,10 @@ def read_crystals(path: str | Path, limit: int | None = None) -> list[TokenSet]:
 
 
 def write_sdf(sets: list[TokenSet], path: str | Path) -> None:
-    """Write molecule token sets as an SDF of coordinates only (no bonds), the format samples are exported in."""
-    tok = MoleculeTokenizer()
-    with Chem.SDWriter(str(path)) as writer:
-        for ts in sets:
-            writer.write(tok.to_rdkit(ts, bonds=False))
+    """Write molecule token sets as an SDF of coordinates only (no bonds), atomically (see :mod:`sciDiT.export`)."""
+    export_sdf(sets, path, bonds=False)
 
 
 def write_cifs(sets: list[TokenSet], path: str | Path) -> None:
-    """Write crystal token sets as one multi-block CIF file."""
-    tok = CrystalTokenizer()
-    Path(path).write_text("".join(tok.to_cif(ts) for ts in sets))
-
+    """Write crystal token sets as one multi-block CIF file, atomically (see :mod:`sciDiT.export`)."""
+    write_cif_file(sets, path)
