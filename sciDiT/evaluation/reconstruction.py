@@ -185,3 +185,21 @@ def crystal_reconstruction(pred: list[TokenSet], target: list[TokenSet], workers
         "lattice_angle_mae": float(err[:, 3:].mean()) if n_sets else float("nan"),
         "per_set": {"type_accuracy": acc, "rmsd": rmsd, "match": match},
     }
+
+
+def reconstruction_report(pred: list[TokenSet], target: list[TokenSet]) -> dict[str, float]:
+    """Summary figures of both domains present, with flat keys such as ``molecule/match_rate``."""
+    from sciDiT.batch import Domain
+
+    _check_pairs(pred, target)
+    scorers = {Domain.MOLECULE: molecule_reconstruction, Domain.CRYSTAL: crystal_reconstruction}
+    report: dict[str, float] = {}
+    for domain, scorer in scorers.items():
+        idx = [i for i, t in enumerate(target) if t.domain == domain]
+        if not idx:
+            continue
+        result = scorer([pred[i] for i in idx], [target[i] for i in idx])
+        name = domain.name.lower()
+        report[f"{name}/count"] = float(len(idx))
+        report.update({f"{name}/{k}": float(v) for k, v in result.items() if k != "per_set"})
+    return report

@@ -48,7 +48,7 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
         terms = self._losses(batch)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, batch_size=batch.batch_size)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=batch.batch_size)
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch.batch_size)
         self.log("train/atoms", batch.mask.sum().float(), reduce_fx="sum", batch_size=batch.batch_size)
         return terms["loss"]

@@ -1,0 +1,1 @@
+"""Hydra configs shipped inside the package, so `python -m sciDiT.train` works from any folder."""

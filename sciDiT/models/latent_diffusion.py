@@ -1,0 +1,97 @@
+"""Latent diffusion over token sets: a frozen all-atom VAE and a DiT trained on its latents.
+
+Training maps a token batch to normalised per-token latents ``x1`` (the VAE's posterior means,
+standardised per dimension) and regresses the DiT's velocity with flow matching. Generation draws
+set sizes from each domain's training histogram, integrates the flow ODE from noise with
+classifier-free guidance on the domain, and decodes with the VAE into a :class:`TokenBatch`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sciDiT.batch import Domain, TokenBatch
+from sciDiT.flow import flow_matching_loss, sample
+from sciDiT.models.dit import DiT
+from sciDiT.models.vae import AllAtomVAE
+
+MAX_SET_SIZE = 1024  # longest token set whose size the count histogram can record
+
+
+class LatentDiffusion(nn.Module):
+    """Frozen VAE + trainable DiT; buffers hold latent statistics and per-domain set-size histograms."""
+
+    def __init__(self, vae: dict[str, Any], dit: dict[str, Any]):
+        super().__init__()
+        self.vae = AllAtomVAE(**vae).requires_grad_(False).eval()
+        self.dit = DiT(latent_dim=self.vae.latent_dim, **dit)
+        self.register_buffer("latent_mean", torch.zeros(self.vae.latent_dim))
+        self.register_buffer("latent_std", torch.ones(self.vae.latent_dim))
+        self.register_buffer("size_counts", torch.zeros(len(Domain), MAX_SET_SIZE + 1))
+        self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
+
+    def train(self, mode: bool = True) -> "LatentDiffusion":
+        super().train(mode)
+        self.vae.eval()  # the VAE stays frozen and deterministic
+        return self
+
+    # -- preparation (once, before training) ------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, batches: list[TokenBatch], size_histograms: dict[Domain, Tensor]) -> None:
+        """Latent mean/std from a few training batches, and the set-size histogram of each domain."""
+        mus = [self.vae.encode(b)[0][b.mask] for b in batches]  # each [n_real, L]
+        latents = torch.cat(mus).float()
+        self.latent_mean.copy_(latents.mean(0))
+        self.latent_std.copy_(latents.std(0).clamp_min(1e-3))
+        self.size_counts.zero_()
+        for domain, counts in size_histograms.items():
+            n = min(len(counts), MAX_SET_SIZE + 1)
+            self.size_counts[int(domain), :n] = counts[:n].to(self.size_counts)
+        self.prepared.fill_(True)
+
+    # -- training ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def latents(self, batch: TokenBatch) -> Tensor:
+        """Standardised VAE posterior means [B, N, L] (zeros at padding): the data end of the flow."""
+        mu, _ = self.vae.encode(batch)  # [B, N, L]
+        return (mu.float() - self.latent_mean) / self.latent_std * batch.mask[..., None]  # [B, N, L]
+
+    def loss(self, batch: TokenBatch, self_condition_prob: float = 0.5, time_schedule: str = "uniform") -> Tensor:
+        x1 = self.latents(batch)  # [B, N, L]
+        cond = {"domain": batch.domain, **batch.cond}
+        return flow_matching_loss(self.dit, x1, batch.mask, cond, time_schedule=time_schedule, self_condition_prob=self_condition_prob)
+
+    # -- generation -------------------------------------------------------------------------------
+    def sample_set_sizes(self, domain: Domain, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` set sizes drawn from the training histogram of ``domain``."""
+        counts = self.size_counts[int(domain)].float().cpu()
+        if counts.sum() == 0:
+            raise ValueError(f"this model saw no {domain.name.lower()} training data, so it cannot size {domain.name.lower()} samples")
+        return torch.multinomial(counts, n, replacement=True, generator=generator)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        domain: Tensor,
+        num_tokens: Tensor,
+        *,
+        dit: nn.Module | None = None,
+        steps: int = 100,
+        method: str = "euler",
+        cfg_scale: float = 1.0,
+        self_condition: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> TokenBatch:
+        """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]`` (``dit``: e.g. the EMA copy)."""
+        dit = self.dit if dit is None else dit
+        device = self.latent_mean.device
+        n_max = int(num_tokens.max())
+        mask = torch.arange(n_max, device=device)[None, :] < num_tokens.to(device)[:, None]  # [B, N]
+        domain = domain.to(device)
+        x = sample(dit.eval(), mask, self.vae.latent_dim, {"domain": domain}, steps=steps, method=method,
+                   cfg_scale=cfg_scale, self_condition=self_condition and dit.self_condition, generator=generator)  # [B, N, L]
+        z = x * self.latent_std + self.latent_mean  # [B, N, L]
+        return self.vae.decode_to_batch(z, mask, domain)

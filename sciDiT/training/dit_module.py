@@ -1,0 +1,93 @@
+"""Lightning glue for the latent DiT stage: frozen VAE in, EMA of DiT weights, flow-matching loss.
+
+The maths lives in :mod:`sciDiT.models.latent_diffusion`; this module wires it to a Trainer and
+keeps the checkpoint self-contained (VAE weights, latent statistics, set-size histograms, EMA), so
+``sciDiT.sample`` needs nothing but the DiT checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import lightning as L
+import torch
+
+from sciDiT.batch import TokenBatch
+from sciDiT.errors import SciDiTInputError
+from sciDiT.models.latent_diffusion import LatentDiffusion
+from sciDiT.training.ema import EMA
+from sciDiT.training.optim import build_optimizer
+
+
+class DiTModule(L.LightningModule):
+    """Trains the DiT of a :class:`LatentDiffusion` on the latents of a trained VAE checkpoint."""
+
+    def __init__(
+        self,
+        vae: dict[str, Any],
+        dit: dict[str, Any],
+        vae_ckpt: str | None = None,
+        self_condition_prob: float = 0.5,
+        time_schedule: str = "uniform",
+        ema_decay: float = 0.999,
+        stats_batches: int = 20,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 500,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = LatentDiffusion(vae, dit)
+        self.ema = EMA(self.model.dit, decay=ema_decay)
+
+    # -- set-up: VAE weights, latent statistics, set-size histograms ------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not bool(self.model.prepared):
+            if not self.hparams.vae_ckpt:
+                raise SciDiTInputError("the DiT stage needs a trained VAE: set dit.vae_ckpt=<path to a VAE .ckpt> or run stage=all")
+            self.model.vae.load_state_dict(load_vae_weights(self.hparams.vae_ckpt))
+
+    def on_fit_start(self) -> None:
+        if bool(self.model.prepared):  # resumed, or already prepared
+            return
+        datamodule = self.trainer.datamodule
+        batches = [b.to(self.device) for b in itertools.islice(datamodule.train_dataloader(), self.hparams.stats_batches)]
+        self.model.prepare(batches, datamodule.atom_count_histogram())
+
+    # -- training -----------------------------------------------------------------------------------
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
+        loss = self.model.loss(batch, self.hparams.self_condition_prob, self.hparams.time_schedule)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.batch_size)
+        self.log("train/atoms", batch.mask.sum().float(), reduce_fx="sum", batch_size=batch.batch_size)
+        return loss
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.ema.update(self.model.dit)
+
+    def validation_step(self, batch: TokenBatch, batch_idx: int) -> None:
+        with self.ema.swapped(self.model.dit):
+            loss = self.model.loss(batch, self_condition_prob=0.0, time_schedule=self.hparams.time_schedule)
+        self.log("val/loss", loss, batch_size=batch.batch_size, sync_dist=True)
+
+    def test_step(self, batch: TokenBatch, batch_idx: int) -> None:
+        with self.ema.swapped(self.model.dit):
+            loss = self.model.loss(batch, self_condition_prob=0.0, time_schedule=self.hparams.time_schedule)
+        self.log("test/loss", loss, batch_size=batch.batch_size, sync_dist=True)
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model.dit.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
+
+
+def load_vae_weights(path: str) -> dict[str, torch.Tensor]:
+    """The VAE's state dict from a VAE-stage checkpoint (keys ``model.*`` of :class:`VAEModule`)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError as err:
+        raise SciDiTInputError("VAE checkpoint not found", path) from err
+    except Exception as err:
+        raise SciDiTInputError(f"not a readable checkpoint ({type(err).__name__})", path) from err
+    state = {k.removeprefix("model."): v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
+    if not state:
+        raise SciDiTInputError("not a VAE-stage checkpoint (no model.* weights)", path)
+    return state
