@@ -18,6 +18,12 @@ from pathlib import Path
 from sciDiT.errors import SciDiTInputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable_parent(path: str | Path) -> Path:
     """The target path, after checking that its parent folder exists and is writable (one-line error if not)."""
     path = Path(path)
@@ -40,6 +46,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,6 +70,7 @@ def atomic_folder(path: str | Path, may_replace: Callable[[Path], bool]) -> Iter
             raise SciDiTInputError("folder is not empty and is not a previous export: choose a new or empty folder", path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
         yield tmp
         old = None
         if path.exists():
