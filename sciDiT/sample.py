@@ -4,7 +4,7 @@
     python -m sciDiT.sample ckpt=... domain=crystal n=1000 out=crystals/ steps=100 cfg_scale=2.0 seed=0
 
 Arguments are ``key=value`` pairs (see ``KEYS``; ``python -m sciDiT.sample --help`` lists them).
-Crystals go to a folder of one CIF per structure plus ``manifest.csv`` (or one multi-block file
+Crystals go to a folder of one CIF per structure plus ``manifest.tsv`` (or one multi-block file
 when ``out`` ends in ``.cif``). Bad input ends with one line on stderr and exit code 2, before any
 sampling starts; outputs are written atomically.
 """

@@ -1,13 +1,14 @@
 """Generated crystals -> CIF files that pymatgen (``Structure.from_file``) and ASE (``ase.io.read``) open.
 
 The sample-set layout is a folder with one P1 CIF per crystal (what both libraries read by default,
-one structure per file) and a manifest of every sample, so none is lost silently::
+one structure per file) and a manifest of every sample, so none is lost silently (tab-separated,
+so that readers globbing a folder for ``.cif``/``.csv`` files, like :mod:`sciDiT.evaluation.io`, skip it)::
 
     crystals/
       sample_00000.cif
       sample_00001.cif
       ...
-      manifest.csv   index, file, formula, num_atoms, a, b, c, alpha, beta, gamma, volume, status, message
+      manifest.tsv   tab-separated: index, file, formula, num_atoms, a, b, c, alpha, beta, gamma, volume, status, message
 
 A decoded lattice that is not a lattice (NaN or infinite parameters, non-positive lengths, angles
 outside (0, 180), non-positive volume) or non-finite coordinates get no CIF file; the manifest
@@ -34,13 +35,13 @@ from sciDiT.errors import SciDiTInputError
 from sciDiT.export.atomic import atomic_folder, atomic_write_text
 from sciDiT.tokenizers.elements import symbol
 
-MANIFEST = "manifest.csv"
-MIN_VOLUME = 1e-6  # cubic Angstrom: below this a cell is degenerate
+MANIFEST = "manifest.tsv"
+MIN_RELATIVE_VOLUME = 1e-5  # volume / (a b c) below this: a flat (degenerate) cell, up to rounding
 
 
 @dataclass
 class ManifestRow:
-    """One generated crystal's line in ``manifest.csv``."""
+    """One generated crystal's line in ``manifest.tsv``."""
 
     index: int
     file: str
@@ -77,8 +78,8 @@ def lattice_problem(params: Sequence[float]) -> str:
         return "lattice angle outside (0, 180) degrees"
     cos = [math.cos(math.radians(x)) for x in (al, be, ga)]
     gram = 1 - cos[0] ** 2 - cos[1] ** 2 - cos[2] ** 2 + 2 * cos[0] * cos[1] * cos[2]
-    if gram <= 0 or a * b * c * math.sqrt(gram) < MIN_VOLUME:
-        return "non-positive cell volume (angles inconsistent)"
+    if gram <= 0 or math.sqrt(gram) < MIN_RELATIVE_VOLUME:
+        return "zero or negative cell volume (inconsistent angles)"
     return ""
 
 
@@ -127,7 +128,7 @@ def render(sample: TokenSet | Structure, index: int) -> tuple[str | None, Manife
 
 def _manifest_csv(rows: Sequence[ManifestRow]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(ManifestRow.__dataclass_fields__), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(ManifestRow.__dataclass_fields__), delimiter="\t", lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(r) for r in rows)
     return buf.getvalue()
@@ -140,7 +141,7 @@ def _is_previous_export(folder: Path) -> bool:
 
 
 def write_cif_folder(samples: Sequence[TokenSet | Structure], folder: str | Path) -> list[ManifestRow]:
-    """Write one ``sample_{index:05d}.cif`` per valid crystal and ``manifest.csv`` for all, atomically.
+    """Write one ``sample_{index:05d}.cif`` per valid crystal and ``manifest.tsv`` for all, atomically.
 
     The folder is built under a temporary name and renamed into place; an existing ``folder`` is
     replaced only if it is empty or a previous export (a manifest and sample CIFs). Returns the
