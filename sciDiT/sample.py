@@ -78,12 +78,15 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 def check_out(domain: str, out: str) -> Path:
     """Fail before sampling when the output cannot be written (missing or unwritable folder, wrong kind)."""
     from sciDiT.export import check_writable_parent
+    from sciDiT.export.cif import is_previous_export
 
     path = check_writable_parent(Path(out.rstrip("/") or out))
     if domain == "molecule" and (path.is_dir() or out.endswith("/")):
         raise SciDiTInputError("molecules are written to one SDF file, not a folder", out)
     if domain == "crystal" and path.exists() and not path.is_dir() and path.suffix.lower() != ".cif":
         raise SciDiTInputError("crystals are written to a folder (or a .cif file), and this is a file", out)
+    if domain == "crystal" and path.is_dir() and any(path.iterdir()) and not is_previous_export(path):
+        raise SciDiTInputError("folder is not empty and is not a previous export: choose a new or empty folder", out)
     return path
 
 

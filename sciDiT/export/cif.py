@@ -134,7 +134,7 @@ def _manifest_csv(rows: Sequence[ManifestRow]) -> str:
     return buf.getvalue()
 
 
-def _is_previous_export(folder: Path) -> bool:
+def is_previous_export(folder: Path) -> bool:
     """A folder this module wrote: a manifest and nothing but sample CIFs."""
     names = [p.name for p in folder.iterdir()]
     return MANIFEST in names and all(n == MANIFEST or (n.startswith("sample_") and n.endswith(".cif")) for n in names)
@@ -148,7 +148,7 @@ def write_cif_folder(samples: Sequence[TokenSet | Structure], folder: str | Path
     manifest rows (one per sample, in order).
     """
     rows: list[ManifestRow] = []
-    with atomic_folder(folder, may_replace=_is_previous_export) as tmp:
+    with atomic_folder(folder, may_replace=is_previous_export) as tmp:
         for i, sample in enumerate(samples):
             text, row = render(sample, i)
             if text is not None:

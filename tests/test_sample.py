@@ -1,0 +1,163 @@
+"""Generation API and CLI on a tiny untrained checkpoint prepared on real QM9/MP-20 rows (no training)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ase.io
+import pytest
+import torch
+from pymatgen.core import Structure
+from rdkit import Chem
+
+from sciDiT.batch import Domain, collate
+from sciDiT.data.cdvae import load_cdvae
+from sciDiT.data.qm9 import load_qm9_split
+from sciDiT.errors import SciDiTInputError
+from sciDiT.export import MANIFEST
+from sciDiT.generate import load_generator
+from sciDiT.sample import main
+from sciDiT.training.dit_module import DiTModule
+
+TINY_VAE = {"hidden_size": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "latent_dim": 4}
+TINY_DIT = {"hidden_size": 32, "depth": 2, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def ckpt(data_dir, cache_dir, tmp_path_factory) -> str:
+    """A DiT-stage checkpoint in Lightning's layout: untrained weights, statistics and histograms from real rows.
+
+    The zero-initialised (adaLN-Zero) output layers get random weights so the velocity depends on
+    the input, time and domain, and the EMA copy differs from the raw DiT.
+    """
+    torch.manual_seed(0)
+    qm9 = load_qm9_split("train", data_dir, cache_dir, limit=200)
+    mp20 = load_cdvae("mp20", "val", data_dir, cache_dir, limit=30, workers=1)
+    module = DiTModule(vae=TINY_VAE, dit=TINY_DIT)
+    batches = [collate([qm9[i] for i in range(32)]), collate([mp20[i] for i in range(len(mp20))])]
+    histograms = {Domain.MOLECULE: torch.bincount(torch.from_numpy(qm9.num_tokens)), Domain.CRYSTAL: torch.bincount(torch.from_numpy(mp20.num_tokens))}
+    module.model.prepare(batches, histograms)
+    with torch.no_grad():
+        for p in module.model.dit.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+        module.ema.module.load_state_dict(module.model.dit.state_dict())
+        module.model.dit.final_layer.linear.weight.add_(0.5)  # raw weights != EMA weights
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def gen(ckpt):
+    return load_generator(ckpt)
+
+
+FAST = {"steps": 4, "progress": False}
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x.types, y.types) and torch.allclose(x.pos, y.pos, atol=1e-5) and torch.allclose(x.lattice, y.lattice, atol=1e-4)
+               for x, y in zip(a, b, strict=True))
+
+
+def test_same_seed_same_samples_for_any_batch_size(gen):
+    a = gen.generate_token_sets("molecule", n=12, seed=3, batch_size=5, **FAST)
+    b = gen.generate_token_sets("molecule", n=12, seed=3, batch_size=12, **FAST)
+    c = gen.generate_token_sets("molecule", n=12, seed=4, batch_size=5, **FAST)
+    assert _same(a, b)
+    assert not _same(a, c)
+    assert [ts.meta["sample_index"] for ts in a] == list(range(12))
+
+
+def test_sizes_from_histogram_or_user(gen):
+    sets = gen.generate_token_sets("crystal", n=40, seed=0, **FAST)
+    seen = {ts.num_tokens for ts in sets}
+    allowed = set(torch.nonzero(gen.model.size_counts[Domain.CRYSTAL]).flatten().tolist())
+    assert seen <= allowed and len(seen) > 1
+    assert [ts.num_tokens for ts in gen.generate_token_sets("molecule", n=3, num_atoms=7, **FAST)] == [7, 7, 7]
+    assert [ts.num_tokens for ts in gen.generate_token_sets("molecule", n=3, num_atoms=[3, 9, 5], **FAST)] == [3, 9, 5]
+    assert all(ts.domain == Domain.CRYSTAL and ts.lattice.abs().sum() > 0 for ts in sets)
+
+
+def test_guidance_ema_and_solver_change_samples(gen):
+    base = gen.generate_token_sets("molecule", n=6, seed=1, **FAST)
+    assert not _same(base, gen.generate_token_sets("molecule", n=6, seed=1, cfg_scale=3.0, **FAST))
+    assert not _same(base, gen.generate_token_sets("molecule", n=6, seed=1, use_ema=False, **FAST))
+    assert not _same(base, gen.generate_token_sets("molecule", n=6, seed=1, method="heun", **FAST))
+    bf16 = gen.generate_token_sets("molecule", n=6, seed=1, bf16=True, **FAST)
+    assert all(torch.isfinite(ts.pos).all() for ts in bf16)
+
+
+def test_generate_returns_rdkit_molecules_and_pymatgen_structures(gen):
+    mols = gen.generate("molecule", n=5, seed=0, **FAST)
+    assert len(mols) == 5 and all(isinstance(m, Chem.Mol) and m.GetNumConformers() == 1 for m in mols)
+    assert [m.GetIntProp("sample_index") for m in mols] == list(range(5))
+    xtals = gen.generate("crystal", n=5, seed=0, **FAST)
+    assert len(xtals) == 5 and all(x is None or isinstance(x, Structure) for x in xtals)
+
+
+def test_bad_generation_arguments(gen, ckpt, tmp_path):
+    for kwargs, match in [({"domain": "cell"}, "domain"), ({"n": 0}, "n must"), ({"method": "rk4"}, "method"),
+                          ({"num_atoms": [3, 4]}, "num_atoms"), ({"num_atoms": 0}, "num_atoms")]:
+        with pytest.raises(SciDiTInputError, match=match):
+            gen.generate_token_sets(**{"domain": "molecule", "n": 3, **kwargs, **FAST})
+    with pytest.raises(SciDiTInputError, match="not found"):
+        load_generator(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(SciDiTInputError, match="not a readable checkpoint"):
+        load_generator(tmp_path / "junk.ckpt")
+    raw = torch.load(ckpt, weights_only=False)
+    vae_only = {"state_dict": {k: v for k, v in raw["state_dict"].items() if k.startswith("model.vae.")}, "hyper_parameters": {"vae": TINY_VAE}}
+    torch.save(vae_only, tmp_path / "vae.ckpt")
+    with pytest.raises(SciDiTInputError, match="not a DiT-stage checkpoint"):
+        load_generator(tmp_path / "vae.ckpt")
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_writes_sdf_and_cif_folder(ckpt, tmp_path, capsys):
+    sdf = tmp_path / "molecules.sdf"
+    assert main([f"ckpt={ckpt}", "domain=molecule", "n=7", f"out={sdf}", "steps=3", "seed=5", "cfg_scale=2.0", "progress=false"]) == 0
+    assert len(list(Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False))) == 7
+    folder = tmp_path / "crystals"
+    assert main([f"ckpt={ckpt}", "domain=crystal", "n=6", f"out={folder}/", "steps=3", "method=midpoint", "progress=false"]) == 0
+    rows = (folder / MANIFEST).read_text().splitlines()[1:]
+    cifs = sorted(folder.glob("*.cif"))
+    assert len(rows) == 6 and len(cifs) == sum("\tok\t" in r for r in rows)
+    for f in cifs:
+        assert len(Structure.from_file(f)) == len(ase.io.read(f))
+    assert "wrote 6 crystals" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["domain=molecule", "n=2", "out={tmp}/m.sdf"], "missing ckpt="),
+        (["ckpt={tmp}/none.ckpt", "domain=molecule", "n=2", "out={tmp}/m.sdf"], "checkpoint not found"),
+        (["ckpt={ckpt}", "domain=protein", "n=2", "out={tmp}/m.sdf"], "domain="),
+        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "stpes=3"], "unknown key 'stpes'"),
+        (["ckpt={ckpt}", "domain=molecule", "n=two", "out={tmp}/m.sdf"], "n='two'"),
+        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/no/such/m.sdf"], "does not exist"),
+        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/"], "not a folder"),
+        (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/user"], "not a previous export"),
+        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "steps=0"], "steps must"),
+        (["ckpt", "domain=molecule"], "not key=value"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, ckpt, tmp_path, capsys):
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "keep.txt").write_text("mine")
+    code = main([a.format(tmp=tmp_path, ckpt=ckpt) for a in args] + ["progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and err.startswith("error:") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user"]  # nothing (half-)written
+    assert (tmp_path / "user" / "keep.txt").read_text() == "mine"
+
+
+def test_cli_as_a_module_exits_2_on_bad_input(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "sciDiT.sample", "domain=molecule", f"out={tmp_path}/m.sdf", "oops=1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("error: unknown key 'oops'") and run.stderr.count("\n") == 1
