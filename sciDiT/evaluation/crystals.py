@@ -1,0 +1,302 @@
+"""Crystal generation metrics on token sets read from exported CIFs (CDVAE / DiffCSP / ADiT conventions).
+
+* ``structural_validity`` (CDVAE): the lattice is a real cell (finite, positive lengths, angles
+  that close a cell of positive volume), volume >= 0.1 A^3, and no two atoms (periodic images
+  included) closer than 0.5 A.
+* ``compositional_validity`` (CDVAE ``smact_validity``): one element, or only metals (alloys), or
+  some assignment of one oxidation state per element - from SMACT's *original* oxidation-state
+  table (``Element.oxidation_states_smact14``; smact 4.x changed the default table) - that is
+  charge neutral for the reduced formula and passes the Pauling electronegativity test (every
+  cation less electronegative than every anion; elements without Pauling data pass).
+  Written here from that definition rather than calling smact 4.x's changed ``neutral_ratios``.
+* ``validity`` = both.
+* ``uniqueness`` - share of valid crystals that match no earlier one; ``novelty`` - share of valid
+  crystals that match no reference (training) crystal; matching is pymatgen
+  ``StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)``, compared only within the same reduced
+  formula (a match needs it, so this prunes the search without changing the answer).
+* ``w1_density`` (g/cm^3), ``w1_num_elements`` - 1-Wasserstein distances of valid samples vs the
+  reference (test) set.
+* ``cov_recall`` / ``cov_precision`` (optional, slow; CDVAE): CrystalNN site fingerprints
+  (averaged over sites) and Magpie composition fingerprints; a pair is close when the structure
+  distance <= 0.4 and the standardised composition distance <= 10. CDVAE standardises with
+  constants fitted on its training data; we fit the scaler on the reference set (deviation).
+* ``chgnet_*`` (optional, slow): CHGNet energy per atom, mean max-force, and mean atom
+  displacement after a short FIRE relaxation - a stability proxy. Energy above hull needs a
+  phase diagram of reference energies that is not available offline, so it is not reported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
+from scipy.stats import wasserstein_distance
+
+from sciDiT.batch import TokenSet
+from sciDiT.evaluation.reconstruction import CRYSTAL_MATCHER_KWARGS
+from sciDiT.tokenizers import CrystalTokenizer, symbol
+
+MIN_DISTANCE = 0.5  # Angstrom
+MIN_VOLUME = 0.1  # Angstrom^3
+COV_CUTOFFS = {"struct": 0.4, "comp": 10.0}  # CDVAE's MP-20 thresholds
+
+
+# -- structural validity --------------------------------------------------------------------------
+def to_structure(ts: TokenSet) -> Structure | None:
+    """Pymatgen structure of a token set, or None when its lattice is not a real cell."""
+    lat = ts.lattice.double().cpu().numpy()
+    if not np.isfinite(lat).all() or (lat[:3] <= 0).any() or not np.isfinite(ts.frac.numpy()).all():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = CrystalTokenizer().to_structure(ts)
+    except Exception:  # pymatgen raises on angles that cannot close a cell
+        return None
+    return s if np.isfinite(s.volume) and s.volume > 0 else None
+
+
+def structure_validity(structure: Structure | None) -> bool:
+    """CDVAE structural validity (module docstring)."""
+    if structure is None or structure.volume < MIN_VOLUME:
+        return False
+    if len(structure) == 1:
+        return min(structure.lattice.abc) >= MIN_DISTANCE  # nearest neighbour is a periodic image
+    dist = structure.distance_matrix + np.eye(len(structure)) * 1e3
+    return bool(dist.min() >= MIN_DISTANCE)
+
+
+# -- compositional validity -----------------------------------------------------------------------
+def _reduced_counts(types: list[int]) -> tuple[list[str], list[int]]:
+    counts = Counter(types)
+    g = reduce(math.gcd, counts.values())
+    elems = sorted(counts)
+    return [symbol(z) for z in elems], [counts[z] // g for z in elems]
+
+
+def _pauling_ok(ox: tuple[int, ...], eneg: list[float | None]) -> bool:
+    """SMACT's Pauling test as CDVAE ran it: pairs in order; a pair of opposite signs that lacks
+    electronegativity data raises inside SMACT, which CDVAE counts as a pass for the whole test."""
+    for (o1, e1), (o2, e2) in itertools.combinations(zip(ox, eneg), 2):
+        if (o1 > 0 > o2) or (o1 < 0 < o2):
+            if e1 is None or e2 is None:
+                return True
+            if (o1 > 0 and e1 >= e2) or (o1 < 0 and e1 <= e2):
+                return False
+    return True
+
+
+def _balanced_search(ox_lists: list[list[int]], counts: list[int], eneg: list[float | None]) -> bool:
+    """Depth-first search for a charge-neutral assignment that passes :func:`_pauling_ok`.
+
+    Same answer as enumerating the full product (CDVAE's loop), but prunes partial assignments
+    whose charge can no longer reach zero or - when every electronegativity is known, so the test
+    does not depend on pair order - whose cation/anion pairs already fail. Keeps many-element
+    generated samples fast.
+    """
+    known = all(e is not None for e in eneg)
+    lo = [min(o) * c for o, c in zip(ox_lists, counts)]
+    hi = [max(o) * c for o, c in zip(ox_lists, counts)]
+    rest_lo = np.cumsum(lo[::-1])[::-1].tolist() + [0]
+    rest_hi = np.cumsum(hi[::-1])[::-1].tolist() + [0]
+    chosen: list[int] = []
+
+    def dfs(i: int, charge: int, max_cation: float, min_anion: float) -> bool:
+        if i == len(counts):
+            return charge == 0 and (known or _pauling_ok(tuple(chosen), eneg))
+        if not rest_lo[i] <= -charge <= rest_hi[i]:
+            return False
+        for o in ox_lists[i]:
+            mc, ma = max_cation, min_anion
+            if known:
+                mc = max(mc, eneg[i]) if o > 0 else mc
+                ma = min(ma, eneg[i]) if o < 0 else ma
+                if mc >= ma:
+                    continue
+            chosen.append(o)
+            found = dfs(i + 1, charge + o * counts[i], mc, ma)
+            chosen.pop()
+            if found:
+                return True
+        return False
+
+    return dfs(0, 0, -np.inf, np.inf)
+
+
+def smact_validity(symbols: list[str], counts: list[int]) -> bool:
+    """CDVAE compositional validity of a reduced formula (module docstring), SMACT's original tables."""
+    import smact
+
+    if len(set(symbols)) == 1:
+        return True
+    if all(s in smact.metals for s in symbols):
+        return True
+    elements = [smact.Element(s) for s in symbols]
+    ox_lists = [e.oxidation_states_smact14 or [] for e in elements]
+    if any(not o for o in ox_lists):
+        return False  # an element without oxidation states (noble gases): no assignment exists
+    return _balanced_search(ox_lists, counts, [e.pauling_eneg for e in elements])
+
+
+def composition_validity(ts: TokenSet) -> bool:
+    return smact_validity(*_reduced_counts(ts.types.tolist()))
+
+
+# -- uniqueness / novelty ---------------------------------------------------------------------------
+def _matcher() -> StructureMatcher:
+    return StructureMatcher(**CRYSTAL_MATCHER_KWARGS)
+
+
+def _fits(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(matcher.fit(a, b))
+        except Exception:  # pymatgen's lattice search raises on degenerate cells
+            return False
+
+
+def unique_mask(structures: list[Structure]) -> np.ndarray:
+    """True for each structure that matches no earlier one (same reduced formula compared only)."""
+    matcher = _matcher()
+    seen: dict[str, list[Structure]] = {}
+    out = np.zeros(len(structures), dtype=bool)
+    for i, s in enumerate(structures):
+        group = seen.setdefault(s.composition.reduced_formula, [])
+        out[i] = not any(_fits(matcher, s, t) for t in group)
+        if out[i]:
+            group.append(s)
+    return out
+
+
+def novel_mask(structures: list[Structure], reference: list[Structure]) -> np.ndarray:
+    """True for each structure that matches no reference structure."""
+    matcher = _matcher()
+    by_formula: dict[str, list[Structure]] = {}
+    for r in reference:
+        by_formula.setdefault(r.composition.reduced_formula, []).append(r)
+    return np.array([not any(_fits(matcher, s, r) for r in by_formula.get(s.composition.reduced_formula, [])) for s in structures], dtype=bool)
+
+
+# -- coverage ---------------------------------------------------------------------------------------
+def fingerprints(structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
+    """CDVAE fingerprints: mean CrystalNN ``ops`` site fingerprint and Magpie composition features."""
+    from matminer.featurizers.composition import ElementProperty
+    from matminer.featurizers.site import CrystalNNFingerprint
+
+    site_fp = CrystalNNFingerprint.from_preset("ops")
+    comp_fp = ElementProperty.from_preset("magpie", impute_nan=True)
+    struct, comp = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in structures:
+            try:
+                struct.append(np.mean([site_fp.featurize(s, i) for i in range(len(s))], axis=0))
+            except Exception:  # CrystalNN fails on pathological neighbour shells
+                struct.append(np.full(len(site_fp.feature_labels()), np.nan))
+            comp.append(np.asarray(comp_fp.featurize(s.composition), dtype=float))
+    return np.array(struct), np.array(comp)
+
+
+def coverage(sample: list[Structure], reference: list[Structure]) -> dict[str, float]:
+    """COV-R (share of reference crystals near some sample) and COV-P (share of samples near some reference)."""
+    from scipy.spatial.distance import cdist
+
+    s_struct, s_comp = fingerprints(sample)
+    r_struct, r_comp = fingerprints(reference)
+    mean, std = np.nanmean(r_comp, axis=0), np.nanstd(r_comp, axis=0)
+    std = np.where(std > 0, std, 1.0)
+    s_comp, r_comp = (s_comp - mean) / std, (r_comp - mean) / std
+    d_struct = np.nan_to_num(cdist(s_struct, r_struct), nan=np.inf)
+    d_comp = np.nan_to_num(cdist(s_comp, r_comp), nan=np.inf)
+    close = (d_struct <= COV_CUTOFFS["struct"]) & (d_comp <= COV_CUTOFFS["comp"])
+    return {"cov_recall": float(close.any(axis=0).mean()), "cov_precision": float(close.any(axis=1).mean())}
+
+
+# -- CHGNet stability proxy ---------------------------------------------------------------------------
+def chgnet_proxy(structures: list[Structure], relax_steps: int = 50) -> dict[str, float]:
+    """CHGNet energy/atom (eV), mean max |force| (eV/A) and mean displacement (A) after ``relax_steps`` FIRE steps."""
+    from chgnet.model import CHGNet, StructOptimizer
+
+    model = CHGNet.load(verbose=False)
+    preds = model.predict_structure(structures, task="ef", batch_size=16)
+    preds = preds if isinstance(preds, list) else [preds]
+    energy = [float(p["e"]) for p in preds]
+    fmax = [float(np.linalg.norm(p["f"], axis=1).max()) for p in preds]
+    optimizer = StructOptimizer(model=model)
+    disp = []
+    for s in structures:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            final = optimizer.relax(s, steps=relax_steps, fmax=0.1, verbose=False)["final_structure"]
+        dfrac = final.frac_coords - s.frac_coords
+        dfrac -= np.round(dfrac)
+        disp.append(float(np.linalg.norm(final.lattice.get_cartesian_coords(dfrac), axis=1).mean()))
+    return {"chgnet_energy_per_atom": float(np.mean(energy)), "chgnet_max_force": float(np.mean(fmax)), "chgnet_relax_displacement": float(np.mean(disp))}
+
+
+# -- everything -------------------------------------------------------------------------------------
+@dataclass
+class CrystalEvaluation:
+    """Flat ``metrics`` plus what the report draws (per-sample validity, densities, element counts)."""
+
+    metrics: dict[str, float]
+    structural: np.ndarray
+    compositional: np.ndarray
+    density: np.ndarray
+    num_elements: np.ndarray
+    reference_density: np.ndarray | None
+    reference_num_elements: np.ndarray | None
+
+
+def _density_and_elements(structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([s.density for s in structures], dtype=float), np.array([len(s.composition.elements) for s in structures], dtype=float)
+
+
+def evaluate_crystals(
+    sets: list[TokenSet],
+    train: list[TokenSet] | None = None,
+    test: list[TokenSet] | None = None,
+    with_coverage: bool = False,
+    with_chgnet: bool = False,
+    chgnet_max: int = 100,
+) -> CrystalEvaluation:
+    """All crystal metrics of the module docstring: ``train`` enables novelty, ``test`` the distances/coverage."""
+    if not sets:
+        raise ValueError("evaluate_crystals needs at least one crystal")
+    structures = [to_structure(ts) for ts in sets]
+    structural = np.array([structure_validity(s) for s in structures])
+    compositional = np.array([composition_validity(ts) for ts in sets])
+    valid = structural & compositional
+    m = {
+        "n_samples": float(len(sets)),
+        "structural_validity": float(structural.mean()),
+        "compositional_validity": float(compositional.mean()),
+        "validity": float(valid.mean()),
+    }
+    valid_structs = [s for s, ok in zip(structures, valid) if ok]
+    m["uniqueness"] = float(unique_mask(valid_structs).mean()) if valid_structs else 0.0
+    if train is not None:
+        ref = [s for s in (to_structure(t) for t in train) if s is not None]
+        m["novelty"] = float(novel_mask(valid_structs, ref).mean()) if valid_structs else 0.0
+    ok_structs = [s for s in structures if s is not None]
+    density, n_elem = _density_and_elements(valid_structs) if valid_structs else (np.zeros(0), np.zeros(0))
+    ref_density = ref_nelem = None
+    if test is not None:
+        test_structs = [s for s in (to_structure(t) for t in test) if s is not None]
+        ref_density, ref_nelem = _density_and_elements(test_structs)
+        if valid_structs:
+            m["w1_density"] = float(wasserstein_distance(density, ref_density))
+            m["w1_num_elements"] = float(wasserstein_distance(n_elem, ref_nelem))
+        if with_coverage:
+            m.update(coverage(valid_structs, test_structs) if valid_structs else {"cov_recall": 0.0, "cov_precision": 0.0})
+    if with_chgnet and ok_structs:
+        m.update(chgnet_proxy([s for s in valid_structs or ok_structs][:chgnet_max]))
+    return CrystalEvaluation(m, structural, compositional, density, n_elem, ref_density, ref_nelem)
