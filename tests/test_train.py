@@ -29,6 +29,8 @@ TINY_ATOMS = [
     "trainer.limit_test_batches=1",
     "trainer.enable_progress_bar=false",
     "dit.stats_batches=1",
+    "dit.val_samples=4",
+    "dit.val_sample_steps=2",
 ]
 
 

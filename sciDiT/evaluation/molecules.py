@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, RDLogger, rdBase
 from rdkit.Chem import rdDetermineBonds
 from scipy.stats import wasserstein_distance
 
@@ -132,6 +132,9 @@ def _quiet_c_output():
             os.close(fd)
 
 
+HUECKEL_SAFE_ELEMENTS = {1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 35, 53}  # H B C N O F Si P S Cl Br I
+
+
 def rdkit_molecule(ts: TokenSet) -> Chem.Mol | None:
     """Sanitized RDKit molecule with bonds perceived from coordinates, or None when that fails.
 
@@ -142,7 +145,10 @@ def rdkit_molecule(ts: TokenSet) -> Chem.Mol | None:
     """
     RDLogger.DisableLog("rdApp.*")
     base = MoleculeTokenizer().to_rdkit(ts, bonds=False)
-    for hueckel in (False, True):
+    # YAeHMOP (behind useHueckel) ends the whole process for elements it has no parameters for
+    # (e.g. Kr, Xe, U), and generated molecules can contain any element: only organic ones may use it.
+    hueckel_safe = set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS
+    for hueckel in (False, True) if hueckel_safe else (False,):
         mol = Chem.Mol(base)
         try:
             if hueckel:
@@ -183,12 +189,13 @@ def canonical_smiles(mol: Chem.Mol) -> str | None:
 
 def canonicalize_smiles(smiles: Iterable[str]) -> set[str]:
     """Reference SMILES in the form :func:`canonical_smiles` writes (unparseable entries are dropped)."""
-    RDLogger.DisableLog("rdApp.*")
     out = set()
+    blocker = rdBase.BlockLogs()  # RDKit warns per molecule otherwise, even with RDLogger disabled
     for s in smiles:
         mol = Chem.MolFromSmiles(str(s))
         if mol is not None and (c := canonical_smiles(mol)) is not None:
             out.add(c)
+    del blocker
     return out
 
 

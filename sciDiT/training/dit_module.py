@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from sciDiT.batch import TokenBatch
+from sciDiT.batch import Domain, TokenBatch
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.training.ema import EMA
@@ -32,6 +32,8 @@ class DiTModule(L.LightningModule):
         time_schedule: str = "uniform",
         ema_decay: float = 0.999,
         stats_batches: int = 20,
+        val_samples: int = 64,
+        val_sample_steps: int = 50,
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
@@ -69,6 +71,24 @@ class DiTModule(L.LightningModule):
         with self.ema.swapped(self.model.dit):
             loss = self.model.loss(batch, self_condition_prob=0.0, time_schedule=self.hparams.time_schedule)
         self.log("val/loss", loss, batch_size=batch.batch_size, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """Sample ``val_samples`` sets per trained domain with the EMA DiT and log cheap validity."""
+        if self.hparams.val_samples <= 0 or self.trainer.sanity_checking:
+            return
+        from sciDiT.evaluation.quick import quick_validity
+
+        generator = torch.Generator().manual_seed(0)
+        sets = []
+        for domain in Domain:
+            if self.model.size_counts[int(domain)].sum() == 0:
+                continue
+            sizes = self.model.sample_set_sizes(domain, self.hparams.val_samples, generator)
+            domains = torch.full_like(sizes, int(domain))
+            batch = self.model.generate(domains, sizes, dit=self.ema.module, steps=self.hparams.val_sample_steps, generator=generator)
+            sets += batch.to("cpu").unbatch()
+        for key, value in quick_validity(sets).items():
+            self.log(f"val/{key}", value, batch_size=len(sets), rank_zero_only=True)
 
     def test_step(self, batch: TokenBatch, batch_idx: int) -> None:
         with self.ema.swapped(self.model.dit):
