@@ -141,3 +141,10 @@ def test_read_molecules_bad_input(tmp_path):
     txt.write_text("x")
     with pytest.raises(SciDiTInputError, match="expected a .sdf/.xyz"):
         read_molecules(txt)
+
+
+def test_exotic_elements_are_scored_not_fatal():
+    # XeF2: no Hueckel parameters for Xe (YAeHMOP would end the process), no EDM valence for Xe
+    xef2 = MoleculeTokenizer().from_arrays(np.array([54, 9, 9]), np.array([[0.0, 0, 0], [1.98, 0, 0], [-1.98, 0, 0]]))
+    m = evaluate_molecules([xef2]).metrics
+    assert m["validity"] == 0.0 and m["atom_stability"] == 0.0 and m["connected"] == 1.0
