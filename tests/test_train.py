@@ -59,7 +59,7 @@ def test_every_atom_experiment_trains_a_step(experiment: str, data_dir: Path, ca
 @pytest.mark.slow
 def test_both_stages_train_test_and_resume(data_dir: Path, cache_dir: Path, tmp_path: Path):
     out = tmp_path / "run"
-    res = _train(["experiment=quickstart", *TINY_ATOMS, "trainer.max_steps=2", f"paths.output_dir={out}"], data_dir, cache_dir)
+    res = _train(["experiment=quickstart", *TINY_ATOMS, "trainer.max_steps=2", "trainer.limit_test_batches=1.0", f"paths.output_dir={out}"], data_dir, cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     for stage in ("vae", "dit"):
         assert (out / stage / "checkpoints" / "last.ckpt").exists()
