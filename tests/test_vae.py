@@ -4,7 +4,7 @@ import torch
 from ase.build import bulk, molecule
 
 from sciDiT.batch import Domain, collate
-from sciDiT.models.vae import build_vae, features_to_lattice, lattice_to_features, periodic_difference
+from sciDiT.models.vae import build_vae, circle_to_frac, features_to_lattice, frac_to_circle, lattice_to_features
 from sciDiT.tokenizers import CrystalTokenizer, MoleculeTokenizer
 from sciDiT.training.augment import augment, corrupt, random_rotations
 
@@ -42,12 +42,14 @@ def test_padding_does_not_change_real_tokens():
     torch.testing.assert_close(mu_p[0, :3], mu_a[0], atol=1e-5, rtol=1e-4)
 
 
-def test_lattice_features_invert_and_periodic_difference_wraps():
+def test_lattice_features_and_frac_circle_points_invert():
     lat = torch.tensor([[5.64, 5.64, 5.64, 90.0, 90.0, 90.0], [3.0, 4.0, 12.0, 70.0, 100.0, 120.0]])
     feat = lattice_to_features(lat, torch.ones(2))
     torch.testing.assert_close(features_to_lattice(feat), lat)
-    d = periodic_difference(torch.tensor([0.99]), torch.tensor([0.01]))
-    torch.testing.assert_close(d, torch.tensor([-0.02]))
+    frac = torch.tensor([[0.0, 0.25, 0.999], [0.5, 0.75, 0.0001]])
+    torch.testing.assert_close(circle_to_frac(frac_to_circle(frac)), frac, atol=1e-5, rtol=0)
+    # points near the wrap 0.999 / 0.0001 are close on the circle, as they are in the crystal
+    assert (frac_to_circle(torch.tensor([0.999])) - frac_to_circle(torch.tensor([0.0001]))).norm() < 0.01
 
 
 def test_augmentation_is_a_rigid_motion():

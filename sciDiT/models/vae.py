@@ -51,10 +51,19 @@ def fourier_frac(frac: Tensor, num_freqs: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # [..., 6K]
 
 
-def periodic_difference(a: Tensor, b: Tensor) -> Tensor:
-    """Minimum-image difference of fractional coordinates, in [-0.5, 0.5)."""
-    d = a - b
-    return d - torch.round(d)
+def frac_to_circle(frac: Tensor) -> Tensor:
+    """Fractional coordinates [..., 3] -> points on the unit circle [..., 3, 2] (cos, sin of 2 pi f).
+
+    The decoder regresses these instead of ``f`` itself: the map is smooth across the periodic
+    wrap 1 -> 0, where a raw coordinate target jumps.
+    """
+    angle = 2 * math.pi * frac
+    return torch.stack([angle.cos(), angle.sin()], dim=-1)
+
+
+def circle_to_frac(circle: Tensor) -> Tensor:
+    """Inverse of :func:`frac_to_circle` (any non-zero 2-vector): [..., 3, 2] -> [..., 3] in [0, 1)."""
+    return torch.remainder(torch.atan2(circle[..., 1], circle[..., 0]) / (2 * math.pi), 1.0)
 
 
 #################################################################################
@@ -68,7 +77,7 @@ class VAEOutput:
 
     type_logits: Tensor  # [B, N, NUM_ATOM_TYPES]
     pos: Tensor  # [B, N, 3] normalised Cartesian positions
-    frac: Tensor  # [B, N, 3] fractional coordinates (unwrapped)
+    frac: Tensor  # [B, N, 3, 2] fractional coordinates as unit-circle points
     lattice: Tensor  # [B, 6] normalised lattice features
     mu: Tensor  # [B, N, latent_dim]
     logvar: Tensor  # [B, N, latent_dim]
@@ -109,7 +118,7 @@ class AllAtomVAE(nn.Module):
         # output heads
         self.type_head = nn.Linear(hidden_size, NUM_ATOM_TYPES)
         self.pos_head = nn.Linear(hidden_size, 3)
-        self.frac_head = nn.Linear(hidden_size, 3)
+        self.frac_head = nn.Linear(hidden_size, 6)
         self.lattice_head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, 6))
         self.initialize_weights()
 
@@ -132,14 +141,14 @@ class AllAtomVAE(nn.Module):
 
     # -- decoder ------------------------------------------------------------------------------------
     def decode(self, z: Tensor, mask: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Latents [B, N, L] -> type logits, normalised positions, frac coords, lattice features."""
+        """Latents [B, N, L] -> type logits, normalised positions, frac circle points, lattice features."""
         h = self.from_latent(z) + self.decoder_domain_embed(domain)[:, None]  # [B, N, D]
         for block in self.decoder:
             h = block(h, mask)  # [B, N, D]
         h = self.decoder_norm(h)  # [B, N, D]
         type_logits = self.type_head(h)  # [B, N, T]
         pos = self.pos_head(h)  # [B, N, 3]
-        frac = self.frac_head(h)  # [B, N, 3]
+        frac = self.frac_head(h).unflatten(-1, (3, 2))  # [B, N, 3, 2]
         lattice = self.lattice_head(masked_mean(h, mask))  # [B, 6]
         return type_logits, pos, frac, lattice
 
@@ -158,7 +167,7 @@ class AllAtomVAE(nn.Module):
         type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
         types = type_logits.argmax(-1) * mask  # [B, N]
         is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
-        frac = torch.remainder(frac.float(), 1.0) * is_crystal[..., None]  # [B, N, 3]
+        frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
         crystal_pos = frac @ lattice_matrix(lattice.double()).float()  # [B, N, 3]
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
@@ -181,7 +190,7 @@ class AllAtomVAE(nn.Module):
         is_xtal = (target.domain == Domain.CRYSTAL)[:, None] & mask  # [B, N]
         ce = F.cross_entropy(out.type_logits.float().transpose(1, 2), target.types, reduction="none")  # [B, N]
         pos_err = (out.pos.float() - target.pos / POS_SCALE).square().sum(-1)  # [B, N]
-        frac_err = periodic_difference(out.frac.float(), target.frac).square().sum(-1)  # [B, N]
+        frac_err = (out.frac.float() - frac_to_circle(target.frac)).square().sum((-2, -1))  # [B, N]
         has_lattice = (target.domain == Domain.CRYSTAL).float()  # [B]
         lat_err = (out.lattice.float() - lattice_to_features(target.lattice, has_lattice)).square().sum(-1)  # [B]
         kl = 0.5 * (out.mu.float().square() + out.logvar.float().exp() - 1.0 - out.logvar.float()).sum(-1)  # [B, N]
