@@ -123,3 +123,12 @@ def test_unfitted_predictor_and_bad_checkpoint_are_clear_errors(cells, tmp_path)
     bad.write_text("not a checkpoint")
     with pytest.raises(SciDiTInputError, match="bad.ckpt"):
         SciDiTPredictor.load(bad)
+
+
+def test_a_cell_without_expressed_genes_is_a_clear_error(cells):
+    bad = cells[:3].copy()
+    bad.X = bad.X.toarray()
+    bad.X[1] = 0.0
+    tok = CellTokenizer.from_anndata(cells)
+    with pytest.raises(SciDiTInputError, match=bad.obs_names[1]):
+        tokenize_cells(bad, tok, covariate_codes(bad, "bio_rep", ["rep_1", "rep_2"]))

@@ -45,6 +45,9 @@ def tokenize_cells(adata: ad.AnnData, tokenizer: CellTokenizer, covariates: np.n
     labels = adata.obs[PERTURBATION_KEY].astype(str).tolist() if PERTURBATION_KEY in adata.obs else [CONTROL] * adata.n_obs
     ids = dict(zip(dict.fromkeys(labels), tokenizer.perturbation_ids(list(dict.fromkeys(labels)))))
     sets = tokenizer.encode_anndata(adata)
+    empty = [s.meta["obs_name"] for s in sets if s.num_tokens == 0]
+    if empty:  # the encoder pools over expressed genes; a cell without any has nothing to attend to
+        raise SciDiTInputError(f"{len(empty)} cell(s) express none of the model's genes, e.g. {empty[:3]}; filter them out first")
     for row, (s, label, cov) in enumerate(zip(sets, labels, covariates)):
         s.meta.update(perturbation=label, perturbation_ids=ids[label], covariate=int(cov), row=row)
     return sets
