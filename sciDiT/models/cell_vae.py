@@ -25,6 +25,7 @@ Sections, in data-flow order: gene tokens, cross-attention block, encoder, decod
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -245,7 +246,11 @@ class CellVAE(nn.Module):
     # ------------------------------------------------------------------------------------------
 
     def initialize_weights(self) -> None:
-        """Xavier linears with zero bias; N(0, 0.02) gene rows and latent queries; zero per-gene log scales.
+        """Xavier linears with zero bias; N(0, 0.02) gene rows and latent queries; per-gene scales 0.5.
+
+        The scale of detected values starts at 0.5 (the typical spread of a detected gene's
+        log1p-normalised value) rather than 1: a short CPU run moves it little, and a too-wide
+        scale makes sampled cells far noisier than real ones.
 
         The small gene-row scale also means that rows of extra target genes, which only the DiT's
         perturbation condition reads, start near zero (near "no perturbation") rather than at
@@ -263,7 +268,7 @@ class CellVAE(nn.Module):
         with torch.no_grad():
             self.embedder.gene_embedding.weight[0].zero_()
         nn.init.normal_(self.encoder.queries, std=0.02)
-        nn.init.zeros_(self.decoder.log_scale)
+        nn.init.constant_(self.decoder.log_scale, math.log(0.5))
 
 
 # ----------------------------------------------------------------------------------------------
