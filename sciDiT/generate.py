@@ -31,7 +31,7 @@ from sciDiT.batch import Domain, TokenSet
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import to_structure
-from sciDiT.flow import SOLVERS, integrate, model_velocity
+from sciDiT.flow import SOLVERS
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.training.dit_module import DiTModule
 
@@ -126,14 +126,11 @@ class Generator:
                 mask = arange[None, :] < sizes[idx, None]  # [b, N]
                 x0 = torch.zeros(len(idx), n_max, latent_dim)  # [b, N, L]
                 x0[mask] = noise[(offsets[idx, None] + arange[None, :])[mask]]
-                mask, x0 = mask.to(self.device), x0.to(self.device)
-                dom_t = torch.full((len(idx),), int(dom), dtype=torch.long, device=self.device)  # [b]
-                velocity = model_velocity(dit, mask, {"domain": dom_t}, cfg_scale=cfg_scale,
-                                          self_condition=self_condition and self.ema_dit.self_condition)
+                dom_t = torch.full((len(idx),), int(dom), dtype=torch.long)  # [b]
                 with autocast:
-                    x1 = integrate(velocity, x0, steps=steps, method=method)  # [b, N, L]
-                z = x1.float() * self.model.latent_std + self.model.latent_mean  # [b, N, L]
-                decoded = self.model.vae.decode_to_batch(z, mask, dom_t).to("cpu")
+                    decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=cfg_scale,
+                                                  self_condition=self_condition and self.ema_dit.self_condition)
+                decoded = decoded.to("cpu")
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
                     ts.meta = {"sample_index": i}
                     out[i] = ts

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.batch import Domain, TokenBatch
-from sciDiT.flow import flow_matching_loss, sample
+from sciDiT.flow import flow_matching_loss, integrate, model_velocity, sample_noise
 from sciDiT.models.dit import DiT
 from sciDiT.models.vae import AllAtomVAE
 
@@ -78,6 +78,7 @@ class LatentDiffusion(nn.Module):
         domain: Tensor,
         num_tokens: Tensor,
         *,
+        x0: Tensor | None = None,
         dit: nn.Module | None = None,
         steps: int = 100,
         method: str = "euler",
@@ -85,13 +86,20 @@ class LatentDiffusion(nn.Module):
         self_condition: bool = True,
         generator: torch.Generator | None = None,
     ) -> TokenBatch:
-        """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]`` (``dit``: e.g. the EMA copy)."""
+        """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]``.
+
+        ``x0 [B, N, L]``: the source noise (drawn from ``generator`` when None); ``dit``: the network
+        to integrate (e.g. the EMA copy). Decoding always runs in float32, outside any autocast.
+        """
         dit = self.dit if dit is None else dit
         device = self.latent_mean.device
         n_max = int(num_tokens.max())
         mask = torch.arange(n_max, device=device)[None, :] < num_tokens.to(device)[:, None]  # [B, N]
         domain = domain.to(device)
-        x = sample(dit.eval(), mask, self.vae.latent_dim, {"domain": domain}, steps=steps, method=method,
-                   cfg_scale=cfg_scale, self_condition=self_condition and dit.self_condition, generator=generator)  # [B, N, L]
-        z = x * self.latent_std + self.latent_mean  # [B, N, L]
-        return self.vae.decode_to_batch(z, mask, domain)
+        x0 = sample_noise(mask, self.vae.latent_dim, generator=generator) if x0 is None else x0.to(device)  # [B, N, L]
+        velocity = model_velocity(dit.eval(), mask, {"domain": domain}, cfg_scale=cfg_scale,
+                                  self_condition=self_condition and dit.self_condition)
+        x1 = integrate(velocity, x0, steps=steps, method=method)  # [B, N, L]
+        with torch.autocast(device.type, enabled=False):
+            z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
+            return self.vae.decode_to_batch(z, mask, domain)
