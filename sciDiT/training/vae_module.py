@@ -6,6 +6,7 @@ domains (molecule / crystal) through the batch, never datasets.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import lightning as L
@@ -63,16 +64,20 @@ class VAEModule(L.LightningModule):
 
     # -- test: full reconstruction metrics on decoded structures --------------------------------------
     def test_step(self, batch: TokenBatch, batch_idx: int) -> None:
-        if len(self._test_pairs) >= self.hparams.max_eval_sets:
+        """Collect (reconstruction, input) pairs, at most ``max_eval_sets`` per domain."""
+        per_domain = Counter(int(t.domain) for _, t in self._test_pairs)
+        if per_domain and all(per_domain[int(d)] >= self.hparams.max_eval_sets for d in batch.domain.unique()):
             return
         recon = self.model.reconstruct(batch)
-        self._test_pairs.extend(zip(recon.to("cpu").unbatch(), batch.to("cpu").unbatch()))
+        for pair in zip(recon.to("cpu").unbatch(), batch.to("cpu").unbatch()):
+            if per_domain[int(pair[1].domain)] < self.hparams.max_eval_sets:
+                per_domain[int(pair[1].domain)] += 1
+                self._test_pairs.append(pair)
 
     def on_test_epoch_end(self) -> None:
         from sciDiT.evaluation.reconstruction import reconstruction_report
 
-        pairs = self._test_pairs[: self.hparams.max_eval_sets]
-        self._test_pairs = []
+        pairs, self._test_pairs = self._test_pairs, []
         report = reconstruction_report([p for p, _ in pairs], [t for _, t in pairs])
         for key, value in report.items():
             self.log(f"test/{key}", float(value), batch_size=1)
