@@ -87,7 +87,8 @@ def test_two_process_ddp_on_cpu(data_dir: Path, cache_dir: Path, tmp_path: Path)
 
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path: Path):
-    res = _train(["experiment=quickstart", "stage=vae", f"paths.output_dir={tmp_path / 'x'}"], tmp_path / "nowhere", tmp_path / "cache", timeout=300)
+    args = ["experiment=quickstart", "data=mp20", "stage=vae", f"paths.output_dir={tmp_path / 'x'}"]
+    res = _train(args, tmp_path / "nowhere", tmp_path / "cache", timeout=300)
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "mp20" in lines[-1] and "Traceback" not in res.stderr
