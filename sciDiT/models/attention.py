@@ -66,3 +66,11 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean over real tokens: x [B, N, D], mask [B, N] -> [B, D]."""
     w = mask.to(x.dtype).unsqueeze(-1)  # [B, N, 1]
     return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
+def xavier_linear_init(module: nn.Module) -> None:
+    """The basic initialisation of every sciDiT transformer: Xavier-uniform linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sciDiT.batch import TokenBatch
-from sciDiT.models.attention import Mlp, TransformerBlock
+from sciDiT.models.attention import Mlp, TransformerBlock, xavier_linear_init
 
 # ----------------------------------------------------------------------------------------------
 # Gene tokens
@@ -257,13 +257,7 @@ class CellVAE(nn.Module):
         large random vectors.
         """
 
-        def _basic_init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(_basic_init)
+        self.apply(xavier_linear_init)
         nn.init.normal_(self.embedder.gene_embedding.weight, std=0.02)
         with torch.no_grad():
             self.embedder.gene_embedding.weight[0].zero_()

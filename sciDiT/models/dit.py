@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.batch import Domain
-from sciDiT.models.attention import Mlp, SetAttention
+from sciDiT.models.attention import Mlp, SetAttention, xavier_linear_init
 
 DEFAULT_CONDITIONS: dict[str, dict[str, Any]] = {"domain": {"kind": "class", "num_classes": len(Domain)}}
 
@@ -301,13 +301,7 @@ class DiT(nn.Module):
         Shared embedding tables are left as they are.
         """
 
-        def _basic_init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(_basic_init)
+        self.apply(xavier_linear_init)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for embedder in self.cond_embedders.values():

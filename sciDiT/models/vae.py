@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sciDiT.batch import Domain, TokenBatch
-from sciDiT.models.attention import TransformerBlock, masked_mean
+from sciDiT.models.attention import TransformerBlock, masked_mean, xavier_linear_init
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
 
@@ -204,13 +204,7 @@ class AllAtomVAE(nn.Module):
 
     # -- initialisation -----------------------------------------------------------------------------
     def initialize_weights(self) -> None:
-        def _basic_init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(_basic_init)
+        self.apply(xavier_linear_init)
         # atom identity must reach the latent: unit-scale type embeddings, as large as the geometry inputs
         nn.init.normal_(self.type_embed.weight, std=1.0)
         for emb in (self.domain_embed, self.decoder_domain_embed):
