@@ -112,14 +112,15 @@ def to_molecules(samples: Sequence[TokenSet | Chem.Mol], bonds: bool = True) -> 
     """Annotated RDKit molecules, one per sample (token sets decoded with bond perception when ``bonds``)."""
     tok = MoleculeTokenizer()
     mols = []
-    for i, s in enumerate(samples):
-        if isinstance(s, TokenSet):
-            if s.domain != Domain.MOLECULE:
-                raise SciDiTInputError(f"sample {i} is a {s.domain.name.lower()}, not a molecule: it cannot go into an SDF")
-            s = tok.to_rdkit(s, bonds=bonds)
-        elif not isinstance(s, Chem.Mol):
-            raise SciDiTInputError(f"sample {i} is a {type(s).__name__}, expected a TokenSet or an RDKit Mol")
-        mols.append(annotate(s, i))
+    with BlockLogs():  # failed bond perception / sanitization is recorded per molecule, not printed
+        for i, s in enumerate(samples):
+            if isinstance(s, TokenSet):
+                if s.domain != Domain.MOLECULE:
+                    raise SciDiTInputError(f"sample {i} is a {s.domain.name.lower()}, not a molecule: it cannot go into an SDF")
+                s = tok.to_rdkit(s, bonds=bonds)
+            elif not isinstance(s, Chem.Mol):
+                raise SciDiTInputError(f"sample {i} is a {type(s).__name__}, expected a TokenSet or an RDKit Mol")
+            mols.append(annotate(s, i))
     return mols
 
 
