@@ -78,14 +78,12 @@ def _qm9_reference(args: dict[str, str], limit: int):
     return smiles, [train[i] for i in range(min(limit, len(train)))]
 
 
-def _mp20_file(args: dict[str, str], split: str) -> Path:
-    from sciDiT.data.paths import not_found, resolve_data_dir
+def _mp20_reference(args: dict[str, str], split: str, limit: int | None = None):
+    """MP-20 ``split`` through the cached data loader (parsed once, shared with training)."""
+    from sciDiT.data.cdvae import load_cdvae
 
-    folder = resolve_data_dir(args.get("data_dir")) / "mp20"
-    for name in (f"{split}.csv", f"{split}.csv.gz"):
-        if (folder / name).is_file():
-            return folder / name
-    raise not_found("mp20", folder, f"MP-20 {split}.csv")
+    data = load_cdvae("mp20", split, args.get("data_dir"), args.get("cache_dir"))
+    return [data[i] for i in range(len(data) if limit is None else min(limit, len(data)))]
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -115,8 +113,8 @@ def run_crystals(args: dict[str, str]):
     limit = _int(args, "ref_limit", 1000)
     train = test = None
     if ref == "mp20":
-        train = read_crystals(_mp20_file(args, "train"))
-        test = read_crystals(_mp20_file(args, "test"), limit=limit)
+        train = _mp20_reference(args, "train")
+        test = _mp20_reference(args, "test", limit)
     elif ref != "none":
         train = read_crystals(ref)
         test = train[:limit]
