@@ -27,15 +27,18 @@ STAGES = ("vae", "dit", "all")
 
 
 def _trainer(cfg: DictConfig, stage: str, stage_dir: Path) -> L.Trainer:
-    """A Trainer for one stage: the stage's step budget, its own checkpoint folder and loggers."""
+    """A Trainer for one stage: the stage's step and time budgets, its own checkpoint folder and loggers."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     for cb in callbacks:
         if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
             cb.dirpath = str(stage_dir / "checkpoints")
     loggers = [instantiate(lg, name=stage) for lg in cfg.logger.values()]
     max_steps = cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.max_steps[stage]
+    max_time = cfg.trainer.max_time if cfg.trainer.max_time is not None else cfg.max_time[stage]
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    return instantiate(cfg.trainer, max_steps=max_steps, precision=precision, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir))
+    return instantiate(
+        cfg.trainer, max_steps=max_steps, max_time=max_time, precision=precision, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir)
+    )
 
 
 def run_stage(cfg: DictConfig, stage: str, ckpt_path: str | None = None) -> Path:

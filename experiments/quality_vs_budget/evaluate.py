@@ -1,0 +1,76 @@
+"""Score one budget run: pick the sampling setting, sample 1,000 per domain, run every metric.
+
+    python experiments/quality_vs_budget/evaluate.py outputs/budget_90min [--n 1000] [--sweep-n 200]
+
+1. Sampler choice on the DiT's last (EMA) checkpoint: Euler 100 steps at CFG 1 and 2 (the earlier sweep
+   in ``experiments/qm9_mp20_joint_cpu`` found Heun no better), ``--sweep-n`` sets per domain and seed 1,
+   scored with the cheap validity of ``sciDiT.evaluation.quick``; each domain keeps its best CFG.
+2. ``python -m sciDiT.sample`` at that setting, seed 0, ``--n`` sets per domain.
+3. ``python -m sciDiT.evaluate`` with every metric on (PoseBusters for molecules; coverage and the
+   CHGNet proxy for crystals).
+
+Writes ``<run>/eval/{sweep,molecules,crystals}.json`` (+ the evaluation's Markdown reports) and
+``<run>/eval/commands.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sciDiT.evaluation.quick import quick_validity
+from sciDiT.generate import load_generator
+
+CFG_SCALES = (1.0, 2.0)
+STEPS = 100
+
+
+def sweep(ckpt: Path, n: int) -> dict[str, dict[str, float]]:
+    """Cheap validity per domain and CFG scale: ``{domain: {cfg: validity}}``."""
+    gen = load_generator(str(ckpt))
+    out: dict[str, dict[str, float]] = {"molecule": {}, "crystal": {}}
+    for cfg in CFG_SCALES:
+        for domain, key in (("molecule", "molecule/validity"), ("crystal", "crystal/structural_validity")):
+            sets = gen.generate_token_sets(domain, n, steps=STEPS, method="euler", cfg_scale=cfg, seed=1, progress=False)
+            out[domain][str(cfg)] = quick_validity(sets)[key]
+    return out
+
+
+def run(cmd: list[str], log: list[str]) -> None:
+    log.append(" ".join(cmd))
+    start = time.time()
+    subprocess.run(cmd, check=True)
+    log[-1] += f"   # {time.time() - start:.0f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="output folder of experiments/quality_vs_budget/train.sh")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--sweep-n", type=int, default=200)
+    args = parser.parse_args()
+    ckpt = args.run / "dit" / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        sys.exit(f"error: {ckpt}: no DiT checkpoint (has the run finished?)")
+    eval_dir, sample_dir = args.run / "eval", args.run / "samples"
+    eval_dir.mkdir(exist_ok=True)
+    sample_dir.mkdir(exist_ok=True)
+    scores = sweep(ckpt, args.sweep_n)
+    best = {d: max(s, key=s.get) for d, s in scores.items()}
+    (eval_dir / "sweep.json").write_text(json.dumps({"scores": scores, "best_cfg": best, "steps": STEPS, "n": args.sweep_n}, indent=2) + "\n")
+    print(f"sweep {scores} -> {best}", flush=True)
+    py, log = sys.executable, []
+    common = [f"ckpt={ckpt}", f"n={args.n}", f"steps={STEPS}", "seed=0"]
+    run([py, "-m", "sciDiT.sample", *common, "domain=molecule", f"cfg_scale={best['molecule']}", f"out={sample_dir / 'molecules.sdf'}"], log)
+    run([py, "-m", "sciDiT.sample", *common, "domain=crystal", f"cfg_scale={best['crystal']}", f"out={sample_dir / 'crystals'}/"], log)
+    run([py, "-m", "sciDiT.evaluate", f"molecules={sample_dir / 'molecules.sdf'}", "reference=qm9", "posebusters=1", f"out={eval_dir / 'molecules.json'}"], log)
+    run([py, "-m", "sciDiT.evaluate", f"crystals={sample_dir / 'crystals'}/", "reference=mp20", "coverage=1", "chgnet=1", f"out={eval_dir / 'crystals.json'}"], log)
+    (eval_dir / "commands.txt").write_text("\n".join(log) + "\n")
+
+
+if __name__ == "__main__":
+    main()
