@@ -118,7 +118,11 @@ def run_crystals(args: dict[str, str]):
     elif ref != "none":
         train = read_crystals(ref)
         test = train[:limit]
-    return evaluate_crystals(sets, train, test, with_coverage=_flag(args, "coverage", False), with_chgnet=_flag(args, "chgnet", False))
+    from sciDiT.data.paths import resolve_cache_dir
+
+    return evaluate_crystals(
+        sets, train, test, with_coverage=_flag(args, "coverage", False), with_chgnet=_flag(args, "chgnet", False), cache_dir=resolve_cache_dir(args.get("cache_dir"))
+    )
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -100,11 +100,36 @@ def test_uniqueness_and_novelty_masks(mp20_test):
     assert novel_mask(structs, structs[:4]).tolist() == [False] * 4 + [True] * 6
 
 
-def test_coverage_of_a_set_with_itself(mp20_test):
+def test_coverage_of_a_set_with_itself(mp20_test, tmp_path):
     pytest.importorskip("matminer")
     structs = [to_structure(s) for s in mp20_test[:4]]
-    cov = coverage(structs, structs)
+    cov = coverage(structs, structs, cache_dir=tmp_path)
     assert cov == {"cov_recall": 1.0, "cov_precision": 1.0}
+    assert len(list(tmp_path.glob("crystal_fingerprints-*.npz"))) == 1  # the reference fingerprints are kept
+    assert coverage(structs, structs, cache_dir=tmp_path) == cov  # and read back
+
+
+def test_coverage_drops_for_a_different_set(mp20_test):
+    pytest.importorskip("matminer")
+    ref = [to_structure(s) for s in mp20_test[:4]]
+    other = [to_structure(s) for s in mp20_test[4:8]]  # other compositions (Magpie distance > the cutoff)
+    assert coverage(other, ref) == {"cov_recall": 0.0, "cov_precision": 0.0}
+    mixed = coverage(ref[:2] + other, ref)
+    assert mixed["cov_precision"] == pytest.approx(2 / 6) and 0.5 <= mixed["cov_recall"] < 1.0
+
+
+def test_chgnet_proxy_separates_relaxed_from_compressed(mp20_test):
+    pytest.importorskip("chgnet")
+    from sciDiT.evaluation.crystals import chgnet_proxy
+
+    real = [to_structure(s) for s in mp20_test[:2]]
+    squeezed = [s.copy() for s in real]
+    for s in squeezed:
+        s.scale_lattice(s.volume * 0.8**3)
+    relaxed, compressed = chgnet_proxy(real, relax_steps=5), chgnet_proxy(squeezed, relax_steps=5)
+    assert -12.0 < relaxed["chgnet_energy_per_atom"] < 0.0  # Materials Project crystals bind: a few eV/atom
+    assert relaxed["chgnet_max_force"] < 0.5 < compressed["chgnet_max_force"]
+    assert compressed["chgnet_energy_per_atom"] > relaxed["chgnet_energy_per_atom"]
 
 
 def test_read_crystals_bad_input(tmp_path):

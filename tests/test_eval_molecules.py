@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from rdkit import Chem
 
 from sciDiT.batch import TokenSet
 from sciDiT.errors import SciDiTInputError
@@ -128,6 +129,13 @@ def test_posebusters_passes_real_molecules(qm9_sdf):
     ev = evaluate_molecules(original[:4], openbabel=False)
     rates = posebusters_rates(ev.valid_mols)
     assert rates["pb_all"] == 1.0 and rates["pb_sanitization"] == 1.0 and "pb_internal_energy" in rates
+    stretched = [Chem.Mol(m) for m in ev.valid_mols]  # the same graphs, every bond 30% longer
+    for m in stretched:
+        conf = m.GetConformer()
+        for i in range(m.GetNumAtoms()):
+            conf.SetAtomPosition(i, conf.GetAtomPosition(i) * 1.3)
+    bad = posebusters_rates(stretched)
+    assert bad["pb_bond_lengths"] == 0.0 and bad["pb_all"] == 0.0 and bad["pb_sanitization"] == 1.0
 
 
 def test_read_molecules_bad_input(tmp_path):

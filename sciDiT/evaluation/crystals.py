@@ -27,12 +27,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from functools import reduce
+from pathlib import Path
 
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -205,12 +207,32 @@ def fingerprints(structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
     return np.array(struct), np.array(comp)
 
 
-def coverage(sample: list[Structure], reference: list[Structure]) -> dict[str, float]:
-    """COV-R (share of reference crystals near some sample) and COV-P (share of samples near some reference)."""
+def _cached_fingerprints(structures: list[Structure], cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fingerprints`, stored in ``cache_dir`` under a hash of the structures (a reference set is scored once)."""
+    if cache_dir is None:
+        return fingerprints(structures)
+    digest = hashlib.sha1("".join(s.to(fmt="poscar") for s in structures).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"crystal_fingerprints-{digest}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return f["struct"], f["comp"]
+    struct, comp = fingerprints(structures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, struct=struct, comp=comp)
+    tmp.replace(path)
+    return struct, comp
+
+
+def coverage(sample: list[Structure], reference: list[Structure], cache_dir: Path | None = None) -> dict[str, float]:
+    """COV-R (share of reference crystals near some sample) and COV-P (share of samples near some reference).
+
+    ``cache_dir``: keep the reference fingerprints there (about 0.5 s per crystal to compute).
+    """
     from scipy.spatial.distance import cdist
 
     s_struct, s_comp = fingerprints(sample)
-    r_struct, r_comp = fingerprints(reference)
+    r_struct, r_comp = _cached_fingerprints(reference, cache_dir)
     mean, std = np.nanmean(r_comp, axis=0), np.nanstd(r_comp, axis=0)
     std = np.where(std > 0, std, 1.0)
     s_comp, r_comp = (s_comp - mean) / std, (r_comp - mean) / std
@@ -267,8 +289,13 @@ def evaluate_crystals(
     with_coverage: bool = False,
     with_chgnet: bool = False,
     chgnet_max: int = 100,
+    cache_dir: Path | None = None,
 ) -> CrystalEvaluation:
-    """All crystal metrics of the module docstring: ``train`` enables novelty, ``test`` the distances/coverage."""
+    """All crystal metrics of the module docstring: ``train`` enables novelty, ``test`` the distances/coverage.
+
+    ``chgnet_max``: valid crystals (the first ones) scored by CHGNet; ``cache_dir``: where coverage keeps
+    the reference fingerprints.
+    """
     if not sets:
         raise ValueError("evaluate_crystals needs at least one crystal")
     structures = [to_structure(ts) for ts in sets]
@@ -296,7 +323,7 @@ def evaluate_crystals(
             m["w1_density"] = float(wasserstein_distance(density, ref_density))
             m["w1_num_elements"] = float(wasserstein_distance(n_elem, ref_nelem))
         if with_coverage:
-            m.update(coverage(valid_structs, test_structs) if valid_structs else {"cov_recall": 0.0, "cov_precision": 0.0})
+            m.update(coverage(valid_structs, test_structs, cache_dir) if valid_structs else {"cov_recall": 0.0, "cov_precision": 0.0})
     if with_chgnet and ok_structs:
         m.update(chgnet_proxy([s for s in valid_structs or ok_structs][:chgnet_max]))
     return CrystalEvaluation(m, structural, compositional, density, n_elem, ref_density, ref_nelem)
