@@ -104,8 +104,9 @@ def test_sdf_write_is_atomic(qm9_sets, tmp_path):
         write_sdf([qm9_sets[0], qm9_sets[1], dataclasses.replace(qm9_sets[2], domain=Domain.CRYSTAL)], path)
     assert path.read_text() == "previous run\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mols.sdf"]  # no temp file left behind
-    with pytest.raises(SciDiTInputError, match="does not exist"):
-        write_sdf(qm9_sets, tmp_path / "missing" / "mols.sdf")
+    assert len(read_molecules(write_sdf(qm9_sets[:2], tmp_path / "new" / "mols.sdf"))) == 2  # parent folders are created
+    with pytest.raises(SciDiTInputError, match="cannot create folder"):
+        write_sdf(qm9_sets, tmp_path / "mols.sdf" / "mols.sdf")  # a file stands where the folder should be
 
 
 # -- CIF ----------------------------------------------------------------------------------------

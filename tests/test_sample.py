@@ -140,7 +140,7 @@ def test_cli_writes_sdf_and_cif_folder(ckpt, tmp_path, capsys):
         (["ckpt={ckpt}", "domain=protein", "n=2", "out={tmp}/m.sdf"], "domain="),
         (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "stpes=3"], "unknown key 'stpes'"),
         (["ckpt={ckpt}", "domain=molecule", "n=two", "out={tmp}/m.sdf"], "n='two'"),
-        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/no/such/m.sdf"], "does not exist"),
+        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={ckpt}/m.sdf"], "cannot create folder"),
         (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/"], "not a folder"),
         (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/user"], "not a previous export"),
         (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "steps=0"], "steps must"),

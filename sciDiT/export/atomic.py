@@ -25,11 +25,13 @@ def _umask() -> int:
 
 
 def check_writable_parent(path: str | Path) -> Path:
-    """The target path, after checking that its parent folder exists and is writable (one-line error if not)."""
+    """The target path, after creating its parent folders and checking they are writable (one-line error if not)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise SciDiTInputError(f"cannot write here: folder {parent} does not exist", path)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SciDiTInputError(f"cannot write here: cannot create folder {parent} ({err.strerror})", path) from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SciDiTInputError(f"cannot write here: folder {parent} is not writable", path)
     return path
