@@ -1,0 +1,102 @@
+"""Table and plot of generation quality against training budget from the runs of ``train.sh`` + ``evaluate.py``.
+
+    python experiments/quality_vs_budget/summarize.py outputs/budget_10min outputs/budget_30min outputs/budget_90min \
+        --plot experiments/quality_vs_budget/metrics_vs_budget.png
+
+Prints a Markdown table (one column per run): training steps, VAE reconstruction, the chosen CFG scale
+and every molecule and crystal metric that ``python -m sciDiT.evaluate`` wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+MOLECULE_ROWS = [
+    ("validity", "validity (RDKit)"), ("validity_openbabel", "validity (OpenBabel -> RDKit, ADiT/EDM path)"),
+    ("uniqueness", "uniqueness (RDKit, over valid)"), ("novelty", "novelty (RDKit, over valid)"),
+    ("connected", "connected (one fragment)"), ("atom_stability", "atom stability (EDM)"), ("molecule_stability", "molecule stability (EDM)"),
+    ("tv_atom_counts", "TV atom counts"), ("tv_atom_types", "TV atom types"), ("w1_bond_length", "W1 bond length (A)"),
+    ("pb_sanitization", "PoseBusters sanitization"), ("pb_all_atoms_connected", "PoseBusters all atoms connected"),
+    ("pb_bond_lengths", "PoseBusters bond lengths"), ("pb_bond_angles", "PoseBusters bond angles"),
+    ("pb_internal_steric_clash", "PoseBusters internal steric clash"), ("pb_all", "PoseBusters all checks"),
+]
+CRYSTAL_ROWS = [
+    ("n_samples", "CIFs written (of 1,000)"), ("structural_validity", "structural validity"), ("compositional_validity", "compositional validity (SMACT)"),
+    ("validity", "overall validity"), ("uniqueness", "uniqueness (StructureMatcher)"), ("novelty", "novelty vs MP-20 train"),
+    ("cov_recall", "COV-R"), ("cov_precision", "COV-P"), ("w1_density", "W1 density (g/cm^3)"), ("w1_num_elements", "W1 number of elements"),
+    ("chgnet_energy_per_atom", "CHGNet energy (eV/atom)"), ("chgnet_max_force", "CHGNet max force (eV/A)"),
+    ("chgnet_relax_displacement", "CHGNet 50-step relaxation displacement (A)"),
+]
+PLOTTED = [("molecules", "validity", "QM9 validity (RDKit)"), ("molecules", "validity_openbabel", "QM9 validity (OpenBabel)"),
+           ("molecules", "atom_stability", "QM9 atom stability"), ("crystals", "structural_validity", "MP-20 structural validity"),
+           ("crystals", "validity", "MP-20 overall validity")]
+
+
+def load(run: Path) -> dict:
+    out = {"name": run.name, "minutes": float(re.search(r"(\d+)min", run.name).group(1))}
+    for stage in ("vae", "dit"):
+        out[stage] = json.loads((run / stage / "metrics.json").read_text())
+    for part in ("molecules", "crystals", "sweep"):
+        out[part] = json.loads((run / "eval" / f"{part}.json").read_text())
+    return out
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.0f}" if float(v).is_integer() and abs(v) > 1 else f"{v:.3f}"
+
+
+def table(runs: list[dict]) -> str:
+    head = "| metric | " + " | ".join(f"{r['minutes']:.0f} min" for r in runs) + " |"
+    lines = [head, "|---" * (len(runs) + 1) + "|"]
+    lines.append("| VAE / DiT steps | " + " | ".join(f"{r['vae']['steps']:.0f} / {r['dit']['steps']:.0f}" for r in runs) + " |")
+    lines.append("| VAE QM9 match rate / MP-20 type accuracy | " + " | ".join(
+        f"{r['vae']['test/molecule/match_rate']:.3f} / {r['vae']['test/crystal/type_accuracy']:.3f}" for r in runs) + " |")
+    lines.append("| CFG scale (molecules / crystals) | " + " | ".join(f"{r['sweep']['best_cfg']['molecule']} / {r['sweep']['best_cfg']['crystal']}" for r in runs) + " |")
+    for part, rows in (("molecules", MOLECULE_ROWS), ("crystals", CRYSTAL_ROWS)):
+        lines.append(f"| **{part}** |" + " |" * len(runs))
+        for key, label in rows:
+            lines.append(f"| {label} | " + " | ".join(fmt(r[part].get(key)) for r in runs) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    minutes = [r["minutes"] for r in runs]
+    for part, key, label in PLOTTED:
+        ax.plot(minutes, [r[part].get(key) for r in runs], "o-", label=label)
+    ax.axhline(0.9, color="grey", ls=":", lw=1)
+    ax.axhline(0.85, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xticks(minutes, [f"{m:.0f}" for m in minutes])
+    ax.set_xlabel("training budget (minutes on one CPU core)")
+    ax.set_ylim(0, 1)
+    ax.set_title("sciDiT joint QM9 + MP-20, VAE-T + DiT-T")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args()
+    runs = sorted((load(r) for r in args.runs), key=lambda r: r["minutes"])
+    print(table(runs))
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
