@@ -1,7 +1,7 @@
 """Train small sciDiT perturbation models on Papalexi 2021 and score them beside the baselines.
 
     python experiments/perturbseq_sciDiT.py --data-dir ../shared/data --out experiments/perturbseq_sciDiT.md \
-        [--splits random_cells replicate unseen] [--seeds-unseen 2] [--vae-steps 400] [--dit-steps 800]
+        [--splits random_cells replicate unseen] [--seeds-unseen 3] [--vae-steps 1500] [--dit-steps 800]
 
 For every split (sciDiT.perturbation.splits: seen perturbations by random halves of the cells or by
 replicate, unseen perturbations with 5 of 25 target genes held out, seeded) it trains a fresh
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("experiments/perturbseq_sciDiT.md"))
     parser.add_argument("--splits", nargs="+", default=["random_cells", "replicate", "unseen"])
-    parser.add_argument("--seeds-unseen", type=int, default=2)
-    parser.add_argument("--vae-steps", type=int, default=400)
+    parser.add_argument("--seeds-unseen", type=int, default=3)
+    parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--dit-steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--ode-steps", type=int, default=10)

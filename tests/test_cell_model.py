@@ -68,19 +68,19 @@ def test_dense_expression_matches_the_anndata(cells):
 
 
 def test_sampling_follows_the_hurdle_likelihood(cells):
-    """With a constant head (detected logit +-20, mean 1, std 0.1) samples and means are known in closed form."""
+    """With a constant read-out (detected logit +-20, mean 1, std 0.1) samples and means are known in closed form."""
     tok, batch = _batch(cells)
     vae = CellVAE(tok.vocab_size, tok.num_genes, **TINY_VAE)
     with torch.no_grad():
         z = vae.encode(batch)[0]
-        vae.decoder.head.weight.zero_()
-        vae.decoder.head.bias.copy_(torch.tensor([20.0, 1.0]))
+        vae.decoder.loadings.zero_()
+        vae.decoder.bias.copy_(torch.tensor([20.0, 1.0]))
         vae.decoder.log_scale.fill_(float(np.log(0.1)))
         x = vae.sample_expression(z, torch.Generator().manual_seed(0))
         torch.testing.assert_close(x, vae.sample_expression(z, torch.Generator().manual_seed(0)))
         assert (x > 0).all() and abs(float(x.mean()) - 1.0) < 0.01 and abs(float(x.std()) - 0.1) < 0.01
         torch.testing.assert_close(vae.expected_expression(z), torch.ones_like(x))
-        vae.decoder.head.bias.copy_(torch.tensor([-20.0, 1.0]))
+        vae.decoder.bias.copy_(torch.tensor([-20.0, 1.0]))
         assert (vae.sample_expression(z) == 0).all()
 
 
@@ -103,7 +103,7 @@ def test_tiny_train_predict_score_and_reload(cells, tmp_path):
     assert set(pred.obs["control_cell"]) == set(control.obs_names)
     assert list(pred.varm["predicted_shift"].columns) == ["STAT1", "JAK2", "IFNGR1+IFNGR2"]
     assert pred.varm["predicted_lfc"].shape == (cells.n_vars, 3)
-    assert pred.layers["expected"].shape == pred.X.shape and (pred.X >= 0).all()
+    assert pred.layers["shift"].shape == pred.X.shape and (pred.X >= 0).all()
     stat1 = pred.X[pred.obs["perturbation"] == "STAT1"]
     np.testing.assert_allclose(pred.varm["predicted_shift"]["STAT1"], stat1.mean(0) - control.X.toarray().mean(0), atol=1e-5)
     scores = score_perturbations(pred, cells[cells.obs["perturbation"] != "control"].copy(), control, cells)

@@ -107,8 +107,11 @@ class TokenSetEmbedder(nn.Module):
     """A set of token ids ``[B, M]`` (e.g. perturbed genes) with ``{key}_mask [B, M]`` -> ``[B, H]``.
 
     Embeds each id (in its own table, or a shared ``table`` such as the VAE's gene embedding, which
-    is then neither re-initialised here nor copied), sums over the real ids (an empty set, e.g. a
-    control cell, sums to zero) and maps the sum through an MLP. Without ``{key}_mask`` every id is real.
+    is then neither re-initialised here nor copied), layer-normalises each token, sums over the real
+    ids (an empty set, e.g. a control cell, sums to zero) and maps the sum through an MLP. Without
+    ``{key}_mask`` every id is real. The per-token normalisation matters for a shared table: rows the
+    owner never trains (a VAE's extra target genes) keep their tiny initial scale, and without it they
+    would all look like "no perturbation" to the MLP.
     """
 
     def __init__(self, key: str, hidden_size: int, num_tokens: int, dropout: float, table: nn.Embedding | None = None):
@@ -116,13 +119,14 @@ class TokenSetEmbedder(nn.Module):
         self.key, self.dropout = key, dropout
         self.owns_table = table is None
         self.table = nn.Embedding(num_tokens, hidden_size) if table is None else table
+        self.norm = nn.LayerNorm(self.table.embedding_dim, elementwise_affine=False)
         self.mlp = nn.Sequential(nn.Linear(self.table.embedding_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.null_embedding = nn.Parameter(torch.zeros(hidden_size))
 
     def forward(self, cond: Mapping[str, Tensor], drop: Tensor) -> Tensor:
         ids = cond[self.key]  # [B, M]
         mask = cond.get(f"{self.key}_mask", torch.ones_like(ids, dtype=torch.bool))  # [B, M]
-        tokens = self.table(ids) * mask.unsqueeze(-1).to(self.table.weight.dtype)  # [B, M, E]
+        tokens = self.norm(self.table(ids)) * mask.unsqueeze(-1).to(self.table.weight.dtype)  # [B, M, E]
         emb = self.mlp(tokens.sum(dim=1))  # [B, H]
         return torch.where(drop[:, None], self.null_embedding.to(emb.dtype), emb)  # [B, H]
 

@@ -22,7 +22,7 @@ from sciDiT.training.dit_module import load_vae_weights
 from sciDiT.training.ema import EMA
 from sciDiT.training.optim import build_optimizer
 
-DEFAULT_VAE: dict[str, Any] = {"hidden_size": 64, "encoder_depth": 0, "decoder_depth": 1, "num_heads": 4, "mlp_ratio": 2.0, "num_latent_tokens": 8, "latent_dim": 8}
+DEFAULT_VAE: dict[str, Any] = {"hidden_size": 64, "encoder_depth": 0, "decoder_depth": 0, "num_heads": 4, "mlp_ratio": 2.0, "num_latent_tokens": 8, "latent_dim": 8}
 DEFAULT_DIT: dict[str, Any] = {"hidden_size": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0, "class_dropout_prob": 0.1, "self_condition": False}
 
 
