@@ -9,6 +9,7 @@ from sciDiT.perturbation.baselines import (
     ShiftPredictor,
     TrainCells,
 )
+from sciDiT.perturbation.model import PerturbationFlow, SciDiTPredictor
 from sciDiT.perturbation.splits import PerturbationSplit, random_cells_split, replicate_split, unseen_target_split
 
 __all__ = [
@@ -17,7 +18,9 @@ __all__ = [
     "LinearGeneEmbedding",
     "NoChange",
     "PerturbationSplit",
+    "PerturbationFlow",
     "PerturbedMean",
+    "SciDiTPredictor",
     "ShiftPredictor",
     "TrainCells",
     "random_cells_split",
