@@ -21,11 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from sciDiT.data.paths import resolve_data_dir
-from sciDiT.data.perturbseq import load_papalexi
+from sciDiT.data.perturbseq import load_papalexi, target_genes
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.perturbation import METRICS, score_perturbations, summarize
-from sciDiT.perturbation import BASELINES, random_cells_split, replicate_split, unseen_target_split
-from sciDiT.perturbation.model import SciDiTPredictor
+from sciDiT.perturbation import BASELINES, SciDiTPredictor, random_cells_split, replicate_split, unseen_target_split
 
 FAMILIES = {"random_cells": "seen, random cells", "replicate": "seen, replicate", "unseen": "unseen, 5 targets"}
 
@@ -43,14 +42,15 @@ def splits(adata, names: list[str], seeds_unseen: int):
             raise SciDiTInputError(f"unknown split {name!r} (random_cells, replicate, unseen)")
 
 
-def run(args: argparse.Namespace) -> pd.DataFrame:
+def run(args: argparse.Namespace, on_split=None) -> pd.DataFrame:
+    """Fit and score every split; ``on_split(results so far)`` after each one."""
     adata = load_papalexi(resolve_data_dir(args.data_dir))
     rows = []
     for family, split in splits(adata, args.splits, args.seeds_unseen):
         perts = split.test_perturbations
         t0 = time.time()
         model = SciDiTPredictor(vae_steps=args.vae_steps, dit_steps=args.dit_steps, batch_size=args.batch_size, steps=args.ode_steps, cfg_scale=args.cfg_scale, seed=0)
-        model.fit(split.train)
+        model.fit(split.train, extra_targets=target_genes(split.test))
         fit_s = time.time() - t0
         preds = {"scidit": model.predict(split.control, perts, n_cells=args.pred_cells)}
         print(f"{split.name}: sciDiT fit {fit_s:.0f}s, predict {time.time() - t0 - fit_s:.0f}s", flush=True)
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             summary = summarize(score_perturbations(pred, split.test, split.control, split.train))
             rows.append({"family": family, "split": split.name, "method": name, **summary, "fit_s": fit_s if name == "scidit" else float("nan")})
             print(f"  {name:15s} nmse_de={summary['nmse_de']:.3f} pearson_delta_de={summary['pearson_delta_de']:.3f} energy={summary['energy']:.3f} ceiling={summary['energy_ceiling']:.3f}", flush=True)
+        if on_split is not None:
+            on_split(pd.DataFrame(rows))
     return pd.DataFrame(rows)
 
 
@@ -112,14 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pred-cells", type=int, default=300)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    command = "python experiments/perturbseq_sciDiT.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def write(results: pd.DataFrame) -> None:  # after every split, so a long run leaves its finished splits
+        args.out.write_text(markdown(results, command.strip(), args))
+        print(f"wrote {args.out}", flush=True)
+
     try:
-        results = run(args)
+        run(args, on_split=write)
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    command = "python experiments/perturbseq_sciDiT.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.out.write_text(markdown(results, command.strip(), args))
-    print(f"wrote {args.out}")
     return 0
 
 

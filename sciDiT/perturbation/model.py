@@ -198,8 +198,11 @@ class SciDiTPredictor:
         self.module = None
 
     # -- training -----------------------------------------------------------------------------------
-    def fit(self, train: ad.AnnData, work_dir: str | Path | None = None) -> "SciDiTPredictor":
-        """Train VAE then DiT on ``train`` (``vae_steps`` / ``dit_steps`` optimiser steps on CPU or GPU)."""
+    def fit(self, train: ad.AnnData, work_dir: str | Path | None = None, extra_targets: Sequence[str] = ()) -> "SciDiTPredictor":
+        """Train VAE then DiT on ``train`` (``vae_steps`` / ``dit_steps`` optimiser steps on CPU or GPU).
+
+        ``extra_targets``: genes to be predictable as (unseen) targets beyond those perturbed in ``train``.
+        """
         import tempfile
 
         import lightning as L
@@ -209,7 +212,7 @@ class SciDiTPredictor:
 
         L.seed_everything(self.seed, workers=True, verbose=False)
         work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="scidit_cells_"))
-        data = CellDataModule(split_data=train, covariate_key=self.covariate_key, batch_size=self.batch_size, seed=self.seed)
+        data = CellDataModule(split_data=train, covariate_key=self.covariate_key, batch_size=self.batch_size, seed=self.seed, extra_targets=extra_targets)
 
         def trainer(steps: int) -> L.Trainer:
             return L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

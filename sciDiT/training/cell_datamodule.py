@@ -71,7 +71,9 @@ class CellDataModule(L.LightningDataModule):
     ``split``: ``random_cells`` (``test_frac`` of every perturbation's cells held out), ``replicate``
     (train ``train_rep``, test ``test_rep``) or ``unseen`` (``n_holdout`` target genes held out), all
     seeded by ``seed``. ``val_frac`` of the training cells are kept aside for validation losses.
-    Pass ``split_data`` (a :class:`PerturbationSplit` or just training AnnData) to skip loading.
+    Pass ``split_data`` (a :class:`PerturbationSplit` or just training AnnData) to skip loading;
+    with training AnnData alone, ``extra_targets`` names the target genes to predict beyond those
+    perturbed in it (they get vocabulary ids, as the held-out targets of a split do).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class CellDataModule(L.LightningDataModule):
         val_frac: float = 0.05,
         num_workers: int = 0,
         split_data: PerturbationSplit | ad.AnnData | None = None,
+        extra_targets: Sequence[str] = (),
     ):
         super().__init__()
         if split not in SPLITS:
@@ -98,7 +101,7 @@ class CellDataModule(L.LightningDataModule):
         self.data_dir, self.split_name, self.seed = data_dir, split, seed
         self.test_frac, self.n_holdout, self.train_rep, self.test_rep = test_frac, n_holdout, train_rep, test_rep
         self.covariate_key, self.batch_size, self.val_frac, self.num_workers = covariate_key, batch_size, val_frac, num_workers
-        self.split_data = split_data
+        self.split_data, self.extra_targets = split_data, list(extra_targets)
         self.tokenizer: CellTokenizer | None = None
 
     # -- building the sets ------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class CellDataModule(L.LightningDataModule):
             return split, sorted(set(target_genes(split.train)) | set(target_genes(split.test)))
         if isinstance(self.split_data, ad.AnnData):
             empty = self.split_data[:0].copy()
-            return PerturbationSplit("given", self.split_data, empty, empty, seen=True), target_genes(self.split_data)
+            return PerturbationSplit("given", self.split_data, empty, empty, seen=True), sorted(set(target_genes(self.split_data)) | set(self.extra_targets))
         adata = load_papalexi(Path(resolve_data_dir(self.data_dir)))
         if self.split_name == "random_cells":
             split = random_cells_split(adata, self.test_frac, seed=self.seed)
