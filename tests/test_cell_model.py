@@ -95,7 +95,7 @@ def test_flow_source_is_a_control_of_the_same_covariate():
 def test_tiny_train_predict_score_and_reload(cells, tmp_path):
     control = cells[cells.obs["perturbation"] == "control"].copy()
     predictor = SciDiTPredictor(vae=TINY_VAE, dit=TINY_DIT, vae_steps=3, dit_steps=3, batch_size=32, steps=2, seed=0)
-    predictor.fit(cells, work_dir=tmp_path)
+    predictor.fit(cells, work_dir=tmp_path, extra_targets=["NEWTARGET"])  # an unseen, unmeasured target gene
     pred = predictor.predict(control, ["STAT1", "JAK2", "IFNGR2+IFNGR1"])
     # schema a scanpy user and the scorer rely on
     assert pred.n_obs == 3 * control.n_obs and list(pred.var_names) == list(cells.var_names)
@@ -112,6 +112,7 @@ def test_tiny_train_predict_score_and_reload(cells, tmp_path):
     reloaded = SciDiTPredictor.load(predictor.save(tmp_path / "model.ckpt"), steps=2, seed=0)
     again = reloaded.predict(control, ["STAT1", "JAK2", "IFNGR1+IFNGR2"])
     np.testing.assert_allclose(again.X, pred.X, atol=1e-5)
+    assert predictor.predict(control, ["NEWTARGET"]).n_obs == control.n_obs  # registered, so it has an embedding
     with pytest.raises(SciDiTInputError, match="NOTAGENE"):
         predictor.predict(control, ["NOTAGENE"])
 
