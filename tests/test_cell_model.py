@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sciDiT.batch import collate
+from sciDiT.batch import Domain, TokenSet, collate
 from sciDiT.data.perturbseq import PAPALEXI_FILE, load_papalexi
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.perturbation import score_perturbations
 from sciDiT.models.cell_vae import CELL_VAE_SIZES, CellVAE, cell_vae
+from sciDiT.perturbation.baselines import Additive, LinearGeneEmbedding
 from sciDiT.perturbation.model import PerturbationFlow, SciDiTPredictor
 from sciDiT.tokenizers.cell import CellTokenizer
 from sciDiT.training.cell_datamodule import collate_cells, covariate_codes, tokenize_cells
@@ -92,6 +93,46 @@ def test_flow_source_is_a_control_of_the_same_covariate():
     assert x0[:, 0, 0].tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
 
 
+def _toy_batch(ids: list[list[int]], x: torch.Tensor):
+    """Cells with dense expression ``x [B, 3]`` (genes 1..3) and perturbation id sets ``ids`` (ids >= 1)."""
+    width = max(1, max(len(i) for i in ids))
+    pert = torch.tensor([i + [0] * (width - len(i)) for i in ids])
+    sets = [TokenSet(torch.tensor([1, 2, 3]), torch.zeros(3, 3), torch.zeros(3, 3), row, torch.zeros(3, 3), Domain.CELL) for row in x]
+    return collate(sets, cond={"perturbation": pert, "perturbation_mask": pert > 0, "covariate": torch.zeros(len(ids), dtype=torch.long)})
+
+
+def test_priors_are_measured_shifts_else_the_linear_gene_model_in_closed_form():
+    # 3 genes (ids 1..3) + one unmeasured extra target (id 4). Controls at 1; knocking out gene 1 moves genes 1 and 3
+    # by +1, knocking out gene 2 moves gene 2 by +1: Y = [[1, 0], [0, 1], [1, 0]], b = (.5, .5, .5),
+    # E = (1, -1, 1)/sqrt(3) (K = 1), embeddings e_1 = -e_2 = e_3 = 1/sqrt(3), W = 1/1.1 * 1 * 1/(2/3 + 0.1) = 1.1858.
+    # Gene 3 was never perturbed: b + E W e_3 = b + 0.3953 (1, -1, 1); with gene 1 too, e = 2/sqrt(3): b + 0.7906 (1, -1, 1).
+    flow = PerturbationFlow({"vocab_size": 5, "num_genes": 3, **TINY_VAE}, TINY_DIT, profile_dim=1)
+    x = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [2.0, 1.0, 2.0], [2.0, 1.0, 2.0], [1.0, 2.0, 1.0]])
+    batch = _toy_batch([[], [], [1], [1], [2]], x)
+    flow.prepare([batch], [batch])
+    torch.testing.assert_close(flow.gene_profiles.weight[:, 0].abs(), torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))  # W E[g], mean norm 1
+    sets = torch.tensor([[1, 0], [2, 0], [1, 2], [3, 0], [1, 3], [4, 0], [0, 0]])
+    expected = torch.tensor([
+        [1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0],  # measured, and their sum
+        [0.8953, 0.1047, 0.8953], [1.2906, -0.2906, 1.2906], [0.5, 0.5, 0.5],  # linear model; unmeasured gene: b
+        [0.0, 0.0, 0.0],  # control
+    ])
+    torch.testing.assert_close(flow.expression_prior(sets), expected, atol=1e-4, rtol=0)
+    # latent prior: measured mean changes; for gene 3 the ridge map (intercept, profiles c = +-1): a + 1/2.1 (m1 - m2)
+    z = flow.latents(batch)  # [5, K, d]
+    m1, m2 = z[2:4].mean(0) - z[:2].mean(0), z[4] - z[:2].mean(0)
+    p1, p2, p3, ctrl = flow.prior(torch.tensor([[1], [2], [3], [0]]))
+    torch.testing.assert_close(p1, m1, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(p2, m2, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(p3, (m1 + m2) / 2 + (m1 - m2) / 2.1, atol=1e-5, rtol=1e-4)
+    assert (ctrl == 0).all()
+    assert flow.trained_targets.tolist() == [False, True, True, False, False]
+    # the identity channel is hidden for a target set with a gene never perturbed in training, not for controls
+    cond = flow.condition(batch, torch.tensor([[1, 0], [4, 0], [1, 4], [0, 0], [2, 1]]))
+    assert cond["perturbation_null"].tolist() == [False, True, True, False, False]
+    assert flow.condition(batch, hide_identity=torch.tensor([True, False, False, False, False]))["perturbation_null"].tolist() == [True] + [False] * 4
+
+
 def test_tiny_train_predict_score_and_reload(cells, tmp_path):
     control = cells[cells.obs["perturbation"] == "control"].copy()
     predictor = SciDiTPredictor(vae=TINY_VAE, dit=TINY_DIT, vae_steps=3, dit_steps=3, batch_size=32, steps=2, seed=0)
@@ -113,6 +154,12 @@ def test_tiny_train_predict_score_and_reload(cells, tmp_path):
     again = reloaded.predict(control, ["STAT1", "JAK2", "IFNGR1+IFNGR2"])
     np.testing.assert_allclose(again.X, pred.X, atol=1e-5)
     assert predictor.predict(control, ["NEWTARGET"]).n_obs == control.n_obs  # registered, so it has an embedding
+    # the prior of a measured gene never perturbed is the linear baseline's shift; of a seen target, its measured shift
+    gene = next(g for g in cells.var_names if g not in set(cells.obs["perturbation"]))
+    flow, tok = predictor.module.model, predictor.module.tokenizer
+    prior = flow.expression_prior(tok.pad_perturbation_ids(tok.perturbation_ids([gene, "STAT1"])))
+    np.testing.assert_allclose(prior[0].numpy(), LinearGeneEmbedding().fit(cells).shift(frozenset({gene})), atol=1e-4)
+    np.testing.assert_allclose(prior[1].numpy(), Additive().fit(cells).shift(frozenset({"STAT1"})), atol=1e-4)
     with pytest.raises(SciDiTInputError, match="NOTAGENE"):
         predictor.predict(control, ["NOTAGENE"])
 

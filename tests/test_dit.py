@@ -105,6 +105,15 @@ def test_conditions_matter_and_dropped_or_absent_means_null():
     assert not torch.allclose(model(x, t, mask, cond, x_self_cond=torch.ones_like(x)), out)
 
 
+def test_a_condition_can_be_nulled_per_sample():
+    model = make_model()
+    x, t, mask, cond = make_inputs()
+    out = model(x, t, mask, dict(cond, domain_null=torch.tensor([True, False, False])))
+    absent = model(x, t, mask, {k: v for k, v in cond.items() if k != "domain"})
+    torch.testing.assert_close(out[0], absent[0])
+    torch.testing.assert_close(out[1:], model(x, t, mask, cond)[1:])
+
+
 def test_label_dropout_only_in_training():
     model = make_model(class_dropout_prob=0.5)
     x, t, mask, cond = make_inputs()

@@ -18,7 +18,9 @@ Conditions are declared by a plain dict so a Hydra config can list them::
 
 Each condition has a learned null embedding used when it is dropped (label dropout with
 ``dropout`` or ``class_dropout_prob`` during training, ``drop_cond`` for classifier-free guidance)
-or absent from the ``cond`` dict (absent = unconditional for that condition).
+or absent from the ``cond`` dict (absent = unconditional for that condition); ``cond["{name}_null"]``
+(``[B]`` bool) nulls one condition for chosen samples only, e.g. a gene-identity channel for targets
+the model never saw perturbed.
 
 Sections, in data-flow order: embedding layers, the DiT block, the final layer, the model, weight
 initialisation, the size registry.
@@ -111,15 +113,16 @@ class TokenSetEmbedder(nn.Module):
     ids (an empty set, e.g. a control cell, sums to zero) and maps the sum through an MLP. Without
     ``{key}_mask`` every id is real. The per-token normalisation matters for a shared table: rows the
     owner never trains (a VAE's extra target genes) keep their tiny initial scale, and without it they
-    would all look like "no perturbation" to the MLP.
+    would all look like "no perturbation" to the MLP. ``normalize=False`` keeps the rows' scale, for
+    tables whose row norm means something (a data-derived gene profile: a weak one should stay weak).
     """
 
-    def __init__(self, key: str, hidden_size: int, num_tokens: int, dropout: float, table: nn.Embedding | None = None):
+    def __init__(self, key: str, hidden_size: int, num_tokens: int, dropout: float, table: nn.Module | None = None, normalize: bool = True):
         super().__init__()
         self.key, self.dropout = key, dropout
         self.owns_table = table is None
         self.table = nn.Embedding(num_tokens, hidden_size) if table is None else table
-        self.norm = nn.LayerNorm(self.table.embedding_dim, elementwise_affine=False)
+        self.norm = nn.LayerNorm(self.table.embedding_dim, elementwise_affine=False) if normalize else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(self.table.embedding_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.null_embedding = nn.Parameter(torch.zeros(hidden_size))
 
@@ -138,7 +141,7 @@ CONDITION_KINDS: dict[str, type[nn.Module]] = {"class": ClassEmbedder, "vector":
 
 
 def build_condition_embedder(
-    key: str, spec: Mapping[str, Any], hidden_size: int, default_dropout: float, table: nn.Embedding | None = None
+    key: str, spec: Mapping[str, Any], hidden_size: int, default_dropout: float, table: nn.Module | None = None
 ) -> nn.Module:
     """One condition embedder from its spec ``{"kind": ..., **kwargs, "dropout": p (optional)}``."""
     spec = dict(spec)
@@ -214,8 +217,9 @@ class DiT(nn.Module):
         class_dropout_prob: training-time probability of replacing each condition by its null
             embedding (per sample, per condition; a spec's ``dropout`` overrides it), for CFG.
         self_condition: take a previous ``x1`` estimate as extra input (ADiT self-conditioning).
-        shared_embeddings: ``{name: nn.Embedding}`` tables for ``token_set`` conditions to use
-            instead of their own (registered as submodules; freeze them by ``requires_grad_(False)``).
+        shared_embeddings: ``{name: table}`` for ``token_set`` conditions to use instead of their own
+            (an ``nn.Embedding`` or any module mapping ids to rows with ``weight`` and ``embedding_dim``;
+            registered as submodules; freeze them by ``requires_grad_(False)``).
     """
 
     def __init__(
@@ -228,7 +232,7 @@ class DiT(nn.Module):
         conditions: Mapping[str, Mapping[str, Any]] | None = None,
         class_dropout_prob: float = 0.1,
         self_condition: bool = True,
-        shared_embeddings: Mapping[str, nn.Embedding] | None = None,
+        shared_embeddings: Mapping[str, nn.Module] | None = None,
     ):
         super().__init__()
         conditions = DEFAULT_CONDITIONS if conditions is None else conditions
@@ -264,6 +268,8 @@ class DiT(nn.Module):
                 drop = torch.rand(bsz, device=t_emb.device) < embedder.dropout  # [B] bool, label dropout
             else:
                 drop = torch.zeros(bsz, dtype=torch.bool, device=t_emb.device)  # [B] bool
+            if f"{name}_null" in cond:
+                drop = drop | cond[f"{name}_null"]  # [B] bool, nulled per sample by the caller
             c = c + embedder(cond, drop).to(c.dtype)  # [B, H]
         return c
 

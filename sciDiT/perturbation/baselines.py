@@ -118,18 +118,39 @@ class Additive(ShiftPredictor):
         return np.sum(singles, axis=0)
 
 
-class LinearGeneEmbedding(ShiftPredictor):
-    """Linear model of Ahlmann-Eltze, Huber & Anders 2025, fit to training mean changes.
+def fit_linear_gene_model(y: np.ndarray, target_rows: Sequence[Sequence[int]], n_components: int = 10, ridge: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The linear model of Ahlmann-Eltze, Huber & Anders 2025 on mean changes ``y [G, P]``: ``(b [G], E [G, K], W [K, K])``.
 
-    ``Y`` [G, P]: mean change from control of each of the P training perturbations; ``b`` [G]: its
-    row mean. Gene embedding ``E`` [G, K]: the top-K left singular vectors of ``Y - b`` (PCA of the
-    training perturbation effects, genes as observations). A perturbation's embedding is the sum of
-    its target genes' rows of ``E`` (a measured target is needed; a combination sums its genes).
-    ``W`` [K, K] = argmin ``|Y_m - b - E W P^T|^2 + lam |W|^2`` over the perturbations with an
-    embedding ``P`` [P_m, K], solved in closed form as
-    ``W = (E^T E + lam I)^-1 E^T (Y_m - b) P (P^T P + lam I)^-1``.
-    Prediction: ``s_p = b + E W e_p``; a perturbation none of whose targets is measured has no
-    embedding and gets ``s_p = b`` (the average training effect). K = 10, lam = 0.1 as in the paper.
+    ``b``: the row mean of ``y`` (the average training effect). ``E``: the top-K left singular
+    vectors of ``y - b`` (PCA of the training effects, genes as observations; K is at most its rank,
+    since directions without variance are arbitrary). Perturbation ``j``'s
+    embedding ``e_j`` is the sum of the rows of ``E`` of its measured targets ``target_rows[j]``
+    (row indices into the G genes; empty when none is measured). ``W`` = argmin
+    ``|Y_m - b - E W P^T|^2 + ridge |W|^2`` over the perturbations with an embedding, in closed form
+    ``W = (E^T E + ridge I)^-1 E^T (Y_m - b) P (P^T P + ridge I)^-1``. Predicted change of a target
+    set with embedding ``e``: ``b + E W e``.
+    """
+    b = y.mean(1)
+    u, sv, _ = np.linalg.svd(y - b[:, None], full_matrices=False)
+    rank = int((sv > 1e-6 * sv.max()).sum()) if sv.size and sv.max() > 0 else 0  # directions of ~0 variance are arbitrary: drop them
+    emb = u[:, : min(n_components, rank)]  # [G, K]
+    k = emb.shape[1]
+    with_emb = [j for j, rows in enumerate(target_rows) if len(rows) > 0]
+    w = np.zeros((k, k))
+    if with_emb:
+        p = np.stack([emb[list(target_rows[j])].sum(0) for j in with_emb])  # [P_m, K]
+        eye = np.eye(k)
+        left = np.linalg.solve(emb.T @ emb + ridge * eye, emb.T @ (y[:, with_emb] - b[:, None]))
+        w = left @ p @ np.linalg.inv(p.T @ p + ridge * eye)
+    return b, emb, w
+
+
+class LinearGeneEmbedding(ShiftPredictor):
+    """Linear model of Ahlmann-Eltze, Huber & Anders 2025 (:func:`fit_linear_gene_model`), fit to training mean changes.
+
+    A perturbation's embedding is the sum of its measured target genes' rows of ``E`` (a combination
+    sums its genes); one with no measured target gets ``s_p = b`` (the average training effect).
+    K = 10, ridge = 0.1 as in the paper.
     """
 
     name = "linear"
@@ -141,18 +162,9 @@ class LinearGeneEmbedding(ShiftPredictor):
         super().fit(train)
         keys = sorted(self.shifts, key=canonical_label)
         y = np.stack([self.shifts[k] for k in keys], axis=1)  # [G, P]
-        self.b = y.mean(1)
-        u, _, _ = np.linalg.svd(y - self.b[:, None], full_matrices=False)
-        self.emb = u[:, : min(self.n_components, u.shape[1])]  # [G, K]
         self.index = {g: i for i, g in enumerate(self.genes)}
-        with_emb = [j for j, k in enumerate(keys) if any(g in self.index for g in k)]
-        k_dim = self.emb.shape[1]
-        self.w = np.zeros((k_dim, k_dim))
-        if with_emb:
-            p = np.stack([self._embed(keys[j]) for j in with_emb])  # [P_m, K]
-            eye = np.eye(k_dim)
-            left = np.linalg.solve(self.emb.T @ self.emb + self.ridge * eye, self.emb.T @ (y[:, with_emb] - self.b[:, None]))
-            self.w = left @ p @ np.linalg.inv(p.T @ p + self.ridge * eye)
+        rows = [[self.index[g] for g in k if g in self.index] for k in keys]
+        self.b, self.emb, self.w = fit_linear_gene_model(y, rows, self.n_components, self.ridge)
         return self
 
     def _embed(self, targets: frozenset[str]) -> np.ndarray:

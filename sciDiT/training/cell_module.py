@@ -7,7 +7,6 @@ stored in the hyper-parameters, so a checkpoint rebuilds its model without any d
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import lightning as L
@@ -89,12 +88,13 @@ class CellDiTModule(L.LightningModule):
         vae_ckpt: str | None = None,
         model_info: dict[str, Any] | None = None,
         source_noise: float = 0.1,
+        profile_dim: int = 10,
+        identity_dropout: float = 0.5,
         time_schedule: str = "uniform",
-        ema_decay: float = 0.999,
-        stats_batches: int = 20,
-        lr: float = 3e-4,
+        ema_decay: float = 0.99,
+        lr: float = 1e-3,
         weight_decay: float = 0.0,
-        warmup_steps: int = 200,
+        warmup_steps: int = 50,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -105,7 +105,8 @@ class CellDiTModule(L.LightningModule):
     def _build(self, model_info: dict[str, Any]) -> None:
         self.tokenizer = CellTokenizer(**model_info["tokenizer"])
         vae_args = _vae_args(self.hparams.vae, model_info)
-        self.model = PerturbationFlow(vae_args, self.hparams.dit, len(model_info["covariates"]), self.hparams.source_noise)
+        hp = self.hparams
+        self.model = PerturbationFlow(vae_args, hp.dit, len(model_info["covariates"]), hp.source_noise, hp.profile_dim, hp.identity_dropout)
         self.ema = EMA(self.model.dit, decay=self.hparams.ema_decay)
 
     # -- set-up: VAE weights and vocabulary, latent statistics, control pool -------------------------
@@ -126,11 +127,10 @@ class CellDiTModule(L.LightningModule):
     @torch.no_grad()
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
+        cells = [b.to(self.device) for b in datamodule.train_cells_dataloader()]  # every training cell, by row
         if not bool(self.model.prepared):
-            controls = [b.to(self.device) for b in datamodule.control_dataloader()]
-            batches = [b.to(self.device) for b in itertools.islice(datamodule.train_dataloader(), self.hparams.stats_batches)]
-            self.model.prepare(controls, batches)
-        self.train_latents = torch.cat([self.model.latents(b.to(self.device)) for b in datamodule.train_cells_dataloader()])  # [N, K, d] by row
+            self.model.prepare([b.to(self.device) for b in datamodule.control_dataloader()], cells)
+        self.train_latents = torch.cat([self.model.latents(b) for b in cells])  # [N, K, d] by row
 
     # -- training -----------------------------------------------------------------------------------
     def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
