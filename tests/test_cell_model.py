@@ -125,6 +125,8 @@ def test_priors_are_measured_shifts_else_the_linear_gene_model_in_closed_form():
     torch.testing.assert_close(p1, m1, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(p2, m2, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(p3, (m1 + m2) / 2 + (m1 - m2) / 2.1, atol=1e-5, rtol=1e-4)
+    linear_1 = flow.prior(torch.tensor([[1]]), linear_only=torch.tensor([True]))[0]  # a measured target treated as unseen
+    torch.testing.assert_close(linear_1, (m1 + m2) / 2 + (m1 - m2) / 2.1, atol=1e-5, rtol=1e-4)  # gene 1's profile = gene 3's
     assert (ctrl == 0).all()
     assert flow.trained_targets.tolist() == [False, True, True, False, False]
     # the identity channel is hidden for a target set with a gene never perturbed in training, not for controls
