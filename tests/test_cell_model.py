@@ -121,11 +121,11 @@ def test_priors_are_measured_shifts_else_the_linear_gene_model_in_closed_form():
     # latent prior: measured mean changes; for gene 3 the ridge map (intercept, profiles c = +-1): a + 1/2.1 (m1 - m2)
     z = flow.latents(batch)  # [5, K, d]
     m1, m2 = z[2:4].mean(0) - z[:2].mean(0), z[4] - z[:2].mean(0)
-    p1, p2, p3, ctrl = flow.prior(torch.tensor([[1], [2], [3], [0]]))
+    p1, p2, p3, ctrl = flow.latent_prior(torch.tensor([[1], [2], [3], [0]]))
     torch.testing.assert_close(p1, m1, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(p2, m2, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(p3, (m1 + m2) / 2 + (m1 - m2) / 2.1, atol=1e-5, rtol=1e-4)
-    linear_1 = flow.prior(torch.tensor([[1]]), linear_only=torch.tensor([True]))[0]  # a measured target treated as unseen
+    linear_1 = flow.latent_prior(torch.tensor([[1]]), linear_only=torch.tensor([True]))[0]  # a measured target treated as unseen
     torch.testing.assert_close(linear_1, (m1 + m2) / 2 + (m1 - m2) / 2.1, atol=1e-5, rtol=1e-4)  # gene 1's profile = gene 3's
     assert (ctrl == 0).all()
     assert flow.trained_targets.tolist() == [False, True, True, False, False]

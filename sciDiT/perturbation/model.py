@@ -18,7 +18,7 @@ a training cell is a random training control latent of the same covariate, plus 
 noise (``source_noise``) so that the source distribution has full support.
 
 The prior: each source is moved by the best estimate of the perturbation's *mean* change that needs
-no DiT (:meth:`PerturbationFlow.prior`, :meth:`PerturbationFlow.expression_prior`): the measured
+no DiT (:meth:`PerturbationFlow.latent_prior`, :meth:`PerturbationFlow.expression_prior`): the measured
 training mean change when every target was perturbed alone in training (summed for a combination:
 the additive baseline), else the linear gene model of Ahlmann-Eltze et al. 2025 fitted to the
 training effects (which is how an unseen target gets a prediction at all). Simple baselines match or
@@ -104,7 +104,7 @@ class PerturbationFlow(nn.Module):
     falls back to the average perturbation, not to no change. At generation the identity channel is
     nulled for any cell whose target set holds a gene that was never a training target.
 
-    The flow starts from the control latent moved by :meth:`prior`, and decoding adds
+    The flow starts from the control latent moved by :meth:`latent_prior`, and decoding adds
     :meth:`expression_prior` (module docstring: the prior; both are fitted by :meth:`prepare`).
 
     Args:
@@ -248,12 +248,19 @@ class PerturbationFlow(nn.Module):
         self.prior_map.copy_(torch.linalg.solve(c0.T @ c0 + ridge * eye, c0.T @ (m - a)))  # [k, K*d]
         self.prior_bias.copy_((a - c.mean(0) @ self.prior_map).view_as(self.prior_bias))  # [K, d]
 
-    def _measured(self, perturbation: Tensor) -> Tensor:
-        """``[B]`` bool: every target of the set was perturbed alone in training (its mean change was measured)."""
+    def _prior_mix(self, perturbation: Tensor, linear: Tensor, singles: Tensor, linear_only: Tensor | None = None) -> Tensor:
+        """Per target set: the sum of the targets' measured single-gene changes ``singles[id]`` when every
+        target was perturbed alone in training (and ``linear_only [B]`` is not set), else ``linear``; zero for controls."""
         mask = perturbation > 0  # [B, M]
-        return (self.measured_single[perturbation] | ~mask).all(dim=1)  # [B]
+        trailing = (1,) * (linear.dim() - 1)
+        additive = (singles[perturbation] * mask.view(*mask.shape, *trailing)).sum(1)  # [B, ...]
+        measured = (self.measured_single[perturbation] | ~mask).all(dim=1)  # [B]
+        if linear_only is not None:
+            measured = measured & ~linear_only  # [B]
+        shift = torch.where(measured.view(-1, *trailing), additive, linear)  # [B, ...]
+        return shift * mask.any(dim=1).view(-1, *trailing)  # [B, ...]
 
-    def prior(self, perturbation: Tensor, linear_only: Tensor | None = None) -> Tensor:
+    def latent_prior(self, perturbation: Tensor, linear_only: Tensor | None = None) -> Tensor:
         """Latent prior displacement ``[B, K, d]`` of target sets ``perturbation [B, M]`` (0-padded ids; zero for controls).
 
         The sum of the targets' measured single-gene latent changes when all were measured (and
@@ -261,10 +268,7 @@ class PerturbationFlow(nn.Module):
         """
         c = self.gene_profiles(perturbation).sum(1)  # [B, k] (padding id 0 has a zero profile)
         linear = self.prior_bias + (c @ self.prior_map).view(-1, *self.prior_bias.shape)  # [B, K, d]
-        additive = (self.single_latent[perturbation] * (perturbation > 0)[..., None, None]).sum(1)  # [B, K, d]
-        measured = self._measured(perturbation) if linear_only is None else self._measured(perturbation) & ~linear_only  # [B]
-        shift = torch.where(measured.view(-1, 1, 1), additive, linear)  # [B, K, d]
-        return shift * (perturbation > 0).any(dim=1).view(-1, 1, 1)  # [B, K, d]
+        return self._prior_mix(perturbation, linear, self.single_latent, linear_only)  # [B, K, d]
 
     def expression_prior(self, perturbation: Tensor) -> Tensor:
         """Mean change ``[B, G]`` of target sets ``perturbation [B, M]`` (zero for controls): the best estimate without the DiT.
@@ -274,9 +278,7 @@ class PerturbationFlow(nn.Module):
         """
         c = self.gene_profiles(perturbation).sum(1)  # [B, k]
         linear = self.expression_bias + c @ self.expression_basis  # [B, G]
-        additive = (self.single_expression[perturbation] * (perturbation > 0)[..., None]).sum(1)  # [B, G]
-        shift = torch.where(self._measured(perturbation)[:, None], additive, linear)  # [B, G]
-        return shift * (perturbation > 0).any(dim=1, keepdim=True)  # [B, G]
+        return self._prior_mix(perturbation, linear, self.single_expression)  # [B, G]
 
     def source(self, covariate: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A random training control latent of the same covariate for each cell, plus ``source_noise``: ``[B, K, d]``."""
@@ -326,7 +328,7 @@ class PerturbationFlow(nn.Module):
         draw = generator.device if generator is not None else x1.device
         hide = perturbed & (torch.rand(perturbed.shape, generator=generator, device=draw).to(x1.device) < self.identity_dropout)  # [B]
         ids = batch.cond["perturbation"] * batch.cond["perturbation_mask"]  # [B, M]
-        x0 = self.source(batch.cond["covariate"], generator) + self.prior(ids, linear_only=hide)  # [B, K, d] (hidden: as if unseen)
+        x0 = self.source(batch.cond["covariate"], generator) + self.latent_prior(ids, linear_only=hide)  # [B, K, d] (hidden: as if unseen)
         mask = torch.ones(x1.shape[:2], dtype=torch.bool, device=x1.device)  # [B, K]
         cond = self.condition(batch, hide_identity=hide)
         return flow_matching_loss(self.dit, x1, mask, cond, time_schedule=time_schedule, x0=x0, generator=generator)
@@ -350,7 +352,7 @@ class PerturbationFlow(nn.Module):
         ``source``: the control cells' :meth:`latents` when already computed (reused across perturbations).
         """
         xc = self.latents(control) if source is None else source  # [B, K, d]
-        x0 = xc + self.prior(perturbation)  # [B, K, d]
+        x0 = xc + self.latent_prior(perturbation)  # [B, K, d]
         mask = torch.ones(x0.shape[:2], dtype=torch.bool, device=x0.device)  # [B, K]
         cond = self.condition(control, perturbation, use_covariate)
         x1 = integrate(model_velocity(self.dit, mask, cond, cfg_scale=cfg_scale, self_condition=self.dit.self_condition), x0, steps, method)  # [B, K, d]
