@@ -159,13 +159,17 @@ class PerturbationFlow(nn.Module):
         return (mean - self.latent_mean) / self.latent_std  # [B, K, d]
 
     @torch.no_grad()
-    def prepare(self, control_batches: Sequence[TokenBatch], batches: Sequence[TokenBatch]) -> None:
-        """From the training cells ``batches``: latent statistics, gene profiles, the latent prior, the training targets; and the control pool."""
+    def prepare(self, control_batches: Sequence[TokenBatch], batches: Sequence[TokenBatch]) -> Tensor:
+        """From the training cells ``batches``: latent statistics, gene profiles, the latent prior, the training targets; and the control pool.
+
+        Returns the standardised latents of ``batches`` (``[N, K, d]``, their :meth:`latents`), so training need not encode them again.
+        """
         encoded = [self.vae.encode(b)[0] for b in batches]  # [B, K, d] each
         means = torch.cat(encoded).flatten(0, 1)  # [N*K, d]
         self.latent_mean.copy_(means.mean(0))
         self.latent_std.copy_(means.std(0).clamp_min(1e-3))
-        groups = self._group_means(batches, [(m - self.latent_mean) / self.latent_std for m in encoded])
+        latents = [(m - self.latent_mean) / self.latent_std for m in encoded]  # [B, K, d] each
+        groups = self._group_means(batches, latents)
         self.trained_targets.zero_()
         for key in groups:
             self.trained_targets[list(key)] = True
@@ -175,6 +179,7 @@ class PerturbationFlow(nn.Module):
         self.control_latents = torch.cat([self.latents(b) for b in control_batches])  # [Nc, K, d]
         self.control_covariates = torch.cat([b.cond["covariate"] for b in control_batches])  # [Nc]
         self.prepared.fill_(True)
+        return torch.cat(latents)  # [N, K, d]
 
     def _group_means(self, batches: Sequence[TokenBatch], latents: Sequence[Tensor]) -> dict[tuple[int, ...], tuple[Tensor, Tensor]]:
         """Per target set (sorted gene ids; ``()`` = control): mean expression ``[G]`` and mean standardised latent ``[K, d]``."""

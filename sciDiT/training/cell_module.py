@@ -129,8 +129,9 @@ class CellDiTModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         cells = [b.to(self.device) for b in datamodule.train_cells_dataloader()]  # every training cell, by row
         if not bool(self.model.prepared):
-            self.model.prepare([b.to(self.device) for b in datamodule.control_dataloader()], cells)
-        self.train_latents = torch.cat([self.model.latents(b) for b in cells])  # [N, K, d] by row
+            self.train_latents = self.model.prepare([b.to(self.device) for b in datamodule.control_dataloader()], cells)  # [N, K, d] by row
+        else:  # resumed: the statistics are in the checkpoint
+            self.train_latents = torch.cat([self.model.latents(b) for b in cells])  # [N, K, d] by row
 
     # -- training -----------------------------------------------------------------------------------
     def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
