@@ -52,6 +52,7 @@ def _with(ts: TokenSet, **kw) -> TokenSet:
         ({"O": 1, "F": 2}, True),  # OF2 balances only as O(+2) F(-1): F is more electronegative, passes
         ({"Cl": 1, "F": 1}, True),
         ({"K": 1, "O": 2, "Ne": 1}, False),  # Ne has no oxidation state in the table
+        ({"Na": 1, "Lv": 1}, False),  # SMACT has no data for livermorium: invalid, not an error
     ],
 )
 def test_smact_validity_known_compositions(formula, valid):

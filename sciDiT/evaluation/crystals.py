@@ -140,7 +140,10 @@ def smact_validity(symbols: list[str], counts: list[int]) -> bool:
         return True
     if all(s in smact.metals for s in symbols):
         return True
-    elements = [smact.Element(s) for s in symbols]
+    try:
+        elements = [smact.Element(s) for s in symbols]
+    except KeyError:  # SMACT has no data for the element (e.g. Lv, Og): no oxidation states to assign
+        return False
     ox_lists = [e.oxidation_states_smact14 or [] for e in elements]
     if any(not o for o in ox_lists):
         return False  # an element without oxidation states (noble gases): no assignment exists
