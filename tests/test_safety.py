@@ -108,6 +108,8 @@ def test_loader_refuses_code_and_names_bad_files(evil, stage_ckpts, tmp_path):
     assert checkpoint_stage(load_checkpoint(stage_ckpts["vae"])) == "vae"
     assert checkpoint_stage(load_checkpoint(stage_ckpts["dit"])) == "dit"
     assert not marker.exists()
+    torch.load(path, weights_only=False)  # control: the unsafe way of loading does run the file's code
+    assert marker.exists()
 
 
 def test_trusted_old_checkpoint_converts_and_then_loads(stage_ckpts, tmp_path, capsys):
