@@ -28,12 +28,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenSet
+from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import to_structure
 from sciDiT.flow import SOLVERS
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.training.dit_module import DiTModule
+from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
 
@@ -173,22 +175,21 @@ def _check_positive(**values: int) -> None:
 
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)."""
+    """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``).
+
+    The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
+    unsafe or wrong-stage file is a SciDiTInputError naming it.
+    """
     path = Path(ckpt)
-    if not path.is_file():
-        raise SciDiTInputError("checkpoint not found", path)
+    raw = load_checkpoint(path, "checkpoint")  # weights only: nothing in the file runs
+    require_stage(raw, "dit", path, "sampling needs <output_dir>/dit/checkpoints/*.ckpt")
+    hparams = raw["hyper_parameters"]
+    check_config(hparams, "hyper_parameters")
+    state = raw["state_dict"]
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # pickle/zip errors of many types
-        raise SciDiTInputError(f"not a readable checkpoint ({type(err).__name__})", path) from err
-    hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
-    state = raw.get("state_dict") if isinstance(raw, dict) else None
-    if not isinstance(hparams, dict) or not isinstance(state, dict) or "dit" not in hparams or not any(k.startswith("model.dit.") for k in state):
-        raise SciDiTInputError("not a DiT-stage checkpoint (sampling needs <output_dir>/dit/checkpoints/*.ckpt, not a VAE one)", path)
-    module = DiTModule(**hparams)
-    try:
+        module = DiTModule(**hparams)
         module.load_state_dict(state)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         raise SciDiTInputError(f"checkpoint weights do not fit its hyperparameters: {str(err).splitlines()[0]}", path) from err
     if not bool(module.model.prepared):
         raise SciDiTInputError("checkpoint has no latent statistics or set-size histograms (saved before DiT training started)", path)

@@ -108,10 +108,10 @@ def test_bad_generation_arguments(gen, ckpt, tmp_path):
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(SciDiTInputError, match="not a readable checkpoint"):
         load_generator(tmp_path / "junk.ckpt")
-    raw = torch.load(ckpt, weights_only=False)
+    raw = torch.load(ckpt, weights_only=True)
     vae_only = {"state_dict": {k: v for k, v in raw["state_dict"].items() if k.startswith("model.vae.")}, "hyper_parameters": {"vae": TINY_VAE}}
     torch.save(vae_only, tmp_path / "vae.ckpt")
-    with pytest.raises(SciDiTInputError, match="not a DiT-stage checkpoint"):
+    with pytest.raises(SciDiTInputError, match="a VAE-stage checkpoint, but a DiT-stage checkpoint is needed"):
         load_generator(tmp_path / "vae.ckpt")
 
 

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.batch import TokenBatch
+from sciDiT.checkpoint import load_checkpoint, require_stage, to_plain
 from sciDiT.data.perturbseq import PERTURBATION_KEY, canonical_label, parse_perturbation
 from sciDiT.errors import SciDiTInputError
 from sciDiT.flow import flow_matching_loss, integrate, model_velocity
@@ -423,7 +424,7 @@ class SciDiTPredictor:
         vae_module = CellVAEModule(self.vae_cfg, **self.module_kwargs.get("vae", {}))
         trainer(self.vae_steps).fit(vae_module, datamodule=data)
         vae_ckpt = work / "vae.ckpt"
-        torch.save({"state_dict": vae_module.state_dict(), "hyper_parameters": dict(vae_module.hparams)}, vae_ckpt)
+        torch.save({"state_dict": vae_module.state_dict(), "hyper_parameters": to_plain(dict(vae_module.hparams))}, vae_ckpt)
         self.module = CellDiTModule(self.vae_cfg, self.dit_cfg, vae_ckpt=str(vae_ckpt), **self.module_kwargs.get("dit", {}))
         trainer(self.dit_steps).fit(self.module, datamodule=data)
         return self
@@ -432,25 +433,24 @@ class SciDiTPredictor:
         """Write a checkpoint :meth:`load` reads (the DiT stage's format: hyper-parameters + state dict)."""
         self._check_fitted()
         path = Path(path)
-        torch.save({"state_dict": self.module.state_dict(), "hyper_parameters": dict(self.module.hparams)}, path)
+        torch.save({"state_dict": self.module.state_dict(), "hyper_parameters": to_plain(dict(self.module.hparams))}, path)
         return path
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> "SciDiTPredictor":
         """A predictor from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``) or :meth:`save`."""
         from sciDiT.training.cell_module import CellDiTModule
+        from sciDiT.training.targets import check_config
 
+        ckpt = load_checkpoint(path, "cell predictor checkpoint")  # weights only: nothing in the file runs
+        require_stage(ckpt, "cell_dit", path, "SciDiTPredictor.load takes <output_dir>/dit/checkpoints/*.ckpt of a cell run or a save()d predictor")
+        hp = dict(ckpt["hyper_parameters"])
+        check_config(hp, "hyper_parameters")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            hp = dict(ckpt["hyper_parameters"])
-        except FileNotFoundError as err:
-            raise SciDiTInputError("checkpoint not found", path) from err
-        except Exception as err:
-            raise SciDiTInputError(f"not a sciDiT cell DiT checkpoint ({type(err).__name__}: {err})", path) from err
-        if not hp.get("model_info"):
-            raise SciDiTInputError("checkpoint has no model_info (not a cell DiT-stage checkpoint)", path)
-        module = CellDiTModule(**{**hp, "vae_ckpt": None})
-        module.load_state_dict(ckpt["state_dict"])
+            module = CellDiTModule(**{**hp, "vae_ckpt": None})
+            module.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, TypeError, KeyError) as err:
+            raise SciDiTInputError(f"checkpoint weights do not fit its hyper-parameters: {str(err).splitlines()[0]}", path) from None
         predictor = cls(vae=hp["vae"], dit=hp["dit"], covariate_key=hp["model_info"]["covariate_key"], **kwargs)
         predictor.module = module
         return predictor

@@ -17,7 +17,7 @@ from sciDiT.errors import SciDiTInputError
 from sciDiT.models.cell_vae import CellVAE
 from sciDiT.perturbation.model import PerturbationFlow
 from sciDiT.tokenizers.cell import CellTokenizer
-from sciDiT.training.dit_module import load_vae_weights
+from sciDiT.training.dit_module import load_vae_checkpoint, load_vae_state
 from sciDiT.training.ema import EMA
 from sciDiT.training.optim import build_optimizer
 
@@ -40,6 +40,8 @@ def _model_info(module: L.LightningModule) -> dict[str, Any]:
 
 class CellVAEModule(L.LightningModule):
     """Trains :class:`CellVAE`; ``vae`` = its size arguments (the ``model/cell_vae`` config)."""
+
+    checkpoint_stage = "cell_vae"  # what sciDiT.checkpoint.checkpoint_stage reads from its checkpoints
 
     def __init__(self, vae: dict[str, Any], model_info: dict[str, Any] | None = None, kl_weight: float = 1e-3, lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 100):
         super().__init__()
@@ -81,6 +83,8 @@ class CellVAEModule(L.LightningModule):
 class CellDiTModule(L.LightningModule):
     """Trains the DiT of a :class:`PerturbationFlow` on a frozen cell VAE (``vae_ckpt``), with an EMA of its weights."""
 
+    checkpoint_stage = "cell_dit"  # what sciDiT.checkpoint.checkpoint_stage reads from its checkpoints
+
     def __init__(
         self,
         vae: dict[str, Any],
@@ -115,13 +119,13 @@ class CellDiTModule(L.LightningModule):
             return
         if not self.hparams.vae_ckpt:
             raise SciDiTInputError("the cell DiT stage needs a trained cell VAE: set dit.vae_ckpt=<VAE .ckpt> or run stage=all")
+        vae_state, vae_hparams = load_vae_checkpoint(self.hparams.vae_ckpt, stage="cell_vae")  # a bad file fails before any data work
         info = _model_info(self)
-        vae_info = torch.load(self.hparams.vae_ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("model_info")
-        if vae_info and vae_info["tokenizer"] != info["tokenizer"]:
+        if vae_hparams["model_info"]["tokenizer"] != info["tokenizer"]:
             raise SciDiTInputError("the VAE checkpoint was trained on another gene vocabulary than this data", self.hparams.vae_ckpt)
         self.hparams.model_info = info
         self._build(info)
-        self.model.vae.load_state_dict(load_vae_weights(self.hparams.vae_ckpt))
+        load_vae_state(self.model.vae, vae_state, self.hparams.vae_ckpt)
         self.ema = EMA(self.model.dit, decay=self.hparams.ema_decay)  # re-copy: the shared gene table now holds the VAE's rows
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from sciDiT.batch import Domain, TokenBatch
+from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.training.ema import EMA
@@ -22,6 +23,8 @@ from sciDiT.training.optim import build_optimizer
 
 class DiTModule(L.LightningModule):
     """Trains the DiT of a :class:`LatentDiffusion` on the latents of a trained VAE checkpoint."""
+
+    checkpoint_stage = "dit"  # what sciDiT.checkpoint.checkpoint_stage reads from its checkpoints
 
     def __init__(
         self,
@@ -48,7 +51,7 @@ class DiTModule(L.LightningModule):
         if stage == "fit" and not bool(self.model.prepared):
             if not self.hparams.vae_ckpt:
                 raise SciDiTInputError("the DiT stage needs a trained VAE: set dit.vae_ckpt=<path to a VAE .ckpt> or run stage=all")
-            self.model.vae.load_state_dict(load_vae_weights(self.hparams.vae_ckpt))
+            load_vae_state(self.model.vae, load_vae_checkpoint(self.hparams.vae_ckpt)[0], self.hparams.vae_ckpt)
 
     def on_fit_start(self) -> None:
         if bool(self.model.prepared):  # resumed, or already prepared
@@ -99,15 +102,21 @@ class DiTModule(L.LightningModule):
         return build_optimizer(self.model.dit.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
 
 
-def load_vae_weights(path: str) -> dict[str, torch.Tensor]:
-    """The VAE's state dict from a VAE-stage checkpoint (keys ``model.*`` of :class:`VAEModule`)."""
+def load_vae_checkpoint(path: str, stage: str = "vae") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The VAE's state dict (keys ``model.*`` of the VAE module) and hyper-parameters from a ``stage`` checkpoint.
+
+    Read without executing code (:func:`sciDiT.checkpoint.load_checkpoint`); a missing, unreadable or
+    unsafe file, or a checkpoint of another stage, is one line naming the file.
+    """
+    ckpt = load_checkpoint(path, "VAE checkpoint (dit.vae_ckpt)")
+    require_stage(ckpt, stage, path, "dit.vae_ckpt takes <output_dir>/vae/checkpoints/*.ckpt")
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return state, dict(ckpt["hyper_parameters"])
+
+
+def load_vae_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Load VAE weights into ``model``; one line naming the file when they do not fit its configured size."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError as err:
-        raise SciDiTInputError("VAE checkpoint not found", path) from err
-    except Exception as err:
-        raise SciDiTInputError(f"not a readable checkpoint ({type(err).__name__})", path) from err
-    state = {k.removeprefix("model."): v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
-    if not state:
-        raise SciDiTInputError("not a VAE-stage checkpoint (no model.* weights)", path)
-    return state
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise SciDiTInputError(f"VAE checkpoint weights do not fit the configured VAE (model.vae): {str(err).splitlines()[0]}", path) from None

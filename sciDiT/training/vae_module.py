@@ -21,6 +21,8 @@ from sciDiT.training.optim import build_optimizer
 class VAEModule(L.LightningModule):
     """Trains :class:`AllAtomVAE`; ``vae`` holds its constructor arguments (the ``model/vae`` config)."""
 
+    checkpoint_stage = "vae"  # what sciDiT.checkpoint.checkpoint_stage reads from its checkpoints
+
     def __init__(
         self,
         vae: dict[str, Any],

@@ -1,0 +1,204 @@
+"""Safe checkpoint reading: every sciDiT checkpoint load goes through :func:`load_checkpoint`.
+
+A ``.ckpt`` is a pickle, and a pickle can run any code when it is opened. sciDiT therefore reads
+checkpoints only with ``torch.load(weights_only=True)``: tensors, plain containers (dict, list,
+tuple, OrderedDict), numbers, strings, None and torch's dtype/device/size types, plus the types in
+:data:`SAFE_GLOBALS` (empty: Lightning and sciDiT checkpoints hold nothing else; hyper-parameters are
+plain dicts because the entry point instantiates with ``_convert_="all"``). A file holding anything
+else is refused with one line naming the file and the first offending type, and nothing in it runs.
+
+Files written elsewhere with other objects inside (OmegaConf configs, enums, numpy arrays, paths)
+can be converted, for files one trusts, since converting unpickles them with code execution on::
+
+    python -m sciDiT.checkpoint check FILE         # does FILE load safely, and which stage is it?
+    python -m sciDiT.checkpoint convert OLD NEW    # TRUSTS OLD: rewrite it as plain data that loads safely
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pickle
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any
+
+import torch
+
+from sciDiT.errors import SciDiTInputError
+
+# Types beyond torch's weights-only defaults that may appear in a checkpoint. None are needed: the
+# checkpoints of every stage were inspected with torch.serialization.get_unsafe_globals_in_checkpoint.
+SAFE_GLOBALS: list[Any] = []
+
+# What each stage's checkpoint is called in messages.
+STAGE_NAMES = {"vae": "VAE-stage", "dit": "DiT-stage", "cell_vae": "cell VAE-stage", "cell_dit": "cell DiT-stage"}
+
+CONVERT_HINT = "if you trust this file, convert it with `python -m sciDiT.checkpoint convert OLD NEW` (that runs any code in it)"
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The non-allow-listed globals a checkpoint's pickle names (read from its opcodes, nothing executed)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: the legacy format cannot be scanned
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    return [g for g in found if g not in allowed]
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A checkpoint's contents, loaded without executing code (see module docstring).
+
+    ``what`` names the file in messages (e.g. ``"VAE checkpoint (dit.vae_ckpt)"``). Raises
+    SciDiTInputError (one line naming the file) for a missing, unreadable, truncated or unsafe file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SciDiTInputError(f"{what} not found", path)
+    if not path.is_file():
+        raise SciDiTInputError(f"{what} is not a file", path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses them
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = re.findall(r"GLOBAL (\S+)", str(err)) or _unsafe_globals(path)
+        if unsafe:
+            raise SciDiTInputError(f"refused to load: the {what} holds Python objects beyond tensors and plain data ({', '.join(unsafe[:3])}), "
+                                   f"which could run code; {CONVERT_HINT}", path) from None
+        raise SciDiTInputError(f"not a readable {what} (not a torch checkpoint: its pickle holds instructions torch's safe loader does not accept)", path) from None
+    except PermissionError:
+        raise SciDiTInputError(f"{what} is not readable (permission denied)", path) from None
+    except Exception as err:  # zip/EOF/runtime errors of many types: not a checkpoint, or a truncated one
+        raise SciDiTInputError(f"not a readable {what} (not a torch checkpoint, or truncated: {_first_line(err)})", path) from None
+    if not isinstance(raw, dict):
+        raise SciDiTInputError(f"not a sciDiT {what}: it holds a {type(raw).__name__}, not a dict of weights and hyper-parameters", path)
+    return raw
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error message (torch's run on for several)."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
+
+
+def checkpoint_stage(ckpt: Mapping[str, Any]) -> str | None:
+    """Which training stage wrote ``ckpt``: ``vae``, ``dit``, ``cell_vae``, ``cell_dit``, or None if none.
+
+    A DiT stage's state holds ``model.dit.*`` weights, a VAE stage's only other ``model.*`` weights; a
+    cell stage stores the gene vocabulary (``model_info``) in its hyper-parameters.
+    """
+    state, hparams = ckpt.get("state_dict"), ckpt.get("hyper_parameters")
+    if not isinstance(state, Mapping) or not isinstance(hparams, Mapping):
+        return None
+    keys = [k for k in state if isinstance(k, str)]
+    cell = bool(hparams.get("model_info"))
+    if any(k.startswith("model.dit.") for k in keys):
+        return "cell_dit" if cell else "dit"
+    if any(k.startswith("model.") for k in keys):
+        return "cell_vae" if cell else "vae"
+    return None
+
+
+def require_stage(ckpt: Mapping[str, Any], stage: str, path: str | Path, hint: str = "") -> None:
+    """One-line error unless ``ckpt`` was written by ``stage`` (``hint`` says which file the user wants)."""
+    found = checkpoint_stage(ckpt)
+    if found == stage:
+        return
+    got = f"a {STAGE_NAMES[found]} checkpoint" if found else "not a sciDiT checkpoint (no model weights and hyper-parameters)"
+    raise SciDiTInputError(f"{got}, but a {STAGE_NAMES[stage]} checkpoint is needed here{'; ' + hint if hint else ''}", path)
+
+
+# -- conversion of trusted files ------------------------------------------------------------------
+
+
+def to_plain(obj: Any, key: str = "checkpoint") -> Any:
+    """``obj`` as tensors and plain containers/scalars only (what :func:`load_checkpoint` accepts).
+
+    OmegaConf containers become dicts/lists, mappings dicts, enums their values, paths strings,
+    numpy arrays/scalars tensors/numbers. Anything else is an error naming its ``key``.
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device, torch.Size)):
+        return obj
+    if type(obj).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return to_plain(OmegaConf.to_container(obj, resolve=True), key)
+    if isinstance(obj, enum.Enum):
+        return to_plain(obj.value, key)
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if type(obj).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(obj, np.ndarray):
+            return torch.from_numpy(obj.copy()) if obj.dtype != object else to_plain(obj.tolist(), key)
+        if isinstance(obj, np.generic):
+            return obj.item()
+    if isinstance(obj, Mapping):
+        return {to_plain(k, f"{key} key"): to_plain(v, f"{key}.{k}") for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v, f"{key}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, (Sequence, set, frozenset)):
+        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(obj)]
+    raise SciDiTInputError(f"{key} holds a {type(obj).__module__}.{type(obj).__qualname__}, which has no plain-data form")
+
+
+def convert(old: str | Path, new: str | Path) -> Path:
+    """Rewrite the TRUSTED checkpoint ``old`` as plain data at ``new`` (atomically), which then loads safely.
+
+    Unpickling ``old`` runs any code it holds: only for files whose origin you trust.
+    """
+    old, new = Path(old), Path(new)
+    if not old.is_file():
+        raise SciDiTInputError("checkpoint not found", old)
+    if new.resolve() == old.resolve():
+        raise SciDiTInputError("write the converted checkpoint to a new file, not over the original", new)
+    if not new.parent.is_dir():
+        raise SciDiTInputError("output folder does not exist", new.parent)
+    try:
+        raw = torch.load(old, map_location="cpu", weights_only=False)  # the user vouched for this file
+    except Exception as err:
+        raise SciDiTInputError(f"not a readable checkpoint ({type(err).__name__}: {_first_line(err)})", old) from None
+    plain = to_plain(raw)
+    fd, tmp = tempfile.mkstemp(dir=new.parent, prefix=f".{new.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(plain, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        load_checkpoint(tmp)  # the result must load safely
+        os.replace(tmp, new)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return new
+
+
+USAGE = "usage: python -m sciDiT.checkpoint check FILE | convert OLD NEW   (convert trusts OLD: it runs any code in it)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args[:1] == ["check"] and len(args) == 2:
+            stage = checkpoint_stage(load_checkpoint(args[1]))
+            print(f"{args[1]}: loads safely; {STAGE_NAMES[stage] + ' checkpoint' if stage else 'not a sciDiT stage checkpoint'}")
+            return 0
+        if args[:1] == ["convert"] and len(args) == 3:
+            print(f"[sciDiT] wrote {convert(args[1], args[2])} (plain data: loads without running code)")
+            return 0
+        print(USAGE, file=sys.stderr)
+        return 2
+    except SciDiTInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
