@@ -47,11 +47,26 @@ def parse_domain(domain: str | Domain) -> Domain:
     raise SciDiTInputError(f"domain={domain!r} is not one of {', '.join(DOMAINS)}")
 
 
+def usable_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch device, if sampling can run on it here (CPU, or an available CUDA / MPS device)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise SciDiTInputError(f"device={device!r} is not a torch device: {str(err).splitlines()[0]}") from None
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        raise SciDiTInputError(f"device={str(device)!r} is not usable here: no such CUDA device ({torch.cuda.device_count()} available)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SciDiTInputError(f"device={str(device)!r} is not usable here: MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise SciDiTInputError(f"device={str(device)!r} is not usable for sampling: use cpu, cuda or mps")
+    return dev
+
+
 class Generator:
     """Samples molecules and crystals from a trained :class:`LatentDiffusion` (see module docstring)."""
 
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+        self.device = usable_device(device)
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self._compiled: dict[bool, nn.Module] = {}
@@ -110,7 +125,9 @@ class Generator:
             raise SciDiTInputError(f"method={method!r} is not one of {', '.join(SOLVERS)}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
-        gen = torch.Generator().manual_seed(int(seed))
+        if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**64:
+            raise SciDiTInputError(f"seed must be an integer that fits in 64 bits (torch.Generator), got {seed!r}")
+        gen = torch.Generator().manual_seed(seed)
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim
         noise = torch.randn(int(sizes.sum()), latent_dim, generator=gen)  # [sum sizes, L], in sample order
@@ -174,6 +191,7 @@ def _check_positive(**values: int) -> None:
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)."""
+    usable_device(device)  # before reading anything, so a bad device fails fast
     path = Path(ckpt)
     if not path.is_file():
         raise SciDiTInputError("checkpoint not found", path)

@@ -11,16 +11,22 @@ after testing, ``metrics.json``. Bad input ends with one line on stderr and exit
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from sciDiT.errors import SciDiTInputError
+from sciDiT.training.checks import check_train_config, compose_train_config
 from sciDiT.training.precision import resolve_precision
 
 STAGES = ("vae", "dit", "all")
@@ -64,27 +70,69 @@ def run_stage(cfg: DictConfig, stage: str, ckpt_path: str | None = None) -> Path
     return last
 
 
+# the nearest folder at or above paths.output_dir that existed before this run (set by cli(), used to clean up)
+_EXISTING: dict[str, Path] = {}
+
+
+def _remove_new_output(out: Path, fresh: bool) -> None:
+    """After a failed run, remove the output folder Hydra created for it (and new empty parents), if it was new."""
+    if not fresh or not out.is_dir():
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    stop = _EXISTING.get("output_dir")
+    parent = out.parent
+    while stop is not None and parent != stop and stop in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    out = Path(cfg.paths.output_dir)
+    # only Hydra's own files in the run folder: it was made for this run, and a failed run removes it
+    fresh = out.is_dir() and {p.name for p in out.iterdir()} <= {".hydra", f"{HydraConfig.get().job.name}.log"}
     try:
-        if cfg.stage not in STAGES:
-            raise SciDiTInputError(f"stage={cfg.stage!r} is not one of {', '.join(STAGES)}")
+        check_train_config(cfg, STAGES)
         L.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision("high")
-        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.paths.output_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if cfg.stage in ("vae", "dit"):
             run_stage(cfg, cfg.stage, cfg.ckpt_path)
         else:
-            if cfg.ckpt_path is not None:
-                raise SciDiTInputError("ckpt_path resumes a single stage; with stage=all rerun with the same paths.output_dir instead")
             vae_last = run_stage(cfg, "vae")
             cfg.dit.vae_ckpt = str(vae_last)
             run_stage(cfg, "dit")
-    except SciDiTInputError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (SciDiTInputError, InstantiationException, MisconfigurationException) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        _remove_new_output(out, fresh)
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m sciDiT.train [overrides]``: compose and check the config first, then let Hydra run it.
+
+    Bad input (a Hydra composition error, a bad value, an unusable output folder or checkpoint path)
+    prints one line and returns 2 before Hydra creates the run folder. Hydra's own flags
+    (``--cfg``, ``--help``, ``-m`` ...) go to Hydra unchecked.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.startswith("-") for a in argv):
+        try:
+            cfg = compose_train_config(argv)
+            check_train_config(cfg, STAGES)
+        except SciDiTInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        existing = Path(cfg.paths.output_dir).absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        _EXISTING["output_dir"] = existing
+    sys.argv = [sys.argv[0], *argv]
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
