@@ -44,6 +44,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     for flag in FLAGS:
         if args.get(flag, "0").lower() not in ("0", "1", "true", "false", "yes", "no"):
             raise SciDiTInputError(f"{flag} must be true or false, got {args[flag]!r}")
+    _int(args, "ref_limit", 1)
     return args
 
 
@@ -52,10 +53,14 @@ def _flag(args: dict[str, str], key: str, default: bool) -> bool:
 
 
 def _int(args: dict[str, str], key: str, default: int) -> int:
+    """A positive integer argument."""
     try:
-        return int(args.get(key, default))
+        value = int(args.get(key, default))
     except ValueError as err:
-        raise SciDiTInputError(f"{key} must be an integer, got {args[key]!r}") from err
+        raise SciDiTInputError(f"{key} must be a positive integer, got {args[key]!r}") from err
+    if value < 1:
+        raise SciDiTInputError(f"{key} must be a positive integer, got {value}")
+    return value
 
 
 # -- references -----------------------------------------------------------------------------------

@@ -86,6 +86,18 @@ def _remove_new_output(out: Path, fresh: bool) -> None:
         parent = parent.parent
 
 
+def _one_line(err: Exception) -> str:
+    """An error as one line; Hydra's instantiation errors keep the target, the cause and the config key."""
+    if isinstance(err.__cause__, SciDiTInputError):
+        return str(err.__cause__)
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    if isinstance(err, InstantiationException):
+        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+        text = " ".join(ln for ln in lines if not ln.startswith("full_key:"))
+        return f"{text} (config key {key})" if key else text
+    return lines[0] if lines else type(err).__name__
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.paths.output_dir)
@@ -93,7 +105,7 @@ def main(cfg: DictConfig) -> None:
     fresh = out.is_dir() and {p.name for p in out.iterdir()} <= {".hydra", f"{HydraConfig.get().job.name}.log"}
     try:
         check_train_config(cfg, STAGES)
-        L.seed_everything(cfg.seed, workers=True)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         torch.set_float32_matmul_precision("high")
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -104,8 +116,7 @@ def main(cfg: DictConfig) -> None:
             cfg.dit.vae_ckpt = str(vae_last)
             run_stage(cfg, "dit")
     except (SciDiTInputError, InstantiationException, MisconfigurationException) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         _remove_new_output(out, fresh)
         sys.exit(2)
 

@@ -139,6 +139,29 @@ def _cif_blocks(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
 
 
+_CELL_KEYS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
+def _cell_parameters(cif: str) -> list[float] | None:
+    """``a, b, c, alpha, beta, gamma`` as written in a CIF block (uncertainties like ``3.1(2)`` dropped), or None."""
+    values = []
+    for key in _CELL_KEYS:
+        m = re.search(rf"^\s*_cell_{key}\s+([-+0-9.eE]+)", cif, re.MULTILINE)
+        if m is None:
+            return None
+        try:
+            values.append(float(m.group(1)))
+        except ValueError:
+            return None
+    return values
+
+
+def _check_cell(params: list[float] | None, where: str) -> None:
+    problem = lattice_problem(params) if params is not None else ""
+    if problem:
+        raise SciDiTInputError(f"degenerate lattice: {problem} (a, b, c, alpha, beta, gamma = {', '.join(f'{x:g}' for x in params)})", where)
+
+
 def read_crystals(path: str | Path, limit: int | None = None) -> list[TokenSet]:
     """Crystal token sets from CIF files (every data block), a folder of them, or a CDVAE CSV(.gz).
 
@@ -157,10 +180,10 @@ def read_crystals(path: str | Path, limit: int | None = None) -> list[TokenSet]:
         else:
             blocks = [(f"block{k}", b) for k, b in enumerate(_cif_blocks(_text(f, "CIF")))]
         for k, cif in blocks:
-            ts = tok.from_cif(cif, meta={"source": f"{f.name}#{k}"}, where=f"{f}#{k}")
-            problem = lattice_problem(ts.lattice.tolist())
-            if problem:
-                raise SciDiTInputError(f"degenerate lattice: {problem} ({', '.join(f'{x:g}' for x in ts.lattice.tolist())})", f"{f}#{k}")
+            where = f"{f}#{k}"
+            _check_cell(_cell_parameters(cif), where)  # as written: pymatgen takes |a| and rejects flat cells cryptically
+            ts = tok.from_cif(cif, meta={"source": f"{f.name}#{k}"}, where=where)
+            _check_cell(ts.lattice.tolist(), where)
             sets.append(ts)
     if not sets:
         raise SciDiTInputError("no crystals found", path)
