@@ -151,6 +151,21 @@ def test_tiny_train_predict_score_and_reload(cells, tmp_path):
         predictor.predict(control, ["NOTAGENE"])
 
 
+def test_same_seed_same_predictions(tiny_predictor, cells):
+    """predict() with one seed: bit-identical across calls, the same cells and values for any batch size."""
+    control = cells[cells.obs["perturbation"] == "control"].copy()
+    a = tiny_predictor.predict(control, ["STAT1", "JAK2"], n_cells=30, batch_size=7)
+    again = tiny_predictor.predict(control, ["STAT1", "JAK2"], n_cells=30, batch_size=7)
+    whole = tiny_predictor.predict(control, ["STAT1", "JAK2"], n_cells=30, batch_size=1024)
+    assert np.array_equal(a.X, again.X) and np.array_equal(a.layers["shift"], again.layers["shift"])
+    assert list(a.obs["control_cell"]) == list(whole.obs["control_cell"])
+    np.testing.assert_allclose(a.X, whole.X, rtol=0, atol=1e-5)  # float rounding of batched matmuls only
+    other = SciDiTPredictor(seed=1)
+    other.module, other.steps = tiny_predictor.module, tiny_predictor.steps
+    drawn = other.predict(control, ["STAT1"], n_cells=30)
+    assert list(drawn.obs["control_cell"]) != list(a.obs["control_cell"][a.obs["perturbation"] == "STAT1"])  # another seed, other cells
+
+
 def test_unfitted_predictor_and_bad_checkpoint_are_clear_errors(cells, tmp_path):
     with pytest.raises(SciDiTInputError, match="not trained"):
         SciDiTPredictor().predict(cells, ["STAT1"])
