@@ -75,8 +75,12 @@ _EXISTING: dict[str, Path] = {}
 
 
 def _remove_new_output(out: Path, fresh: bool) -> None:
-    """After a failed run, remove the output folder Hydra created for it (and new empty parents), if it was new."""
-    if not fresh or not out.is_dir():
+    """After a failed run, remove the output folder Hydra created for it (and new empty parents), if it was new.
+
+    A folder that holds a checkpoint by now (e.g. stage=all failing in the DiT stage) is kept: it has trained weights.
+    """
+    out = out.absolute()
+    if not fresh or not out.is_dir() or any(out.rglob("*.ckpt")):
         return
     shutil.rmtree(out, ignore_errors=True)
     stop = _EXISTING.get("output_dir")

@@ -278,7 +278,7 @@ def _snapshot(*roots: Path) -> dict[str, tuple]:
 
 def _run_process(module: str, args: list[str]) -> tuple[int, str]:
     root = str(Path(__file__).resolve().parents[1])  # this checkout's sciDiT, whatever the working directory
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
     return proc.returncode, proc.stderr
 
