@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,9 +126,7 @@ class Generator:
             raise SciDiTInputError(f"method={method!r} is not one of {', '.join(SOLVERS)}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
-        if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**64:
-            raise SciDiTInputError(f"seed must be an integer that fits in 64 bits (torch.Generator), got {seed!r}")
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(_check_seed(seed))
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim
         noise = torch.randn(int(sizes.sum()), latent_dim, generator=gen)  # [sum sizes, L], in sample order
@@ -187,6 +186,17 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise SciDiTInputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_seed(seed: int) -> int:
+    """``seed`` as an int that ``torch.Generator.manual_seed`` takes (numpy integers too); one-line error otherwise."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or isinstance(seed, bool) or not -(2**63) <= value < 2**64:
+        raise SciDiTInputError(f"seed must be an integer that fits in 64 bits (torch.Generator), got {seed!r}")
+    return value
 
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Generator:

@@ -45,10 +45,6 @@ class Probe:
     expect: str
 
 
-def _api(fn: Callable[[dict], object]) -> Callable[[dict], object]:
-    return fn
-
-
 def _with(predictor: SciDiTPredictor, **attrs) -> SciDiTPredictor:
     other = copy.copy(predictor)
     other.__dict__.update(attrs)
@@ -161,6 +157,7 @@ PROBES = [
     Probe("predictor-batch-size-zero", "api", lambda c: c["predictor"].predict(_control(c), ["STAT1"], batch_size=0), "batch_size must be a positive integer, got 0"),
     Probe("predictor-steps-zero", "api", lambda c: _with(c["predictor"], steps=0).predict(_control(c), ["STAT1"]), "steps must be a positive integer, got 0"),
     Probe("predictor-cfg-scale-nan", "api", lambda c: _with(c["predictor"], cfg_scale=math.nan).predict(_control(c), ["STAT1"]), "cfg_scale must be a finite number"),
+    Probe("predictor-seed-negative", "api", lambda c: _with(c["predictor"], seed=-1).predict(_control(c), ["STAT1"]), "seed must be a non-negative integer, got -1"),
     Probe("predictor-unknown-gene", "api", lambda c: c["predictor"].predict(_control(c), ["NOTAGENE"]), "NOTAGENE"),
     Probe("predictor-malformed-label", "api", lambda c: c["predictor"].predict(_control(c), ["STAT1++JAK2"]), "malformed combination label 'STAT1++JAK2'"),
     Probe("predictor-no-control-cells", "api", lambda c: c["predictor"].predict(_control(c)[:0], ["STAT1"]), "control has no cells"),

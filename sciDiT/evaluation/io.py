@@ -144,6 +144,8 @@ _CELL_KEYS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "
 
 def _cell_parameters(cif: str) -> list[float] | None:
     """``a, b, c, alpha, beta, gamma`` as written in a CIF block (uncertainties like ``3.1(2)`` dropped), or None."""
+    if not isinstance(cif, str):  # an empty CSV cell; parse_cif says what is wrong
+        return None
     values = []
     for key in _CELL_KEYS:
         m = re.search(rf"^\s*_cell_{key}\s+([-+0-9.eE]+)", cif, re.MULTILINE)

@@ -476,7 +476,7 @@ class SciDiTPredictor:
         for name, value in (("n_cells", n_cells), ("batch_size", batch_size), ("steps", self.steps)):
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
                 raise SciDiTInputError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**128:
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
             raise SciDiTInputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.cfg_scale, (int, float)) or not np.isfinite(self.cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {self.cfg_scale!r}")
