@@ -184,7 +184,7 @@ PROBES = [
     Probe("train-ema-decay-above-one", "train", (*TV, "dit.ema_decay=1.5"), "dit.ema_decay=1.5 must be a number in [0, 1]"),
     Probe("train-workers-negative", "train", (*TV, "data.num_workers=-1"), "data.num_workers=-1 must be a non-negative integer"),
     Probe("train-accelerator-unknown", "train", (*TV, "trainer.accelerator=tpu"), "trainer.accelerator='tpu' is not one of"),
-    Probe("train-devices-zero", "train", (*TV, "trainer.devices=0"), "trainer.devices=0 must be a positive integer"),
+    Probe("train-devices-zero", "train", (*TV, "trainer.devices=0"), "trainer.devices=0 must be a positive integer, -1 (all)"),
     Probe("train-output-unwritable", "train", (*TV, f"paths.output_dir={UNWRITABLE}/run"), "paths.output_dir: cannot create it"),
     Probe("train-output-is-file", "train", (*TV, "paths.output_dir={tmp}/user/keep.txt"), "keep.txt: paths.output_dir: exists and is not a folder"),
     Probe("train-ckpt-not-a-checkpoint", "train", (*TV, "ckpt_path={in}/not_a_checkpoint.ckpt"), "not_a_checkpoint.ckpt: ckpt_path: not a checkpoint"),

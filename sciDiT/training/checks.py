@@ -107,8 +107,8 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "data.num_workers": _non_negative_int,
     "data.seed": _seed,
     "trainer.max_steps": _optional_steps,
-    "trainer.devices": lambda v: "" if v == "auto" or (_integer(v) and v >= 1) or (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0)
-    else "must be a positive integer, a list of device ids or 'auto'",
+    "trainer.devices": lambda v: "" if v == "auto" or (_integer(v) and (v >= 1 or v == -1)) or (isinstance(v, Sequence) and len(v) > 0)
+    else "must be a positive integer, -1 (all), a list of device ids or 'auto'",
     "trainer.num_nodes": _positive_int,
     "trainer.gradient_clip_val": lambda v: "" if v is None else _non_negative_number(v),
     "max_steps.vae": _steps,
