@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from sciDiT.errors import SciDiTInputError
@@ -46,6 +44,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     for flag in FLAGS:
         if args.get(flag, "0").lower() not in ("0", "1", "true", "false", "yes", "no"):
             raise SciDiTInputError(f"{flag} must be true or false, got {args[flag]!r}")
+    _int(args, "ref_limit", 1)
     return args
 
 
@@ -54,10 +53,14 @@ def _flag(args: dict[str, str], key: str, default: bool) -> bool:
 
 
 def _int(args: dict[str, str], key: str, default: int) -> int:
+    """A positive integer argument."""
     try:
-        return int(args.get(key, default))
+        value = int(args.get(key, default))
     except ValueError as err:
-        raise SciDiTInputError(f"{key} must be an integer, got {args[key]!r}") from err
+        raise SciDiTInputError(f"{key} must be a positive integer, got {args[key]!r}") from err
+    if value < 1:
+        raise SciDiTInputError(f"{key} must be a positive integer, got {value}")
+    return value
 
 
 # -- references -----------------------------------------------------------------------------------
@@ -106,9 +109,10 @@ def run_molecules(args: dict[str, str]):
 
 def run_crystals(args: dict[str, str]):
     from sciDiT.evaluation.crystals import evaluate_crystals
-    from sciDiT.evaluation.io import read_crystals
+    from sciDiT.evaluation.io import read_crystals, unwritten_crystals
 
-    sets = read_crystals(args["crystals"])
+    unwritten = unwritten_crystals(args["crystals"])
+    sets = read_crystals(args["crystals"]) if not unwritten or _has_cifs(Path(args["crystals"])) else []
     ref = args.get("reference", "none")
     limit = _int(args, "ref_limit", 1000)
     train = test = None
@@ -121,8 +125,13 @@ def run_crystals(args: dict[str, str]):
     from sciDiT.data.paths import resolve_cache_dir
 
     return evaluate_crystals(
-        sets, train, test, with_coverage=_flag(args, "coverage", False), with_chgnet=_flag(args, "chgnet", False), cache_dir=resolve_cache_dir(args.get("cache_dir"))
+        sets, train, test, with_coverage=_flag(args, "coverage", False), with_chgnet=_flag(args, "chgnet", False), cache_dir=resolve_cache_dir(args.get("cache_dir")),
+        unwritten=unwritten,
     )
+
+
+def _has_cifs(folder: Path) -> bool:
+    return any(p.name.lower().endswith(".cif") for p in folder.iterdir())
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -192,36 +201,64 @@ def _plots_crystals(ev, folder: Path) -> list[str]:
     return ["distributions.png"]
 
 
-def write_report(kind: str, source: str, ev, out: Path) -> None:
-    """Write ``out`` (flat JSON) and ``out`` with ``.md`` (table + plots in ``<stem>_plots/``), atomically."""
-    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in ev.metrics.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _is_plots_folder(folder: Path) -> bool:
+    return all(p.is_file() and p.suffix == ".png" for p in folder.iterdir())
+
+
+def check_report_path(out: Path) -> Path:
+    """Fail before any scoring when the report, its Markdown twin or its plots folder cannot be written."""
+    from sciDiT.export import check_creatable
+
+    check_creatable(out)
+    for path in (out, out.with_suffix(".md")):
+        if path.is_dir():
+            raise SciDiTInputError("is a folder, expected a report file path (e.g. report.json)", path)
     plots = out.parent / f"{out.stem}_plots"
-    plots.mkdir(exist_ok=True)
-    images = _plots_molecules(ev, plots) if kind == "molecules" else _plots_crystals(ev, plots)
-    lines = [f"# sciDiT evaluation: {kind}", "", f"Samples: `{source}`", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in metrics.items()]
-    if kind == "crystals":
-        lines += ["", "Energy above hull is not reported: it needs a phase diagram of reference energies that is not available offline."]
-    lines += [""] + [f"![{name}]({plots.name}/{name})" for name in images]
-    for path, text in ((out, json.dumps(metrics, indent=2) + "\n"), (out.with_suffix(".md"), "\n".join(lines) + "\n")):
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp_")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+    if plots.exists() and (not plots.is_dir() or not _is_plots_folder(plots)):
+        raise SciDiTInputError("exists and is not a previous report's plots folder: choose another out=", plots)
+    return out
+
+
+def write_report(kind: str, source: str, ev, out: Path) -> None:
+    """Write ``out`` (flat JSON), ``out`` with ``.md`` (table) and plots in ``<stem>_plots/``, each atomically.
+
+    The plots are drawn into a temporary folder first, so a failure leaves neither files nor folders behind.
+    """
+    from sciDiT.export import atomic_folder, atomic_write_text
+
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in ev.metrics.items()}
+    check_report_path(out)
+    plots = out.parent / f"{out.stem}_plots"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(plots, may_replace=_is_plots_folder) as tmp:
+        images = _plots_molecules(ev, tmp) if kind == "molecules" else _plots_crystals(ev, tmp)
+        lines = [f"# sciDiT evaluation: {kind}", "", f"Samples: `{source}`", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in metrics.items()]
+        if kind == "crystals":
+            if metrics.get("n_unwritten"):
+                lines += ["", f"{int(metrics['n_unwritten'])} sample(s) listed in the export's manifest have no CIF (degenerate lattice): counted as invalid."]
+            lines += ["", "Energy above hull is not reported: it needs a phase diagram of reference energies that is not available offline."]
+        lines += [""] + [f"![{name}]({plots.name}/{name})" for name in images]
+        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         kind = "molecules" if "molecules" in args else "crystals"
+        out = check_report_path(Path(args.get("out", "report.json")))
         ev = run_molecules(args) if kind == "molecules" else run_crystals(args)
+        print(_table(ev.metrics))
+        write_report(kind, args[kind], ev, out)
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(_table(ev.metrics))
-    out = Path(args.get("out", "report.json"))
-    write_report(kind, args[kind], ev, out)
+    except OSError as err:  # e.g. the disk filled up while writing: nothing half-written stays (atomic writes)
+        print(f"error: {err.filename or args.get('out', 'report.json')}: cannot write the report ({err.strerror or type(err).__name__})", file=sys.stderr)
+        return 2
+    if ev.metrics.get("n_unwritten"):
+        print(f"note: {int(ev.metrics['n_unwritten'])} sample(s) in the manifest have no CIF (degenerate lattice) and count as invalid")
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

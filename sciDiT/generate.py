@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,11 +50,26 @@ def parse_domain(domain: str | Domain) -> Domain:
     raise SciDiTInputError(f"domain={domain!r} is not one of {', '.join(DOMAINS)}")
 
 
+def usable_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch device, if sampling can run on it here (CPU, or an available CUDA / MPS device)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise SciDiTInputError(f"device={device!r} is not a torch device: {str(err).splitlines()[0]}") from None
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        raise SciDiTInputError(f"device={str(device)!r} is not usable here: no such CUDA device ({torch.cuda.device_count()} available)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SciDiTInputError(f"device={str(device)!r} is not usable here: MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise SciDiTInputError(f"device={str(device)!r} is not usable for sampling: use cpu, cuda or mps")
+    return dev
+
+
 class Generator:
     """Samples molecules and crystals from a trained :class:`LatentDiffusion` (see module docstring)."""
 
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+        self.device = usable_device(device)
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self._compiled: dict[bool, nn.Module] = {}
@@ -112,7 +128,7 @@ class Generator:
             raise SciDiTInputError(f"method={method!r} is not one of {', '.join(SOLVERS)}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(_check_seed(seed))
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim
         noise = torch.randn(int(sizes.sum()), latent_dim, generator=gen)  # [sum sizes, L], in sample order
@@ -174,12 +190,24 @@ def _check_positive(**values: int) -> None:
             raise SciDiTInputError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_seed(seed: int) -> int:
+    """``seed`` as an int that ``torch.Generator.manual_seed`` takes (numpy integers too); one-line error otherwise."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or isinstance(seed, bool) or not -(2**63) <= value < 2**64:
+        raise SciDiTInputError(f"seed must be an integer that fits in 64 bits (torch.Generator), got {seed!r}")
+    return value
+
+
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``).
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
     """
+    usable_device(device)  # before reading anything, so a bad device fails fast
     path = Path(ckpt)
     raw = load_checkpoint(path, "checkpoint")  # weights only: nothing in the file runs
     require_stage(raw, "dit", path, "sampling needs <output_dir>/dit/checkpoints/*.ckpt")

@@ -77,10 +77,10 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 
 def check_out(domain: str, out: str) -> Path:
     """Fail before sampling when the output cannot be written (missing or unwritable folder, wrong kind)."""
-    from sciDiT.export import check_writable_parent
+    from sciDiT.export import check_creatable
     from sciDiT.export.cif import is_previous_export
 
-    path = check_writable_parent(Path(out.rstrip("/") or out))
+    path = check_creatable(Path(out.rstrip("/") or out))
     if domain == "molecule" and (path.is_dir() or out.endswith("/")):
         raise SciDiTInputError("molecules are written to one SDF file, not a folder", out)
     if domain == "crystal" and path.exists() and not path.is_dir() and path.suffix.lower() != ".cif":

@@ -16,22 +16,29 @@ code-free loader of :mod:`sciDiT.checkpoint`.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.training.checkpoint_io import SafeCheckpointIO
+from sciDiT.training.checks import check_train_config, compose_train_config
 from sciDiT.training.precision import resolve_precision
 from sciDiT.training.targets import check_config
 
 STAGES = ("vae", "dit", "all")
+
 
 
 def _trainer(cfg: DictConfig, stage: str, stage_dir: Path) -> L.Trainer:
@@ -76,68 +83,112 @@ def run_stage(cfg: DictConfig, stage: str, ckpt_path: str | None = None) -> Path
     return last
 
 
+# the nearest folder at or above paths.output_dir that existed before this run (set by cli(), used to clean up)
+_EXISTING: dict[str, Path] = {}
+
+
+def _remove_new_output(out: Path, fresh: bool) -> None:
+    """After a failed run, remove the output folder Hydra created for it (and new empty parents), if it was new.
+
+    A folder that holds a checkpoint by now (e.g. stage=all failing in the DiT stage) is kept: it has trained weights.
+    """
+    out = out.absolute()
+    if not fresh or not out.is_dir() or any(out.rglob("*.ckpt")):
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    stop = _EXISTING.get("output_dir")
+    parent = out.parent
+    while stop is not None and parent != stop and stop in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def _one_line(err: Exception) -> str:
+    """An error as one line; Hydra's instantiation errors keep the target, the cause and the config key."""
+    if isinstance(err.__cause__, SciDiTInputError):
+        return str(err.__cause__)
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    if isinstance(err, InstantiationException):
+        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+        text = " ".join(ln for ln in lines if not ln.startswith("full_key:"))
+        return f"{text} (config key {key})" if key else text
+    return lines[0] if lines else type(err).__name__
+
+
 # Hydra options whose effect the pre-check cannot reproduce: extra config folders go through
 # hydra.searchpath=[file://DIR] instead; a rerun unpickles a saved config (code could run).
-UNCHECKABLE = {"multirun": "--multirun", "config_path": "--config-path", "config_dir": "--config-dir (use hydra.searchpath=[file://DIR])",
+UNCHECKABLE = {"multirun": "--multirun", "config_name": "--config-name", "config_path": "--config-path", "config_dir": "--config-dir (use hydra.searchpath=[file://DIR])",
                "experimental_rerun": "--experimental-rerun"}
-
-
-def check_command_line(argv: list[str]) -> None:
-    """Compose the config the way ``hydra.main`` will and check everything it could instantiate.
-
-    Runs before Hydra, since Hydra itself instantiates ``hydra.callbacks`` and configures logging
-    from ``hydra.job_logging`` before the task starts. A config that does not compose is left to
-    Hydra, which reports it without instantiating anything.
-    """
-    from hydra import compose, initialize_config_module
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.hydra_config import HydraConfig
-
-    args = get_args_parser().parse_args(argv)
-    for name, flag in UNCHECKABLE.items():
-        if getattr(args, name):
-            raise SciDiTInputError(f"{flag} is not supported by sciDiT.train: it would bypass the check of what the config instantiates")
-    try:
-        with initialize_config_module(config_module="sciDiT.configs", version_base="1.3"):
-            cfg = compose(config_name=args.config_name or "train", overrides=args.overrides, return_hydra_config=True)
-    except Exception:
-        return
-    HydraConfig.instance().set_config(cfg)
-    check_config(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def _run(cfg: DictConfig) -> None:
+    out = Path(cfg.paths.output_dir)
+    # only Hydra's own files in the run folder: it was made for this run, and a failed run removes it
+    fresh = out.is_dir() and {p.name for p in out.iterdir()} <= {".hydra", f"{HydraConfig.get().job.name}.log"}
     try:
-        check_config(cfg)
-        if cfg.stage not in STAGES:
-            raise SciDiTInputError(f"stage={cfg.stage!r} is not one of {', '.join(STAGES)}")
-        L.seed_everything(cfg.seed, workers=True)
+        check_config(cfg)  # again inside the task: what instantiate will see
+        check_train_config(cfg, STAGES)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         torch.set_float32_matmul_precision("high")
-        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.paths.output_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if cfg.stage in ("vae", "dit"):
             run_stage(cfg, cfg.stage, cfg.ckpt_path)
         else:
-            if cfg.ckpt_path is not None:
-                raise SciDiTInputError("ckpt_path resumes a single stage; with stage=all rerun with the same paths.output_dir instead")
             vae_last = run_stage(cfg, "vae")
             cfg.dit.vae_ckpt = str(vae_last)
             run_stage(cfg, "dit")
-    except SciDiTInputError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (SciDiTInputError, InstantiationException, MisconfigurationException) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        _remove_new_output(out, fresh)
         sys.exit(2)
 
 
-def main() -> None:
-    """``python -m sciDiT.train`` / ``scidit-train``: check the config, then let Hydra run the stages."""
+def check_command_line(argv: list[str]) -> DictConfig:
+    """Compose the config the way ``hydra.main`` will and check it; returns it, or raises SciDiTInputError.
+
+    Runs before Hydra, since Hydra itself instantiates ``hydra.callbacks`` and configures logging
+    from ``hydra.job_logging`` before the task starts: the composed config, Hydra's own section
+    included, is checked against the allow-list of :mod:`sciDiT.training.targets`; then (unless a
+    flag such as ``--cfg`` or ``--help`` only asks Hydra for information) the values are checked.
+    """
+    from hydra._internal.utils import get_args_parser
+
     try:
-        check_command_line(sys.argv[1:])
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # argparse printed its usage; say why in one line
+        raise SciDiTInputError(f"cannot parse the command line {' '.join(argv)!r}; see python -m sciDiT.train --help") from None
+    for name, flag in UNCHECKABLE.items():
+        if getattr(args, name):
+            raise SciDiTInputError(f"{flag} is not supported by sciDiT.train: it would bypass the check of what the config instantiates")
+    cfg = compose_train_config(args.overrides)
+    HydraConfig.instance().set_config(cfg)
+    check_config(cfg)
+    if not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion):
+        check_train_config(cfg, STAGES)
+    return cfg
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m sciDiT.train [overrides]`` / ``scidit-train``: check the command line, then let Hydra run it.
+
+    Bad input prints one line and returns 2 before Hydra creates the run folder.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = check_command_line(argv)
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    existing = Path(cfg.paths.output_dir).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    _EXISTING["output_dir"] = existing
+    sys.argv = [sys.argv[0], *argv]
     _run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CELL_DIT, TINY_CELL_VAE
 from sciDiT.batch import Domain, TokenSet, collate
-from sciDiT.data.perturbseq import PAPALEXI_FILE, load_papalexi
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.perturbation import score_perturbations
 from sciDiT.models.cell_vae import CELL_VAE_SIZES, CellVAE, cell_vae
@@ -16,21 +16,6 @@ from sciDiT.perturbation.baselines import Additive, LinearGeneEmbedding
 from sciDiT.perturbation.model import PerturbationFlow, SciDiTPredictor
 from sciDiT.tokenizers.cell import CellTokenizer
 from sciDiT.training.cell_datamodule import collate_cells, covariate_codes, tokenize_cells
-
-TINY_VAE = {"hidden_size": 16, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "num_latent_tokens": 4, "latent_dim": 4}
-TINY_DIT = {"hidden_size": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "class_dropout_prob": 0.1, "self_condition": False}
-
-
-@pytest.fixture(scope="module")
-def cells(data_dir) -> ad.AnnData:
-    """40 control cells and 12 cells each of STAT1, IFNGR1, IFNGR2, JAK2, both replicates (real rows)."""
-    obs = ad.read_h5ad(data_dir / PAPALEXI_FILE, backed="r").obs
-    labels, reps = obs["perturbation"].astype(str).to_numpy(), obs["bio_rep"].astype(str).to_numpy()
-    rows = []
-    for label, n in (("control", 20), ("STAT1", 6), ("IFNGR1", 6), ("IFNGR2", 6), ("JAK2", 6)):
-        for rep in ("rep_1", "rep_2"):
-            rows += np.flatnonzero((labels == label) & (reps == rep))[:n].tolist()
-    return load_papalexi(data_dir, cells=sorted(rows))
 
 
 def _batch(adata: ad.AnnData):
@@ -52,7 +37,7 @@ def test_latent_is_smaller_than_the_cell(cells):
 def test_encoder_is_invariant_to_gene_order(cells):
     torch.manual_seed(0)
     tok, batch = _batch(cells)
-    vae = CellVAE(tok.vocab_size, tok.num_genes, **TINY_VAE).eval()
+    vae = CellVAE(tok.vocab_size, tok.num_genes, **TINY_CELL_VAE).eval()
     sets = batch.unbatch()
     shuffled = collate([s.permute(torch.randperm(s.num_tokens)) for s in sets])
     assert not torch.equal(shuffled.types, batch.types)
@@ -63,7 +48,7 @@ def test_encoder_is_invariant_to_gene_order(cells):
 
 def test_dense_expression_matches_the_anndata(cells):
     tok, batch = _batch(cells)
-    vae = CellVAE(tok.vocab_size, tok.num_genes, **TINY_VAE)
+    vae = CellVAE(tok.vocab_size, tok.num_genes, **TINY_CELL_VAE)
     x = cells.X.toarray() if hasattr(cells.X, "toarray") else np.asarray(cells.X)
     np.testing.assert_allclose(vae.dense_expression(batch).numpy(), x, rtol=1e-6)
 
@@ -71,7 +56,7 @@ def test_dense_expression_matches_the_anndata(cells):
 def test_sampling_follows_the_hurdle_likelihood(cells):
     """With a constant read-out (detected logit +-20, mean 1, std 0.1) samples and means are known in closed form."""
     tok, batch = _batch(cells)
-    vae = CellVAE(tok.vocab_size, tok.num_genes, **TINY_VAE)
+    vae = CellVAE(tok.vocab_size, tok.num_genes, **TINY_CELL_VAE)
     with torch.no_grad():
         z = vae.encode(batch)[0]
         vae.decoder.loadings.zero_()
@@ -86,7 +71,7 @@ def test_sampling_follows_the_hurdle_likelihood(cells):
 
 
 def test_flow_source_is_a_control_of_the_same_covariate():
-    flow = PerturbationFlow({"vocab_size": 6, "num_genes": 4, **TINY_VAE}, TINY_DIT, num_covariates=2, source_noise=0.0)
+    flow = PerturbationFlow({"vocab_size": 6, "num_genes": 4, **TINY_CELL_VAE}, TINY_CELL_DIT, num_covariates=2, source_noise=0.0)
     flow.control_latents = torch.stack([torch.full((4, 4), 0.0), torch.full((4, 4), 1.0), torch.full((4, 4), 1.0)])
     flow.control_covariates = torch.tensor([0, 1, 1])
     x0 = flow.source(torch.tensor([1, 0, 1, 1, 0]), torch.Generator().manual_seed(0))
@@ -106,7 +91,7 @@ def test_priors_are_measured_shifts_else_the_linear_gene_model_in_closed_form():
     # by +1, knocking out gene 2 moves gene 2 by +1: Y = [[1, 0], [0, 1], [1, 0]], b = (.5, .5, .5),
     # E = (1, -1, 1)/sqrt(3) (K = 1), embeddings e_1 = -e_2 = e_3 = 1/sqrt(3), W = 1/1.1 * 1 * 1/(2/3 + 0.1) = 1.1858.
     # Gene 3 was never perturbed: b + E W e_3 = b + 0.3953 (1, -1, 1); with gene 1 too, e = 2/sqrt(3): b + 0.7906 (1, -1, 1).
-    flow = PerturbationFlow({"vocab_size": 5, "num_genes": 3, **TINY_VAE}, TINY_DIT, profile_dim=1)
+    flow = PerturbationFlow({"vocab_size": 5, "num_genes": 3, **TINY_CELL_VAE}, TINY_CELL_DIT, profile_dim=1)
     x = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [2.0, 1.0, 2.0], [2.0, 1.0, 2.0], [1.0, 2.0, 1.0]])
     batch = _toy_batch([[], [], [1], [1], [2]], x)
     flow.prepare([batch], [batch])
@@ -137,7 +122,7 @@ def test_priors_are_measured_shifts_else_the_linear_gene_model_in_closed_form():
 
 def test_tiny_train_predict_score_and_reload(cells, tmp_path):
     control = cells[cells.obs["perturbation"] == "control"].copy()
-    predictor = SciDiTPredictor(vae=TINY_VAE, dit=TINY_DIT, vae_steps=3, dit_steps=3, batch_size=32, steps=2, seed=0)
+    predictor = SciDiTPredictor(vae=TINY_CELL_VAE, dit=TINY_CELL_DIT, vae_steps=3, dit_steps=3, batch_size=32, steps=2, seed=0)
     predictor.fit(cells, work_dir=tmp_path, extra_targets=["NEWTARGET"])  # an unseen, unmeasured target gene
     pred = predictor.predict(control, ["STAT1", "JAK2", "IFNGR2+IFNGR1"])
     # schema a scanpy user and the scorer rely on
@@ -164,6 +149,21 @@ def test_tiny_train_predict_score_and_reload(cells, tmp_path):
     np.testing.assert_allclose(prior[1].numpy(), Additive().fit(cells).shift(frozenset({"STAT1"})), atol=1e-4)
     with pytest.raises(SciDiTInputError, match="NOTAGENE"):
         predictor.predict(control, ["NOTAGENE"])
+
+
+def test_same_seed_same_predictions(tiny_predictor, cells):
+    """predict() with one seed: bit-identical across calls, the same cells and values for any batch size."""
+    control = cells[cells.obs["perturbation"] == "control"].copy()
+    a = tiny_predictor.predict(control, ["STAT1", "JAK2"], n_cells=30, batch_size=7)
+    again = tiny_predictor.predict(control, ["STAT1", "JAK2"], n_cells=30, batch_size=7)
+    whole = tiny_predictor.predict(control, ["STAT1", "JAK2"], n_cells=30, batch_size=1024)
+    assert np.array_equal(a.X, again.X) and np.array_equal(a.layers["shift"], again.layers["shift"])
+    assert list(a.obs["control_cell"]) == list(whole.obs["control_cell"])
+    np.testing.assert_allclose(a.X, whole.X, rtol=0, atol=1e-5)  # float rounding of batched matmuls only
+    other = SciDiTPredictor(seed=1)
+    other.module, other.steps = tiny_predictor.module, tiny_predictor.steps
+    drawn = other.predict(control, ["STAT1"], n_cells=30)
+    assert list(drawn.obs["control_cell"]) != list(a.obs["control_cell"][a.obs["perturbation"] == "STAT1"])  # another seed, other cells
 
 
 def test_unfitted_predictor_and_bad_checkpoint_are_clear_errors(cells, tmp_path):

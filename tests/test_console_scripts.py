@@ -13,7 +13,7 @@ import sciDiT.evaluate
 import sciDiT.sample
 import sciDiT.train
 
-SCRIPTS = {"scidit-train": sciDiT.train.main, "scidit-sample": sciDiT.sample.main, "scidit-evaluate": sciDiT.evaluate.main}
+SCRIPTS = {"scidit-train": sciDiT.train.cli, "scidit-sample": sciDiT.sample.main, "scidit-evaluate": sciDiT.evaluate.main}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

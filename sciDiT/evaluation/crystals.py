@@ -32,13 +32,14 @@ import itertools
 import math
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 from scipy.stats import wasserstein_distance
 
 from sciDiT.batch import TokenSet
@@ -152,6 +153,12 @@ def smact_validity(symbols: list[str], counts: list[int]) -> bool:
 
 def composition_validity(ts: TokenSet) -> bool:
     return smact_validity(*_reduced_counts(ts.types.tolist()))
+
+
+def formula_validity(formula: str) -> bool:
+    """Compositional validity of a formula string such as ``"Li2O"`` (a sample known only by its formula)."""
+    comp = Composition(formula)
+    return smact_validity(*_reduced_counts([el.Z for el, amount in comp.items() for _ in range(int(round(amount)))]))
 
 
 # -- uniqueness / novelty ---------------------------------------------------------------------------
@@ -293,20 +300,24 @@ def evaluate_crystals(
     with_chgnet: bool = False,
     chgnet_max: int = 100,
     cache_dir: Path | None = None,
+    unwritten: Sequence[str] = (),
 ) -> CrystalEvaluation:
     """All crystal metrics of the module docstring: ``train`` enables novelty, ``test`` the distances/coverage.
 
     ``chgnet_max``: valid crystals (the first ones) scored by CHGNet; ``cache_dir``: where coverage keeps
-    the reference fingerprints.
+    the reference fingerprints. ``unwritten``: formulas of generated samples that have no structure
+    (an export's manifest rows with a degenerate lattice); they count as structurally invalid samples
+    (``n_unwritten``), with compositional validity from their formula.
     """
-    if not sets:
+    if not sets and not unwritten:
         raise ValueError("evaluate_crystals needs at least one crystal")
     structures = [to_structure(ts) for ts in sets]
-    structural = np.array([structure_validity(s) for s in structures])
-    compositional = np.array([composition_validity(ts) for ts in sets])
+    structural = np.array([structure_validity(s) for s in structures] + [False] * len(unwritten), dtype=bool)
+    compositional = np.array([composition_validity(ts) for ts in sets] + [formula_validity(f) for f in unwritten], dtype=bool)
     valid = structural & compositional
     m = {
-        "n_samples": float(len(sets)),
+        "n_samples": float(len(sets) + len(unwritten)),
+        "n_unwritten": float(len(unwritten)),
         "structural_validity": float(structural.mean()),
         "compositional_validity": float(compositional.mean()),
         "validity": float(valid.mean()),

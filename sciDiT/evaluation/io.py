@@ -17,7 +17,7 @@ from rdkit import Chem, RDLogger
 
 from sciDiT.batch import TokenSet
 from sciDiT.errors import SciDiTInputError
-from sciDiT.export import write_cif_file
+from sciDiT.export import MANIFEST, lattice_problem, write_cif_file
 from sciDiT.export import write_sdf as export_sdf
 from sciDiT.tokenizers import CrystalTokenizer, MoleculeTokenizer
 
@@ -39,10 +39,26 @@ def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return [path]
 
 
+def _text(path: Path, kind: str) -> str:
+    """The file's text; one-line error for a binary (non-UTF-8) or empty file."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            text = fh.read()
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError):
+        raise SciDiTInputError(f"not a text {kind} file (binary or not UTF-8)", path) from None
+    except OSError as err:
+        raise SciDiTInputError(f"cannot read the file ({err.strerror or type(err).__name__})", path) from None
+    if not text.strip():
+        raise SciDiTInputError(f"empty {kind} file", path)
+    return text
+
+
 def _read_sdf(path: Path) -> list[TokenSet]:
     tok = MoleculeTokenizer()
     RDLogger.DisableLog("rdApp.*")
-    supplier = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False, strictParsing=False)
+    supplier = Chem.SDMolSupplier()
+    supplier.SetData(_text(path, "SDF"), sanitize=False, removeHs=False, strictParsing=False)
     out = []
     for k, mol in enumerate(supplier):
         if mol is None:
@@ -54,14 +70,49 @@ def _read_sdf(path: Path) -> list[TokenSet]:
     return out
 
 
+def _check_xyz_layout(text: str, path: Path) -> None:
+    """Frames of an XYZ file: an atom count line, a comment line, then that many ``symbol x y z`` lines."""
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    i, frame = 0, 0
+    while i < len(lines):
+        count = lines[i].strip()
+        if not count.isdigit() or int(count) < 1:
+            hint = " (does the previous frame's atom count match its atom lines?)" if frame else ""
+            raise SciDiTInputError(f"frame {frame}: line {i + 1} should be a positive atom count, found {count[:40]!r}{hint}", path)
+        n = int(count)
+        atoms = lines[i + 2 : i + 2 + n]
+        for j, ln in enumerate(atoms):
+            fields = ln.split()
+            if len(fields) == 1 and fields[0].isdigit():
+                raise SciDiTInputError(f"frame {frame}: line {i + 1} announces {n} atoms but only {j} atom lines follow", path)
+            try:
+                coords = [float(x) for x in fields[1:4]]
+            except ValueError:
+                coords = []
+            if len(coords) < 3:
+                raise SciDiTInputError(f"frame {frame}: line {i + 3 + j} is not 'symbol x y z': {ln.strip()[:60]!r}", path)
+        if len(atoms) < n:
+            raise SciDiTInputError(f"frame {frame}: line {i + 1} announces {n} atoms but the file ends after {len(atoms)}", path)
+        i, frame = i + 2 + n, frame + 1
+
+
 def _read_xyz(path: Path) -> list[TokenSet]:
+    import io
+
     from ase.io import read
 
     tok = MoleculeTokenizer()
+    text = _text(path, "XYZ")
+    _check_xyz_layout(text, path)
     try:
-        frames = read(str(path), index=":", format="xyz")
-    except Exception as err:  # ASE raises many types on malformed XYZ
-        raise SciDiTInputError(f"cannot parse XYZ: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}", path) from err
+        frames = read(io.StringIO(text), index=":", format="xyz")
+    except Exception as err:  # ASE raises many types on malformed XYZ (unknown element: KeyError)
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, KeyError):
+            detail = f"unknown element {detail}"
+        raise SciDiTInputError(f"cannot parse XYZ: {detail}", path) from err
     out = []
     for k, atoms in enumerate(frames):
         try:
@@ -88,6 +139,31 @@ def _cif_blocks(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
 
 
+_CELL_KEYS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
+def _cell_parameters(cif: str) -> list[float] | None:
+    """``a, b, c, alpha, beta, gamma`` as written in a CIF block (uncertainties like ``3.1(2)`` dropped), or None."""
+    if not isinstance(cif, str):  # an empty CSV cell; parse_cif says what is wrong
+        return None
+    values = []
+    for key in _CELL_KEYS:
+        m = re.search(rf"^\s*_cell_{key}\s+([-+0-9.eE]+)", cif, re.MULTILINE)
+        if m is None:
+            return None
+        try:
+            values.append(float(m.group(1)))
+        except ValueError:
+            return None
+    return values
+
+
+def _check_cell(params: list[float] | None, where: str) -> None:
+    problem = lattice_problem(params) if params is not None else ""
+    if problem:
+        raise SciDiTInputError(f"degenerate lattice: {problem} (a, b, c, alpha, beta, gamma = {', '.join(f'{x:g}' for x in params)})", where)
+
+
 def read_crystals(path: str | Path, limit: int | None = None) -> list[TokenSet]:
     """Crystal token sets from CIF files (every data block), a folder of them, or a CDVAE CSV(.gz).
 
@@ -104,15 +180,37 @@ def read_crystals(path: str | Path, limit: int | None = None) -> list[TokenSet]:
                 raise SciDiTInputError(f"not a CDVAE CSV with a 'cif' column: {str(err).splitlines()[0]}", f) from err
             blocks = [(f"row{k}", c) for k, c in enumerate(cifs)]
         else:
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(f, "rt") as fh:
-                text = fh.read()
-            blocks = [(f"block{k}", b) for k, b in enumerate(_cif_blocks(text))]
+            blocks = [(f"block{k}", b) for k, b in enumerate(_cif_blocks(_text(f, "CIF")))]
         for k, cif in blocks:
-            sets.append(tok.from_cif(cif, meta={"source": f"{f.name}#{k}"}, where=f"{f}#{k}"))
+            where = f"{f}#{k}"
+            _check_cell(_cell_parameters(cif), where)  # as written: pymatgen takes |a| and rejects flat cells cryptically
+            ts = tok.from_cif(cif, meta={"source": f"{f.name}#{k}"}, where=where)
+            _check_cell(ts.lattice.tolist(), where)
+            sets.append(ts)
     if not sets:
         raise SciDiTInputError("no crystals found", path)
     return sets
+
+
+def unwritten_crystals(path: str | Path) -> list[str]:
+    """Formulas of the samples that a sciDiT export folder lists in ``manifest.tsv`` but wrote no CIF for.
+
+    Those are generated crystals with a degenerate lattice or non-finite coordinates; evaluation
+    counts them as invalid samples rather than letting them leave the denominator.
+    """
+    manifest = Path(path) / MANIFEST
+    if not Path(path).is_dir() or not manifest.is_file():
+        return []
+    try:
+        rows = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    except (ValueError, OSError) as err:
+        raise SciDiTInputError(f"unreadable manifest: {str(err).splitlines()[0]}", manifest) from None
+    if not {"status", "formula", "file"} <= set(rows.columns):
+        raise SciDiTInputError("manifest lacks the status/formula/file columns of a sciDiT export", manifest)
+    missing = [f for f in rows.loc[rows["status"] == "ok", "file"] if not (Path(path) / f).is_file()]
+    if missing:
+        raise SciDiTInputError(f"manifest lists {len(missing)} CIF file(s) that are not in the folder, e.g. {missing[0]}", manifest)
+    return rows.loc[rows["status"] != "ok", "formula"].tolist()
 
 
 def write_sdf(sets: list[TokenSet], path: str | Path) -> None:

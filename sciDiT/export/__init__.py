@@ -4,7 +4,7 @@ Every write is atomic (temporary file or folder, then rename), so an error never
 half-written sample set behind.
 """
 
-from sciDiT.export.atomic import atomic_folder, atomic_write_text, check_writable_parent
+from sciDiT.export.atomic import atomic_folder, atomic_write_text, check_creatable, check_writable_parent
 from sciDiT.export.cif import MANIFEST, ManifestRow, lattice_problem, write_cif_file, write_cif_folder
 from sciDiT.export.sdf import to_molecules, write_sdf
 
@@ -13,6 +13,7 @@ __all__ = [
     "ManifestRow",
     "atomic_folder",
     "atomic_write_text",
+    "check_creatable",
     "check_writable_parent",
     "lattice_problem",
     "to_molecules",

@@ -24,16 +24,45 @@ def _umask() -> int:
     return mask
 
 
+def check_creatable(path: str | Path) -> Path:
+    """The target path, if its parent folders exist and are writable or could be created; creates nothing.
+
+    Entry points call this before any work, so a bad output path fails fast and leaves no folders behind.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SciDiTInputError(f"cannot write here: cannot create folder {parent} ({existing} is a file)", path)
+    if not is_writable_folder(existing):
+        raise SciDiTInputError(f"cannot write here: folder {existing} is not writable", path)
+    return path
+
+
+def is_writable_folder(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried with an empty temporary folder, removed at once.
+
+    ``os.access`` alone says yes for root on read-only filesystems and pseudo-filesystems like /proc.
+    """
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".scidit_probe_", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
 def check_writable_parent(path: str | Path) -> Path:
     """The target path, after creating its parent folders and checking they are writable (one-line error if not)."""
-    path = Path(path)
+    path = check_creatable(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SciDiTInputError(f"cannot write here: cannot create folder {parent} ({err.strerror})", path) from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SciDiTInputError(f"cannot write here: folder {parent} is not writable", path)
     return path
 
 

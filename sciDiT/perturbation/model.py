@@ -473,6 +473,15 @@ class SciDiTPredictor:
         from sciDiT.training.cell_datamodule import collate_cells, covariate_codes, tokenize_cells
 
         self._check_fitted()
+        for name, value in (("n_cells", n_cells), ("batch_size", batch_size), ("steps", self.steps)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+                raise SciDiTInputError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SciDiTInputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.cfg_scale, (int, float)) or not np.isfinite(self.cfg_scale):
+            raise SciDiTInputError(f"cfg_scale must be a finite number, got {self.cfg_scale!r}")
+        if control.n_obs == 0:
+            raise SciDiTInputError("control has no cells to transport")
         module = self.module
         info = module.hparams.model_info
         tokenizer = module.tokenizer

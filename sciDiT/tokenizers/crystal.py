@@ -74,8 +74,14 @@ class CrystalTokenizer:
         return self.from_structure(AseAtomsAdaptor.get_structure(atoms), meta)
 
     def from_cif(self, text: str, meta: dict | None = None, where: object | None = None) -> TokenSet:
-        """Token set from CIF text (first data block)."""
-        return self.from_structure(parse_cif(text, where), meta)
+        """Token set from CIF text (first data block); errors name ``where``."""
+        structure = parse_cif(text, where)
+        try:
+            return self.from_structure(structure, meta)
+        except SciDiTInputError as err:
+            if where is None or err.path is not None:
+                raise
+            raise SciDiTInputError(str(err), where) from None
 
     # -- decode ---------------------------------------------------------------------------------
     def to_structure(self, ts: TokenSet) -> Structure:
@@ -101,4 +107,6 @@ def parse_cif(text: str, where: object | None = None) -> Structure:
             return Structure.from_str(text, fmt="cif")
     except Exception as err:  # pymatgen raises ValueError, KeyError, IndexError... on bad CIFs
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, ZeroDivisionError):  # pymatgen's loop parser on a loop_ header without values
+            first = "truncated or incomplete (a loop_ has column names but no complete rows)"
         raise SciDiTInputError(f"malformed CIF: {first}", where) from err
