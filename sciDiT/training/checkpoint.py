@@ -5,7 +5,9 @@ temporary file in its own folder, fsynced and renamed over the target (``os.repl
 within a filesystem), so a kill at any moment leaves the previous checkpoint intact; a temporary
 file left by such a kill is removed by :func:`remove_stale_temp_files` when the stage starts again.
 It refuses to write weights that are not finite. Loading is Lightning's ``TorchCheckpointIO``'s
-(a safe loader can override ``load_checkpoint`` alone).
+(a safe loader can override ``load_checkpoint`` alone). :class:`LastAndBestCheckpoint` refreshes
+``last.ckpt`` at every validation (Lightning's ``ModelCheckpoint`` only does when a best checkpoint
+was saved too, so a run whose validation loss stopped improving would resume from long before).
 
 :class:`RNGState` puts the torch (CPU and CUDA), NumPy and Python RNG states into every checkpoint
 (as tensors and plain numbers) and restores them just before the first training batch after a
@@ -24,6 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 TEMP_SUFFIX = ".tmp"
 
@@ -88,6 +91,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if bad:
             raise NonFiniteWeightsError(f"refusing to write {path}: non-finite weights in {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
         atomic_torch_save(checkpoint, path)
+
+
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` (same arguments) that also writes ``last.ckpt`` at validations without a new best."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 # -- RNG state ----------------------------------------------------------------------------------------
