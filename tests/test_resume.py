@@ -6,16 +6,16 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sciDiT.data import load_qm9
 from sciDiT.data.sampler import BucketBatchSampler, ResumableDataLoader
-from sciDiT.training.checkpoint import AtomicCheckpointIO, NonFiniteWeightsError, RNGState, atomic_torch_save, remove_stale_temp_files, rng_state, set_rng_state
+from sciDiT.training.checkpoint import AtomicCheckpointIO, LastAndBestCheckpoint, NonFiniteWeightsError, RNGState, atomic_torch_save, remove_stale_temp_files, rng_state, set_rng_state
 from sciDiT.training.csv_logger import AppendingCSVLogger
 from sciDiT.training.datamodule import TokenSetDataModule
 from sciDiT.training.vae_module import VAEModule
@@ -126,7 +126,11 @@ def test_metrics_csv_is_appended_across_runs_and_widened_for_new_columns(tmp_pat
         fh.write("1.2,")  # a kill in the middle of appending a row
     second = AppendingCSVLogger(tmp_path, name="vae", version="")  # the rerun: Lightning's CSVLogger deletes the file here
     second.log_metrics({"train/loss": 1.0}, step=2)
-    second.after_save_checkpoint(None)
+    second.save()  # Lightning calls save() after every log_metrics: rows still wait for the next last.ckpt
+    assert [r["step"] for r in _rows(path)] == ["0", "1"]
+    second.after_save_checkpoint(SimpleNamespace(_last_checkpoint_saved="best-step=3.ckpt", last_model_path="last.ckpt"))
+    assert [r["step"] for r in _rows(path)] == ["0", "1"]
+    second.after_save_checkpoint(SimpleNamespace(_last_checkpoint_saved="last.ckpt", last_model_path="last.ckpt"))
     second.log_metrics({"train/loss": 0.5, "val/loss": 0.7}, step=3)
     second.log_metrics({"train/loss": 0.4}, step=4)
     second.finalize("failed")  # rows after the last checkpoint are recomputed by the next run, not kept
@@ -172,9 +176,10 @@ def _fit(out: Path, data_dir: Path, cache_dir: Path, max_steps: int, extra: list
     L.seed_everything(0)
     datamodule = TokenSetDataModule([{"name": "qm9", "limit": 300}], data_dir=data_dir, cache_dir=cache_dir, batch_size=32, seed=0, bucket_batches=2)
     module = VAEModule(vae=TINY_VAE, warmup_steps=2)
-    checkpoint = ModelCheckpoint(dirpath=out, every_n_train_steps=3, save_last=True, save_top_k=0)
+    checkpoint = LastAndBestCheckpoint(dirpath=out, monitor="val/loss", save_last=True, save_top_k=1)  # as sciDiT.train: after validations
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+                        enable_model_summary=False, val_check_interval=3, check_val_every_n_epoch=None, limit_val_batches=1,
+                        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
                         callbacks=[checkpoint, RNGState(), *(extra or [])])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     assert len(trainer.train_dataloader) < max_steps  # the run crosses an epoch boundary

@@ -3,7 +3,7 @@
 Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when a run starts in the same folder
 (so a resumed or rerun stage loses its history) and flushes rows every N steps regardless of
 checkpoints. :class:`AppendingCSVLogger` keeps the file, adopts its header, appends new rows and
-rewrites the file (atomically) only when new columns appear. Rows are written when a checkpoint
+rewrites the file (atomically) only when new columns appear. Rows are written when ``last.ckpt``
 is saved and when the run ends, so after ``kill -9`` the file holds exactly the rows up to the
 last checkpoint, and the resumed run appends the steps it recomputes without duplicating any.
 """
@@ -93,10 +93,22 @@ class AppendingCSVLogger(CSVLogger):
             self._experiment = AppendingWriter(log_dir=self.log_dir)
         return self._experiment
 
+    @rank_zero_only
+    def save(self) -> None:
+        """Nothing: Lightning calls this after every ``log_metrics``; rows wait for the next ``last`` checkpoint."""
+
+    @rank_zero_only
+    def flush(self) -> None:
+        """Write the recorded rows to metrics.csv."""
+        self.experiment.save()
+
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        self.save()
+        # ModelCheckpoint writes best-*.ckpt, then last.ckpt (the one a rerun resumes from): flush after the latter
+        saved, last = getattr(checkpoint_callback, "_last_checkpoint_saved", None), getattr(checkpoint_callback, "last_model_path", None)
+        if not last or saved == last:
+            self.flush()
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         if self._experiment is not None and status != "failed":
-            self.save()
+            self.flush()
