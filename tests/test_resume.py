@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -118,29 +117,28 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_metrics_csv_is_appended_across_runs_and_widened_for_new_columns(tmp_path):
     first = AppendingCSVLogger(tmp_path, name="vae", version="")
-    first.log_metrics({"train/loss": 2.0}, step=0)
-    first.log_metrics({"train/loss": 1.5}, step=1)
-    first.finalize("success")
+    for step, loss in enumerate([2.0, 1.5, 1.2]):  # a run that checkpointed at step 1, then was killed during step 2
+        first.log_metrics({"train/loss": loss}, step=step)
+        first.save()  # as Lightning does after every log call
     path = tmp_path / "vae" / "metrics.csv"
+    assert [r["step"] for r in _rows(path)] == ["0", "1", "2"]
     with path.open("a") as fh:
-        fh.write("1.2,")  # a kill in the middle of appending a row
-    second = AppendingCSVLogger(tmp_path, name="vae", version="")  # the rerun: Lightning's CSVLogger deletes the file here
-    second.log_metrics({"train/loss": 1.0}, step=2)
-    second.save()  # Lightning calls save() after every log_metrics: rows still wait for the next last.ckpt
-    assert [r["step"] for r in _rows(path)] == ["0", "1"]
-    second.after_save_checkpoint(SimpleNamespace(_last_checkpoint_saved="best-step=3.ckpt", last_model_path="last.ckpt"))
-    assert [r["step"] for r in _rows(path)] == ["0", "1"]
-    second.after_save_checkpoint(SimpleNamespace(_last_checkpoint_saved="last.ckpt", last_model_path="last.ckpt"))
+        fh.write("1.1,")  # a kill in the middle of appending a row
+    second = AppendingCSVLogger(tmp_path, name="vae", version="")  # the rerun (Lightning's CSVLogger deletes the file here)
+    second.log_metrics({"train/loss": 1.0}, step=2)  # resumed from the checkpoint: step 2 again
+    second.save()
     second.log_metrics({"train/loss": 0.5, "val/loss": 0.7}, step=3)
+    second.save()
     second.log_metrics({"train/loss": 0.4}, step=4)
-    second.finalize("failed")  # rows after the last checkpoint are recomputed by the next run, not kept
-    assert [(r["step"], r["train/loss"]) for r in _rows(path)] == [("0", "2.0"), ("1", "1.5"), ("2", "1.0")]
-    third = AppendingCSVLogger(tmp_path, name="vae", version="")
-    third.log_metrics({"train/loss": 0.5, "val/loss": 0.7}, step=3)
-    third.finalize("success")
+    second.finalize("success")
     rows = _rows(path)
     assert list(rows[0]) == ["step", "train/loss", "val/loss"]
-    assert [(r["step"], r["train/loss"], r["val/loss"]) for r in rows] == [("0", "2.0", ""), ("1", "1.5", ""), ("2", "1.0", ""), ("3", "0.5", "0.7")]
+    assert [(r["step"], r["train/loss"], r["val/loss"]) for r in rows] == [
+        ("0", "2.0", ""), ("1", "1.5", ""), ("2", "1.0", ""), ("3", "0.5", "0.7"), ("4", "0.4", "")]
+    third = AppendingCSVLogger(tmp_path, name="vae", version="")  # a rerun of the finished stage: only its test rows
+    third.log_metrics({"test/loss": 0.3}, step=5)
+    third.finalize("success")
+    assert [r["step"] for r in _rows(path)] == ["0", "1", "2", "3", "4", "5"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.csv"]  # no temp file of the rewrites left
 
 

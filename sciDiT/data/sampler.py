@@ -98,7 +98,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
         self.sampler = EpochShuffle(len(self.num_tokens), shuffle=shuffle, seed=seed)
         self._cache: tuple[int, list[list[int]]] | None = None
-        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) for the next pass over that epoch
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) set by load_state_dict (see there)
         self.start = 0  # batches skipped at the start of the current pass (0 unless resumed)
 
     def state_dict(self, position: int) -> dict[str, int]:
