@@ -31,10 +31,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 TEMP_SUFFIX = ".tmp"
 
 
-def _temp_prefix(target: Path) -> str:
-    return f".{target.name}."
-
-
 class NonFiniteWeightsError(RuntimeError):
     """A checkpoint about to be written holds NaN or infinite weights."""
 
@@ -48,7 +44,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` through a temporary file in the same folder, fsync and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
@@ -129,23 +125,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class RNGState(L.Callback):
-    """Saves the RNG states in checkpoints; restores them before the first training batch after a resume.
+    """Saves every rank's RNG states in checkpoints; restores them before the first training batch after a resume.
 
     Restoring that late (not while the checkpoint is read) skips the draws a fresh process makes
-    while setting up (loaders, model construction), which an uninterrupted run never made.
-    Under DDP every rank saves and resumes with rank 0's state.
+    while setting up (loaders, model construction), which an uninterrupted run never made. A run
+    resumed with another number of ranks gives every rank rank 0's state.
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+        self._pending: list[dict[str, Any]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return rng_state()
+        """``{"ranks": [state of rank 0, rank 1, ...]}`` (Lightning dumps checkpoints on every rank, so all take part)."""
+        state = rng_state()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+            return {"ranks": [state]}
+        states: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+        return {"ranks": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
+        self._pending = list(state_dict["ranks"])
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:
-            set_rng_state(self._pending)
+            same_ranks = len(self._pending) == trainer.world_size
+            set_rng_state(self._pending[trainer.global_rank if same_ranks else 0])
             self._pending = None
