@@ -28,7 +28,7 @@ from rdkit import Chem
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sciDiT.batch import Domain, TokenSet
+from sciDiT.batch import Domain, TokenBatch, TokenSet
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
@@ -149,6 +149,7 @@ class Generator:
                     decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=cfg_scale,
                                                   self_condition=self_condition and self.ema_dit.self_condition)
                 decoded = decoded.to("cpu")
+                _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
                     ts.meta = {"sample_index": i}
                     out[i] = ts
@@ -182,6 +183,15 @@ class Generator:
         else:
             write_cif_folder(samples, out)
         return out
+
+
+def _check_finite(batch: TokenBatch) -> None:
+    """One-line error, before anything is written, when decoded coordinates or lattices are NaN/inf."""
+    finite = torch.isfinite(batch.pos).all(-1) & torch.isfinite(batch.frac).all(-1)  # [b, N]
+    bad = int((~(finite | ~batch.mask).all(1) | ~torch.isfinite(batch.lattice).all(1)).sum())
+    if bad:
+        raise SciDiTInputError(f"generation produced non-finite coordinates (NaN or inf) in {bad} sample(s): "
+                               "the checkpoint's weights are likely diverged; nothing was written")
 
 
 def _check_positive(**values: int) -> None:

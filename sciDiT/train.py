@@ -11,6 +11,13 @@ Safety: before Hydra runs anything, the composed config (command line, config fi
 ``hydra.*`` section) is checked against the allow-list of :mod:`sciDiT.training.targets`, and every
 checkpoint (``ckpt_path``, the automatic ``last.ckpt``, ``dit.vae_ckpt``) is read by the
 code-free loader of :mod:`sciDiT.checkpoint`.
+
+Crash safety: checkpoints are written atomically (:mod:`sciDiT.training.checkpoint`) and hold the
+optimiser, scheduler, EMA, data-sampler position and RNG state, so after ``kill -9`` the same
+command resumes from the last checkpoint; ``last.ckpt`` is rewritten when a stage ends, so it
+always holds the final step. A loss or gradient that stays non-finite for
+``callbacks.non_finite.patience`` steps stops the stage with one line and exit code 3
+(:mod:`sciDiT.training.guards`), keeping the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -32,18 +39,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
+from sciDiT.training.checkpoint import NonFiniteWeightsError, RNGState, remove_stale_temp_files
 from sciDiT.training.checkpoint_io import SafeCheckpointIO
 from sciDiT.training.checks import check_train_config, compose_train_config
+from sciDiT.training.guards import NonFiniteTrainingError
 from sciDiT.training.precision import resolve_precision
 from sciDiT.training.targets import check_config
 
 STAGES = ("vae", "dit", "all")
-
+EXIT_NON_FINITE = 3  # training stopped on a non-finite loss / gradient (2 is bad input)
 
 
 def _trainer(cfg: DictConfig, stage: str, stage_dir: Path) -> L.Trainer:
     """A Trainer for one stage: the stage's step and time budgets, its own checkpoint folder and loggers."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + [RNGState()]
     for cb in callbacks:
         if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
             cb.dirpath = str(stage_dir / "checkpoints")
@@ -60,10 +69,13 @@ def _trainer(cfg: DictConfig, stage: str, stage_dir: Path) -> L.Trainer:
 def run_stage(cfg: DictConfig, stage: str, ckpt_path: str | None = None) -> Path:
     """Fit one stage (resuming from ``ckpt_path`` or the stage's own last.ckpt), test it, write metrics.json.
 
-    Returns the stage's last checkpoint.
+    Returns the stage's last checkpoint, which holds the final step (rewritten after fitting).
+    Raises :class:`NonFiniteTrainingError` (naming the stage and step) when the guard stopped training.
     """
     stage_dir = Path(cfg.paths.output_dir) / stage
     last = stage_dir / "checkpoints" / "last.ckpt"
+    remove_stale_temp_files(last.parent, ".*.ckpt.*.tmp")  # left by a kill during a checkpoint write
+    remove_stale_temp_files(stage_dir, ".metrics.csv.*.tmp")
     if ckpt_path is None and cfg.resume and last.exists():
         ckpt_path = str(last)
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -72,8 +84,13 @@ def run_stage(cfg: DictConfig, stage: str, ckpt_path: str | None = None) -> Path
         what = "resume checkpoint (ckpt_path)" if ckpt_path != str(last) else f"resume checkpoint ({stage} stage's last.ckpt)"
         require_stage(load_checkpoint(ckpt_path, what), module.checkpoint_stage, ckpt_path, f"resume {stage} from <output_dir>/{stage}/checkpoints/*.ckpt")
     trainer = _trainer(cfg, stage, stage_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics: dict[str, float] = {"steps": float(trainer.global_step)}
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.save_checkpoint(last)  # the periodic checkpoints need not fall on the final step
+    except (NonFiniteTrainingError, NonFiniteWeightsError) as err:
+        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was saved"
+        raise NonFiniteTrainingError(f"{stage} stage {err}; {kept}") from None
+    metrics: dict[str, float] = {"steps": float(trainer.global_step)}  # the step just saved
     if cfg.test:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
@@ -143,6 +160,9 @@ def _run(cfg: DictConfig) -> None:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         _remove_new_output(out, fresh)
         sys.exit(2)
+    except NonFiniteTrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_NON_FINITE)
 
 
 def check_command_line(argv: list[str]) -> DictConfig:

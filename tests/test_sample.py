@@ -153,3 +153,16 @@ def test_cli_as_a_module_exits_2_on_bad_input(tmp_path):
     run = subprocess.run([sys.executable, "-m", "sciDiT.sample", "domain=molecule", f"out={tmp_path}/m.sdf", "oops=1"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith("error: unknown key 'oops'") and run.stderr.count("\n") == 1
+
+
+def test_cli_refuses_to_write_non_finite_samples(ckpt, tmp_path, capsys):
+    """A diverged checkpoint (NaN in the EMA DiT's output layer) gives one line, exit 2 and no output file."""
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["state_dict"]["ema.module.final_layer.linear.weight"][0, 0] = float("nan")
+    bad = tmp_path / "diverged.ckpt"
+    torch.save(raw, bad)
+    for domain, out in (("molecule", tmp_path / "m.sdf"), ("crystal", tmp_path / "xtals")):
+        code = main([f"ckpt={bad}", f"domain={domain}", "n=3", f"out={out}", "steps=2", "progress=false"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: generation produced non-finite coordinates") and "\n" not in err
+        assert not out.exists()

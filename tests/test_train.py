@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "sciDiT" / "configs" / "experiment").glob("*.yaml"))
@@ -84,6 +85,8 @@ def test_two_process_ddp_on_cpu(data_dir: Path, cache_dir: Path, tmp_path: Path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "distributed_backend=gloo" in res.stderr + res.stdout
     assert json.loads((out / "vae" / "metrics.json").read_text())["steps"] == 2
+    ckpt = torch.load(out / "vae" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and len(ckpt["callbacks"]["RNGState"]["ranks"]) == 2  # each rank's RNG state, for resuming
 
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path: Path):

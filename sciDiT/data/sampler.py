@@ -9,6 +9,11 @@ Batches have a fixed number of sets (``batch_size``) or a budget of padded token
 (``max_tokens``: a batch holds as many sets as fit in ``len(batch) * max(num_tokens) <= max_tokens``).
 Under DDP every rank builds the same batch list, pads it by repetition to a multiple of the world
 size and takes every ``world_size``-th batch, so all ranks run the same number of steps.
+
+Resuming: :class:`ResumableDataLoader` counts the batches it has handed out in the current epoch;
+its ``state_dict`` (epoch, position) goes into Lightning checkpoints (Lightning saves the state of
+any loader with ``state_dict``/``load_state_dict``), and after ``load_state_dict`` the sampler's
+next pass over that epoch starts at that position, so a resumed run sees the same remaining batches.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -93,8 +98,29 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
         self.sampler = EpochShuffle(len(self.num_tokens), shuffle=shuffle, seed=seed)
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) set by load_state_dict (see there)
+        self.start = 0  # batches skipped at the start of the current pass (0 unless resumed)
+
+    def state_dict(self, position: int) -> dict[str, int]:
+        """Where training stands: the epoch and ``position`` batches (of this rank) already consumed in it."""
+        return {"epoch": self.sampler.epoch, "position": int(position)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state``: passes over ``state['epoch']`` skip its first ``position`` batches.
+
+        The skip holds until one such pass has run to its end or ``set_epoch`` moves to another epoch
+        (a DataLoader may start and drop an iterator before the one it uses).
+        """
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if position < 0:
+            raise ValueError(f"sampler position must be >= 0, got {position}")
+        self._resume = None
+        self.set_epoch(epoch)
+        self._resume = (epoch, position)
 
     def set_epoch(self, epoch: int) -> None:
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None
         self.sampler.set_epoch(epoch)
 
     def _bucket_size(self) -> int:
@@ -138,7 +164,40 @@ class BucketBatchSampler(Sampler[list[int]]):
             padded = -(-len(batches) // self.world_size) * self.world_size
             batches = (batches * (padded // max(1, len(batches)) + 1))[:padded]
             batches = batches[self.rank :: self.world_size]
-        return iter(batches)
+        resuming = self._resume is not None and self._resume[0] == self.sampler.epoch
+        self.start = min(self._resume[1], len(batches)) if resuming else 0
+        return self._pass(batches[self.start :])
+
+    def _pass(self, batches: list[list[int]]) -> Iterator[list[int]]:
+        yield from batches
+        self._resume = None  # a whole (resumed) pass is done: later passes start at the beginning
 
     def __len__(self) -> int:
         return -(-len(self.global_batches()) // self.world_size)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`BucketBatchSampler` whose state is the epoch and the batches handed out in it.
+
+    Counting happens where batches leave the loader (not in the sampler), so prefetching workers
+    do not move the saved position ahead of what training actually consumed.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.batch_sampler, BucketBatchSampler):
+            raise TypeError("ResumableDataLoader needs batch_sampler=BucketBatchSampler(...)")
+        self._consumed = 0
+
+    def __iter__(self) -> Iterator:
+        iterator = super().__iter__()  # runs iter(batch_sampler): the pass starts (and skips) here
+        self._consumed = self.batch_sampler.start
+        for batch in iterator:
+            self._consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict(self._consumed)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)

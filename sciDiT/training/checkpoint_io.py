@@ -1,17 +1,17 @@
 """Lightning's checkpoint files through sciDiT's code-free loader: a resume never unpickles code, and
-every checkpoint written stores its hyper-parameters as plain data, so it loads with weights only."""
+every checkpoint written stores its hyper-parameters as plain data, so it loads with weights only.
+Writes are atomic and refuse non-finite weights (:class:`sciDiT.training.checkpoint.AtomicCheckpointIO`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
 from sciDiT.checkpoint import load_checkpoint, to_plain
+from sciDiT.training.checkpoint import AtomicCheckpointIO
 
 
-class SafeCheckpointIO(TorchCheckpointIO):
-    """:class:`TorchCheckpointIO` that loads with :func:`sciDiT.checkpoint.load_checkpoint` (weights only) and saves plain hyper-parameters.
+class SafeCheckpointIO(AtomicCheckpointIO):
+    """:class:`AtomicCheckpointIO` that loads with :func:`sciDiT.checkpoint.load_checkpoint` (weights only) and saves plain hyper-parameters.
 
     Lightning reads ``trainer.fit(ckpt_path=...)`` through the strategy's CheckpointIO; passing this one
     as a Trainer plugin covers every strategy. ``map_location`` is ignored: tensors load on the CPU

@@ -21,7 +21,7 @@ from sciDiT.batch import Domain, collate
 from sciDiT.data.cache import TokenSetDataset
 from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae
 from sciDiT.data.qm9 import load_qm9_split
-from sciDiT.data.sampler import BucketBatchSampler, rank_and_world_size
+from sciDiT.data.sampler import BucketBatchSampler, ResumableDataLoader, rank_and_world_size
 from sciDiT.errors import SciDiTInputError
 
 DATASET_NAMES = ("qm9", *CDVAE_FOLDERS)
@@ -117,7 +117,10 @@ class TokenSetDataModule(L.LightningDataModule):
         return rank_and_world_size(None, None)
 
     def loader(self, split: str) -> DataLoader:
-        """A DataLoader of TokenBatch over the split of every dataset (shuffled for train only)."""
+        """A DataLoader of TokenBatch over the split of every dataset (shuffled for train only).
+
+        The train loader is a :class:`ResumableDataLoader`: checkpoints hold its epoch and position.
+        """
         self.setup(next(stage for stage, s in SPLITS_OF_STAGE.items() if split in s))
         parts = self.splits[split]
         rank, world_size = self._rank_world()
@@ -131,7 +134,8 @@ class TokenSetDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        return DataLoader(
+        loader_class = ResumableDataLoader if split == "train" else DataLoader
+        return loader_class(
             ConcatDataset(parts),
             batch_sampler=sampler,
             collate_fn=collate,
