@@ -329,9 +329,9 @@ def _rates(mols: list[Chem.Mol | None], reference: set[str] | None, suffix: str,
     return out
 
 
-def file_has_bonds(written: list[Chem.Mol | None] | None) -> bool:
+def file_has_bonds(written: list[Chem.Mol | None]) -> bool:
     """Whether molecules read from a file carry their own bonds (any bond, or a ``bond_source`` property)."""
-    return written is not None and any(m is not None and (m.GetNumBonds() > 0 or m.HasProp("bond_source")) for m in written)
+    return any(m is not None and (m.GetNumBonds() > 0 or m.HasProp("bond_source")) for m in written)
 
 
 def evaluate_molecules(
@@ -351,16 +351,17 @@ def evaluate_molecules(
     """
     if not sets:
         raise ValueError("evaluate_molecules needs at least one molecule")
-    if written is not None and len(written) != len(sets):
+    written = [None] * len(sets) if written is None else written
+    if len(written) != len(sets):
         raise ValueError(f"written has {len(written)} molecules for {len(sets)} sets")
     reference = canonicalize_smiles(reference_smiles) if reference_smiles is not None else None
     perceived = [rdkit_molecule(ts) for ts in sets]
     on_file = file_has_bonds(written)
-    from_file = [strict_sanitized(m) if m is not None else None for m in written] if on_file else []  # type: ignore[union-attr]
+    from_file = [strict_sanitized(m) if m is not None else None for m in written]
     headline = from_file if on_file else perceived
     metrics = {"n_samples": float(len(sets)), "headline_file_bonds": float(on_file), **_rates(headline, reference, "")}
     if on_file:
-        sources = [m.GetProp("bond_source") if m is not None and m.HasProp("bond_source") else "" for m in written]  # type: ignore[union-attr]
+        sources = [m.GetProp("bond_source") if m is not None and m.HasProp("bond_source") else "" for m in written]
         metrics["file_bonds_decoded"] = float(np.mean([s == "decoded" for s in sources]))
         metrics.update(_rates(from_file, reference, "_file_bonds"))
     metrics.update(_rates(perceived, reference, "_perceived"))
