@@ -205,7 +205,7 @@ def _molecule_note(metrics: dict[str, float | None]) -> str:
                  "`bond_source` = `decoded`); `*_perceived` re-perceives bonds from the coordinates alone")
     else:
         basis = "on bonds perceived from the coordinates (the file carries none); `*_perceived` is the same figure"
-    return ("Headline `validity` is strict (RDKit sanitization, charge 0, no radical electrons, no fallback) "
+    return ("Headline `validity` is strict (RDKit sanitization, no radical electrons, no fallback; perception at charge 0) "
             f"{basis}. `validity_rdkit_hueckel_retry` is lenient (failed perceptions retried with extended-Hueckel "
             "connectivity) and `validity_openbabel` is ADiT's OpenBabel path; neither is the headline.")
 
