@@ -14,8 +14,11 @@ ref_limit=N     reference sets used for distributions / coverage (default 5000 m
 data_dir=P      data folder (default: ``$SCIDIT_DATA_DIR`` or ``./data``)
 ==============  ==============================================================================
 
-The JSON holds flat keys (``validity``, ``uniqueness``, ``novelty``, ...). Bad input prints one line
-and exits with status 2; nothing is written then.
+The JSON holds flat keys (``validity``, ``uniqueness``, ``novelty``, ...). Molecule validity is strict
+(RDKit sanitization, no radicals, no fallback), on the SD file's own bonds when it carries bonds
+(``*_file_bonds``) and on bonds perceived from coordinates (``*_perceived``), never mixed; see
+:mod:`sciDiT.evaluation.molecules`. Bad input prints one line and exits with status 2; nothing is
+written then.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ def run_molecules(args: dict[str, str]):
     from sciDiT.evaluation.io import read_molecules
     from sciDiT.evaluation.molecules import canonical_smiles, evaluate_molecules, rdkit_molecule
 
-    sets = read_molecules(args["molecules"])
+    sets = read_molecules(args["molecules"], keep_bonds=True)
+    written = [ts.meta.pop("written", None) for ts in sets]  # the file's own bonds, scored apart from perceived ones
     ref = args.get("reference", "none")
     limit = _int(args, "ref_limit", 5000)
     ref_smiles = ref_sets = None
@@ -102,9 +106,11 @@ def run_molecules(args: dict[str, str]):
         ref_smiles, ref_sets = _qm9_reference(args, limit)
     elif ref != "none":
         ref_sets = read_molecules(ref)
-        ref_smiles = [s for s in (canonical_smiles(m) for m in map(rdkit_molecule, ref_sets) if m is not None) if s]
+        # the lenient perception for the reference: more of it is recognised, so novelty is stricter
+        ref_mols = (rdkit_molecule(ts, hueckel_retry=True) for ts in ref_sets)
+        ref_smiles = [s for s in (canonical_smiles(m) for m in ref_mols if m is not None) if s]
         ref_sets = ref_sets[:limit]
-    return evaluate_molecules(sets, ref_smiles, ref_sets, openbabel=_flag(args, "openbabel", True), posebusters=_flag(args, "posebusters", False))
+    return evaluate_molecules(sets, ref_smiles, ref_sets, openbabel=_flag(args, "openbabel", True), posebusters=_flag(args, "posebusters", False), written=written)
 
 
 def run_crystals(args: dict[str, str]):
@@ -201,6 +207,18 @@ def _plots_crystals(ev, folder: Path) -> list[str]:
     return ["distributions.png"]
 
 
+def _molecule_note(metrics: dict[str, float | None]) -> str:
+    """One paragraph that says which bonds the headline molecule validity is scored on."""
+    if metrics.get("headline_file_bonds"):
+        basis = (f"on the bonds written in the file ({100 * (metrics.get('file_bonds_decoded') or 0):.1f}% of records with "
+                 "`bond_source` = `decoded`); `*_perceived` re-perceives bonds from the coordinates alone")
+    else:
+        basis = "on bonds perceived from the coordinates (the file carries none); `*_perceived` is the same figure"
+    return ("Headline `validity` is strict (RDKit sanitization, no radical electrons, no fallback; perception at charge 0) "
+            f"{basis}. `validity_rdkit_hueckel_retry` is lenient (failed perceptions retried with extended-Hueckel "
+            "connectivity) and `validity_openbabel` is ADiT's OpenBabel path; neither is the headline.")
+
+
 def _is_plots_folder(folder: Path) -> bool:
     return all(p.is_file() and p.suffix == ".png" for p in folder.iterdir())
 
@@ -232,7 +250,9 @@ def write_report(kind: str, source: str, ev, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(plots, may_replace=_is_plots_folder) as tmp:
         images = _plots_molecules(ev, tmp) if kind == "molecules" else _plots_crystals(ev, tmp)
-        lines = [f"# sciDiT evaluation: {kind}", "", f"Samples: `{source}`", "", "| metric | value |", "|---|---|"]
+        lines = [f"# sciDiT evaluation: {kind}", "", f"Samples: `{source}`", ""]
+        lines += [_molecule_note(metrics), ""] if kind == "molecules" else []
+        lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in metrics.items()]
         if kind == "crystals":
             if metrics.get("n_unwritten"):

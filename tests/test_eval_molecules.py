@@ -23,8 +23,11 @@ from sciDiT.evaluation.molecules import (
     edm_stability,
     evaluate_molecules,
     posebusters_rates,
+    rdkit_molecule,
+    strict_sanitized,
     total_variation,
 )
+from sciDiT.export import write_sdf as export_sdf
 from sciDiT.tokenizers import MoleculeTokenizer, atomic_number
 
 
@@ -85,7 +88,8 @@ def test_qm9_reference_molecules_score_valid_and_stable(qm9_sdf):
     torch.testing.assert_close(sets[5].pos, original[5].pos, atol=1e-4, rtol=0)
     ev = evaluate_molecules(sets, reference_smiles=smiles, reference_sets=original)
     m = ev.metrics
-    assert m["validity"] >= 0.99 and m["validity_openbabel"] >= 0.99 and m["connected"] == 1.0
+    assert m["headline_file_bonds"] == 0.0 and m["validity"] == m["validity_perceived"]  # coordinates only: perceived bonds
+    assert m["validity"] >= 0.99 and m["validity_connected"] >= 0.99 and m["validity_openbabel"] >= 0.99 and m["connected"] == 1.0
     assert m["atom_stability"] >= 0.99 and m["molecule_stability"] >= 0.93  # EDM reports 99.0 / 95.2 on QM9
     assert m["uniqueness"] >= 0.99
     assert m["novelty"] <= 0.03  # every molecule is in the reference (a few SMILES differ from the 3D perception)
@@ -156,3 +160,75 @@ def test_exotic_elements_are_scored_not_fatal():
     xef2 = MoleculeTokenizer().from_arrays(np.array([54, 9, 9]), np.array([[0.0, 0, 0], [1.98, 0, 0], [-1.98, 0, 0]]))
     m = evaluate_molecules([xef2]).metrics
     assert m["validity"] == 0.0 and m["atom_stability"] == 0.0 and m["connected"] == 1.0
+
+
+def _jittered(sets: list[TokenSet], sigma: float, seed: int = 0) -> list[TokenSet]:
+    g = torch.Generator().manual_seed(seed)
+    return [TokenSet(**{**s.__dict__, "pos": s.pos + sigma * torch.randn(s.pos.shape, generator=g)}) for s in sets]
+
+
+def test_hueckel_retry_is_lenient_on_jittered_real_molecules(qm9_sdf):
+    _, _, original = qm9_sdf
+    m = evaluate_molecules(_jittered(original, 0.2), openbabel=False).metrics
+    # the strict figure refuses distorted geometries that the extended-Hueckel retry "repairs"
+    assert m["validity"] == m["validity_perceived"] <= m["validity_rdkit_hueckel_retry"] - 0.2
+    assert m["validity_connected"] <= m["validity"]
+
+
+def test_radical_is_invalid():
+    methyl = Chem.AddHs(Chem.MolFromSmiles("[CH3]"))  # sanitizes, but C has one unpaired electron
+    Chem.SanitizeMol(methyl)
+    assert sum(a.GetNumRadicalElectrons() for a in methyl.GetAtoms()) == 1 and strict_sanitized(methyl) is None
+    assert strict_sanitized(Chem.AddHs(Chem.MolFromSmiles("C"))) is not None
+    # written without its hydrogens a carbon is not given implicit ones: 3D samples list every atom
+    assert strict_sanitized(Chem.MolFromSmiles("C")) is None
+    ethyl = MoleculeTokenizer().from_rdkit(_embedded("CC"))
+    ethyl = TokenSet(**{**ethyl.__dict__, "types": ethyl.types[:-1], "pos": ethyl.pos[:-1], "frac": ethyl.frac[:-1], "values": ethyl.values[:-1]})
+    assert rdkit_molecule(ethyl) is None and evaluate_molecules([ethyl], openbabel=False).metrics["validity"] == 0.0
+
+
+def _embedded(smiles: str) -> Chem.Mol:
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    return mol
+
+
+def _decoded(mol: Chem.Mol) -> Chem.Mol:
+    mol = Chem.Mol(mol)
+    mol.SetProp("bond_source", "decoded")
+    return mol
+
+
+def test_sdf_with_decoded_bonds_is_scored_on_them(qm9_sdf, tmp_path):
+    _, _, original = qm9_sdf
+    tok = MoleculeTokenizer()
+    true = [rdkit_molecule(ts) for ts in original[:40]]  # QM9's own graphs with their DFT geometries
+    assert all(m is not None for m in true)
+    # right graphs on distorted coordinates: valid on the file's bonds, mostly not when re-perceived
+    jittered = []
+    for mol, ts in zip(true, _jittered(original[:40], 0.3)):
+        mol = _decoded(mol)
+        conf = mol.GetConformer()
+        for i, p in enumerate(tok.to_arrays(ts)[1]):
+            conf.SetAtomPosition(i, p.tolist())
+        jittered.append(mol)
+    path = export_sdf(jittered, tmp_path / "decoded.sdf")
+    sets = read_molecules(path, keep_bonds=True)
+    written = [ts.meta.pop("written") for ts in sets]
+    assert written[0].GetProp("bond_source") == "decoded" and written[0].GetNumBonds() == true[0].GetNumBonds()
+    m = evaluate_molecules(sets, openbabel=False, written=written).metrics
+    assert m["headline_file_bonds"] == 1.0 and m["file_bonds_decoded"] == 1.0
+    assert m["validity"] == m["validity_file_bonds"] == m["validity_file_bonds_connected"] == 1.0
+    assert m["validity_perceived"] < 0.5
+    # perfect coordinates but a written graph with one bond removed (two radicals): invalid as written
+    broken = []
+    for mol in true:
+        rw = Chem.RWMol(_decoded(mol))
+        bond = rw.GetBondWithIdx(0)
+        rw.RemoveBond(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+        broken.append(rw.GetMol())
+    sets = read_molecules(export_sdf(broken, tmp_path / "broken.sdf"), keep_bonds=True)
+    m = evaluate_molecules(sets, openbabel=False, written=[ts.meta.pop("written") for ts in sets]).metrics
+    assert m["validity_file_bonds"] == 0.0 and m["validity"] == 0.0 and m["validity_perceived"] == 1.0

@@ -12,6 +12,7 @@ import pytest
 
 from sciDiT.evaluate import main
 from sciDiT.evaluation.io import read_crystals, write_cifs, write_sdf
+from sciDiT.export import write_sdf as export_sdf
 from test_eval_molecules import qm9_rows
 
 DATA_DIR = Path(os.environ.get("SCIDIT_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -37,10 +38,25 @@ def test_molecules_report(files, capsys):
     assert main([f"molecules={files['sdf']}", f"reference={files['ref_sdf']}", f"out={out}"]) == 0
     report = json.loads(out.read_text())
     assert report["validity"] == 1.0 and report["novelty"] == 1.0 and report["molecule_stability"] > 0.9
-    assert {"uniqueness", "validity_openbabel", "atom_stability", "tv_atom_types", "w1_bond_length"} <= set(report)
+    assert report["headline_file_bonds"] == 0 and "validity_file_bonds" not in report  # the file has no bonds
+    assert {"uniqueness", "validity_connected", "validity_perceived", "validity_rdkit_hueckel_retry", "validity_openbabel",
+            "atom_stability", "tv_atom_types", "w1_bond_length"} <= set(report)
     md = out.with_suffix(".md").read_text()
     assert "| validity | 1.0000 |" in md and (out.parent / "report_plots" / "molecules.png").is_file()
+    assert "on bonds perceived from the coordinates" in md
     assert "molecule_stability" in capsys.readouterr().out
+
+
+def test_molecules_report_on_the_file_bonds(files):
+    sets, _ = qm9_rows(30)
+    sdf = export_sdf(sets, files["tmp"] / "bonded.sdf")  # as `sciDiT.sample` writes them: bonds in the file
+    out = files["tmp"] / "bonded" / "report.json"
+    assert main([f"molecules={sdf}", f"out={out}", "openbabel=0"]) == 0
+    report = json.loads(out.read_text())
+    assert report["headline_file_bonds"] == 1 and report["file_bonds_decoded"] == 0.0  # perceived when written
+    assert report["validity"] == report["validity_file_bonds"] == report["validity_perceived"] == 1.0
+    assert report["validity_file_bonds_connected"] == 1.0
+    assert "on the bonds written in the file" in out.with_suffix(".md").read_text()
 
 
 def test_crystals_report(files):

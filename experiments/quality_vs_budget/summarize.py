@@ -15,8 +15,12 @@ import re
 from pathlib import Path
 
 MOLECULE_ROWS = [
-    ("validity", "validity (RDKit)"), ("validity_openbabel", "validity (OpenBabel -> RDKit, ADiT/EDM path)"),
-    ("uniqueness", "uniqueness (RDKit, over valid)"), ("novelty", "novelty (RDKit, over valid)"),
+    ("validity", "validity (strict headline: RDKit sanitizes, no radicals, no retry)"),
+    ("validity_connected", "valid and connected (strict, one fragment)"),
+    ("validity_perceived", "validity, strict, bonds re-perceived from coordinates"),
+    ("validity_rdkit_hueckel_retry", "validity, lenient Hueckel retry (not the headline)"),
+    ("validity_openbabel", "validity (OpenBabel -> RDKit, ADiT/EDM path)"),
+    ("uniqueness", "uniqueness (over strictly valid)"), ("novelty", "novelty (over strictly valid)"),
     ("connected", "connected (one fragment)"), ("atom_stability", "atom stability (EDM)"), ("molecule_stability", "molecule stability (EDM)"),
     ("tv_atom_counts", "TV atom counts"), ("tv_atom_types", "TV atom types"), ("w1_bond_length", "W1 bond length (A)"),
     ("pb_sanitization", "PoseBusters sanitization"), ("pb_all_atoms_connected", "PoseBusters all atoms connected"),
@@ -30,7 +34,7 @@ CRYSTAL_ROWS = [
     ("chgnet_energy_per_atom", "CHGNet energy (eV/atom)"), ("chgnet_max_force", "CHGNet max force (eV/A)"),
     ("chgnet_relax_displacement", "CHGNet 50-step relaxation displacement (A)"),
 ]
-PLOTTED = [("molecules", "validity", "QM9 validity (RDKit)"), ("molecules", "validity_openbabel", "QM9 validity (OpenBabel)"),
+PLOTTED = [("molecules", "validity", "QM9 validity (strict)"), ("molecules", "validity_openbabel", "QM9 validity (OpenBabel)"),
            ("molecules", "atom_stability", "QM9 atom stability"), ("crystals", "structural_validity", "MP-20 structural validity"),
            ("crystals", "validity", "MP-20 overall validity")]
 

@@ -1,8 +1,8 @@
 """Read exported sample sets (SDF, XYZ, CIF, CDVAE CSV) into token sets for evaluation.
 
-Evaluation works on files from any model: a molecule set is an SDF file (bonds in it are ignored:
-metrics perceive bonds from coordinates, as for a point-cloud generator), a multi-frame XYZ file or
-a folder of them; a crystal set is a CIF file (one or more data blocks), a folder of CIFs, or a
+Evaluation works on files from any model: a molecule set is an SDF file (token sets hold atoms and
+coordinates only; ``read_molecules(..., keep_bonds=True)`` also keeps each record's RDKit molecule,
+bonds and SD properties as written, in ``meta['written']``), a multi-frame XYZ file or a folder of them; a crystal set is a CIF file (one or more data blocks), a folder of CIFs, or a
 CDVAE-layout CSV(.gz) with a ``cif`` column. Every token set gets ``meta['source'] = "file#k"``.
 """
 
@@ -54,7 +54,7 @@ def _text(path: Path, kind: str) -> str:
     return text
 
 
-def _read_sdf(path: Path) -> list[TokenSet]:
+def _read_sdf(path: Path, keep_bonds: bool = False) -> list[TokenSet]:
     tok = MoleculeTokenizer()
     RDLogger.DisableLog("rdApp.*")
     supplier = Chem.SDMolSupplier()
@@ -64,7 +64,7 @@ def _read_sdf(path: Path) -> list[TokenSet]:
         if mol is None:
             raise SciDiTInputError(f"record {k} is not a readable molfile block", path)
         try:
-            out.append(tok.from_rdkit(mol, meta={"source": f"{path.name}#{k}"}))
+            out.append(tok.from_rdkit(mol, meta={"source": f"{path.name}#{k}", **({"written": mol} if keep_bonds else {})}))
         except SciDiTInputError as err:
             raise SciDiTInputError(f"record {k}: {err}", path) from err
     return out
@@ -122,11 +122,14 @@ def _read_xyz(path: Path) -> list[TokenSet]:
     return out
 
 
-def read_molecules(path: str | Path) -> list[TokenSet]:
-    """Molecule token sets from an SDF or XYZ file, or a folder of them (files in name order)."""
+def read_molecules(path: str | Path, keep_bonds: bool = False) -> list[TokenSet]:
+    """Molecule token sets from an SDF or XYZ file, or a folder of them (files in name order).
+
+    ``keep_bonds``: SDF records also keep their unsanitized RDKit molecule in ``meta['written']``.
+    """
     sets: list[TokenSet] = []
     for f in _files(Path(path), MOLECULE_SUFFIXES):
-        sets += _read_sdf(f) if f.name.lower().endswith(".sdf") else _read_xyz(f)
+        sets += _read_sdf(f, keep_bonds) if f.name.lower().endswith(".sdf") else _read_xyz(f)
     if not sets:
         raise SciDiTInputError("no molecules found", path)
     return sets

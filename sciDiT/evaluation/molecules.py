@@ -1,19 +1,31 @@
 """Molecule generation metrics on token sets read from exported files (SDF / XYZ).
 
-Definitions (so figures compare with papers):
+Definitions (so figures compare with papers). Validity is strict, as in the papers: RDKit
+``SanitizeMol`` succeeds, no hydrogens are added (every atom of a 3D sample is in the file) and no
+atom carries radical electrons. Bonds come from one of two sources, never mixed in one figure:
 
-* ``validity`` - bonds and bond orders perceived from the coordinates with RDKit
-  ``rdDetermineBonds.DetermineBonds`` (total charge 0; covalent-radius connectivity, retried with
-  extended-Hueckel connectivity when that fails), then ``SanitizeMol`` succeeds.
+* ``*_file_bonds`` - the bonds as the SD file wrote them (a model's decoded graph when the SD property
+  ``bond_source`` is ``decoded``); reported when the file carries bonds. ``file_bonds_decoded`` is the
+  share of records whose ``bond_source`` is ``decoded``.
+* ``*_perceived`` - bonds and orders perceived from the coordinates alone with RDKit
+  ``rdDetermineBonds.DetermineBonds`` (covalent-radius connectivity, total charge 0), one attempt.
+* ``validity`` / ``validity_connected`` / ``uniqueness`` / ``novelty`` - the headline: the
+  ``_file_bonds`` figures when the file carries bonds, else the ``_perceived`` ones;
+  ``headline_file_bonds`` says which (1 / 0).
+* ``*_connected`` - valid and a single fragment (share of all samples).
+* ``validity_rdkit_hueckel_retry`` - lenient, for comparison only: as ``validity_perceived`` but a
+  failed perception is retried with extended-Hueckel connectivity, which rescues strained cages of
+  real QM9 molecules but also "validates" jittered ones.
 * ``validity_openbabel`` - the ADiT path: OpenBabel perceives bonds from the XYZ coordinates
   (``ConnectTheDots`` + ``PerceiveBondOrders``), writes PDB, RDKit reads it back with sanitization
   (hydrogens removed, as ADiT does); valid when RDKit returns a molecule.
 * ``uniqueness`` = distinct SMILES / valid; ``novelty`` = distinct SMILES not in the reference /
-  valid (ADiT's convention). SMILES are canonical RDKit SMILES of the largest fragment *without*
-  stereo (perceived bonds carry no stereo; reference SMILES are canonicalised the same way).
+  valid (ADiT's convention), both over the valid molecules of the same bond source. SMILES are
+  canonical RDKit SMILES of the largest fragment *without* stereo (perceived bonds carry no stereo;
+  reference SMILES are canonicalised the same way).
   ``*_openbabel`` variants use the OpenBabel path.
-* ``connected`` - share of all samples whose covalent graph (RDKit ``DetermineConnectivity``) is
-  one piece.
+* ``connected`` - share of all samples whose covalent graph perceived from the coordinates (RDKit
+  ``DetermineConnectivity``) is one piece, valid or not.
 * ``atom_stability`` / ``molecule_stability`` - EDM (Hoogeboom et al. 2022): a bond of order 1, 2
   or 3 is read from the distance of each atom pair using tabulated bond lengths plus margins
   (10, 5, 3 pm); an atom is stable when its bond orders sum to its valence (H 1, C 4, N 3, O 2,
@@ -24,7 +36,7 @@ Definitions (so figures compare with papers):
   reference histograms of atoms per molecule and of element frequencies; ``w1_bond_length`` -
   1-Wasserstein distance (Angstrom) between the lengths of the EDM-perceived bonds.
 * ``pb_<check>`` (optional, slow) - PoseBusters ``config="mol"`` pass rate per check over the
-  valid molecules (RDKit path, hydrogens kept); ``pb_all`` = all checks passed.
+  molecules valid by the headline (hydrogens kept); ``pb_all`` = all checks passed.
 """
 
 from __future__ import annotations
@@ -135,20 +147,33 @@ def _quiet_c_output():
 HUECKEL_SAFE_ELEMENTS = {1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 35, 53}  # H B C N O F Si P S Cl Br I
 
 
-def rdkit_molecule(ts: TokenSet) -> Chem.Mol | None:
-    """Sanitized RDKit molecule with bonds perceived from coordinates, or None when that fails.
+def strict_sanitized(mol: Chem.Mol) -> Chem.Mol | None:
+    """Sanitized copy of ``mol`` taken as written (no hydrogens added), or None when RDKit's
+    sanitization fails or any atom is left with radical electrons: the strict validity test."""
+    mol = Chem.Mol(mol)
+    for atom in mol.GetAtoms():
+        atom.SetNoImplicit(True)  # a 3D sample lists all its atoms: a missing H is a radical, not an implicit H
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception:  # RDKit raises several exception types for bad valences/aromaticity
+        return None
+    return None if any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()) else mol
 
-    ``DetermineBonds`` first links atoms closer than 1.3 x the sum of covalent radii, which
-    over-bonds strained cages (bicyclo[1.1.1]pentane bridgeheads are 1.9 A apart); when that
-    assignment fails we retry with extended-Hueckel connectivity, which recovers every such QM9
-    molecule (2,000 rows checked) at ~10 ms each.
+
+def rdkit_molecule(ts: TokenSet, hueckel_retry: bool = False) -> Chem.Mol | None:
+    """Strictly valid RDKit molecule with bonds perceived from coordinates (charge 0), or None.
+
+    ``DetermineBonds`` links atoms closer than 1.3 x the sum of covalent radii, which over-bonds
+    strained cages (bicyclo[1.1.1]pentane bridgeheads are 1.9 A apart). ``hueckel_retry`` (the
+    lenient ``validity_rdkit_hueckel_retry`` figure only) retries a failure with extended-Hueckel
+    connectivity, which recovers such QM9 molecules but also repairs distorted generated ones.
     """
     RDLogger.DisableLog("rdApp.*")
     base = MoleculeTokenizer().to_rdkit(ts, bonds=False)
     # YAeHMOP (behind useHueckel) ends the whole process for elements it has no parameters for
     # (e.g. Kr, Xe, U), and generated molecules can contain any element: only organic ones may use it.
     hueckel_safe = set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS
-    for hueckel in (False, True) if hueckel_safe else (False,):
+    for hueckel in (False, True) if hueckel_retry and hueckel_safe else (False,):
         mol = Chem.Mol(base)
         try:
             if hueckel:
@@ -156,11 +181,16 @@ def rdkit_molecule(ts: TokenSet) -> Chem.Mol | None:
                     rdDetermineBonds.DetermineBonds(mol, charge=0, useHueckel=True)
             else:
                 rdDetermineBonds.DetermineBonds(mol, charge=0)
-            Chem.SanitizeMol(mol)
-            return mol
-        except Exception:  # RDKit raises ValueError/RuntimeError/sanitization errors
+        except Exception:  # RDKit raises ValueError/RuntimeError when no bond orders fit
             continue
+        if (valid := strict_sanitized(mol)) is not None:
+            return valid
     return None
+
+
+def is_single_fragment(mol: Chem.Mol) -> bool:
+    """Whether the bond graph of ``mol`` is one piece."""
+    return len(Chem.GetMolFrags(mol)) == 1
 
 
 def openbabel_molecule(ts: TokenSet) -> Chem.Mol | None:
@@ -283,14 +313,25 @@ class MoleculeEvaluation:
     reference_dist: MoleculeDistributions | None
 
 
-def _rates(smiles: list[str | None], reference: set[str] | None, suffix: str) -> dict[str, float]:
+def _rates(mols: list[Chem.Mol | None], reference: set[str] | None, suffix: str, connected: bool = True, diversity: bool = True) -> dict[str, float]:
+    """Validity (+ valid and connected), uniqueness and novelty of per-sample valid molecules (None: invalid)."""
+    smiles = [canonical_smiles(m) if m is not None else None for m in mols]
     valid = [s for s in smiles if s is not None]
     out = {f"validity{suffix}": len(valid) / len(smiles)}
+    if not diversity:
+        return out
+    if connected:
+        out[f"validity{suffix}_connected"] = sum(m is not None and s is not None and is_single_fragment(m) for m, s in zip(mols, smiles)) / len(smiles)
     unique = set(valid)
     out[f"uniqueness{suffix}"] = len(unique) / len(valid) if valid else 0.0
     if reference is not None:
         out[f"novelty{suffix}"] = len(unique - reference) / len(valid) if valid else 0.0
     return out
+
+
+def file_has_bonds(written: list[Chem.Mol | None]) -> bool:
+    """Whether molecules read from a file carry their own bonds (any bond, or a ``bond_source`` property)."""
+    return any(m is not None and (m.GetNumBonds() > 0 or m.HasProp("bond_source")) for m in written)
 
 
 def evaluate_molecules(
@@ -299,21 +340,34 @@ def evaluate_molecules(
     reference_sets: list[TokenSet] | None = None,
     openbabel: bool = True,
     posebusters: bool = False,
+    written: list[Chem.Mol | None] | None = None,
 ) -> MoleculeEvaluation:
     """All molecule metrics of the module docstring for ``sets``.
 
     ``reference_smiles`` (e.g. QM9 train) enables novelty; ``reference_sets`` (e.g. a QM9 train
     subset) enables the distribution distances. Both are optional so any file can be scored.
+    ``written``: the same molecules as the file wrote them, with its bonds (None where a record has
+    none, e.g. XYZ frames); when the file carries bonds the headline is scored on them.
     """
     if not sets:
         raise ValueError("evaluate_molecules needs at least one molecule")
+    written = [None] * len(sets) if written is None else written
+    if len(written) != len(sets):
+        raise ValueError(f"written has {len(written)} molecules for {len(sets)} sets")
     reference = canonicalize_smiles(reference_smiles) if reference_smiles is not None else None
-    mols = [rdkit_molecule(ts) for ts in sets]
-    smiles = [canonical_smiles(m) if m is not None else None for m in mols]
-    metrics = {"n_samples": float(len(sets)), **_rates(smiles, reference, "")}
+    perceived = [rdkit_molecule(ts) for ts in sets]
+    on_file = file_has_bonds(written)
+    from_file = [strict_sanitized(m) if m is not None else None for m in written]
+    headline = from_file if on_file else perceived
+    metrics = {"n_samples": float(len(sets)), "headline_file_bonds": float(on_file), **_rates(headline, reference, "")}
+    if on_file:
+        sources = [m.GetProp("bond_source") if m is not None and m.HasProp("bond_source") else "" for m in written]
+        metrics["file_bonds_decoded"] = float(np.mean([s == "decoded" for s in sources]))
+        metrics.update(_rates(from_file, reference, "_file_bonds"))
+    metrics.update(_rates(perceived, reference, "_perceived"))
+    metrics.update(_rates([rdkit_molecule(ts, hueckel_retry=True) for ts in sets], None, "_rdkit_hueckel_retry", diversity=False))
     if openbabel:
-        ob_mols = [openbabel_molecule(ts) for ts in sets]
-        metrics.update(_rates([canonical_smiles(m) if m is not None else None for m in ob_mols], reference, "_openbabel"))
+        metrics.update(_rates([openbabel_molecule(ts) for ts in sets], reference, "_openbabel", connected=False))
     metrics["connected"] = float(np.mean([is_connected(ts) for ts in sets]))
     stab = [edm_stability(ts) for ts in sets]
     metrics["atom_stability"] = sum(s[0] for s in stab) / sum(s[1] for s in stab)
@@ -322,7 +376,8 @@ def evaluate_molecules(
     reference_dist = MoleculeDistributions.of(reference_sets) if reference_sets else None
     if reference_dist is not None:
         metrics.update(distribution_distances(sample_dist, reference_dist))
-    valid_mols = [m for m in mols if m is not None]
+    valid_mols = [m for m in headline if m is not None]
     if posebusters:
         metrics.update(posebusters_rates(valid_mols))
+    smiles = [canonical_smiles(m) if m is not None else None for m in headline]
     return MoleculeEvaluation(metrics, smiles, valid_mols, sample_dist, reference_dist)

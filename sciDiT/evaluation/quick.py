@@ -10,7 +10,8 @@ from sciDiT.evaluation.molecules import rdkit_molecule
 
 
 def quick_validity(sets: list[TokenSet]) -> dict[str, float]:
-    """``molecule/validity`` (RDKit sanitizes after bond perception) and ``crystal/structural_validity``
+    """``molecule/validity`` (strict: RDKit sanitizes bonds perceived from coordinates, no radicals, no
+    retry; see :mod:`sciDiT.evaluation.molecules`) and ``crystal/structural_validity``
     (CDVAE: min distance >= 0.5 A, volume >= 0.1 A^3) over the sets of each domain present."""
     out: dict[str, float] = {}
     mols = [s for s in sets if s.domain == Domain.MOLECULE]
