@@ -33,6 +33,7 @@ from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_
 from sciDiT.export.cif import to_structure
 from sciDiT.flow import SOLVERS
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
+from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import DiTModule
 from sciDiT.training.precision import resolve_bf16
 
@@ -77,7 +78,7 @@ class Generator:
         if not compile:
             return dit
         if use_ema not in self._compiled:
-            self._compiled[use_ema] = torch.compile(dit, dynamic=True)
+            self._compiled[use_ema] = compile_module(dit, self.device.type)
         return self._compiled[use_ema]
 
     # -- sampling -------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ class Generator:
         ``num_atoms``: None draws sizes from the training histogram, an int fixes all, a list gives
         each. ``steps``/``method``: ODE solver (``euler``, ``heun``, ``midpoint``); ``cfg_scale``:
         classifier-free guidance on the domain (1 = plain conditional). ``compile``: torch.compile
-        the DiT; ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
+        the DiT (dynamic shapes; eager with a one-line warning where inductor is unavailable); ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
         where bf16 is native (GPUs, CPUs with AVX-512 BF16 / AMX). bf16 rounds more coarsely, so
         outputs then agree across batch sizes to bf16 precision rather than float32 precision.
         """

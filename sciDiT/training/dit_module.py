@@ -16,6 +16,7 @@ import torch
 from sciDiT.batch import Domain, TokenBatch
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
+from sciDiT.training.compile import compile_module
 from sciDiT.training.ema import EMA
 from sciDiT.training.optim import build_optimizer
 
@@ -37,11 +38,17 @@ class DiTModule(L.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.model = LatentDiffusion(vae, dit)
         self.ema = EMA(self.model.dit, decay=ema_decay)
+
+    def configure_model(self) -> None:
+        """``compile=True``: torch.compile the trained DiT in place (dynamic shapes; eager with a warning where unavailable)."""
+        if self.hparams.compile:
+            compile_module(self.model.dit, self.trainer.strategy.root_device.type, in_place=True)
 
     # -- set-up: VAE weights, latent statistics, set-size histograms ------------------------------
     def setup(self, stage: str) -> None:
