@@ -241,9 +241,9 @@ def run_sampling(args, model: LatentDiffusion, configs: list[SampleConfig], devi
                 gen.generate_token_sets("molecule", args.samples, steps=c.steps, method=c.method, cfg_scale=c.cfg_scale, seed=0,
                                         batch_size=args.samples, progress=False, compile=c.compiled, bf16=c.bf16)
 
-            if cfg.compiled:
-                gen.generate_token_sets("molecule", args.samples, steps=1, method=cfg.method, cfg_scale=cfg.cfg_scale, seed=0,
-                                        batch_size=args.samples, progress=False, compile=True, bf16=cfg.bf16)  # compile outside the timing
+            if cfg.compiled:  # compile outside the timing; two steps: the first and the self-conditioned graphs
+                gen.generate_token_sets("molecule", args.samples, steps=2, method=cfg.method, cfg_scale=cfg.cfg_scale, seed=0,
+                                        batch_size=args.samples, progress=False, compile=True, bf16=cfg.bf16)
             reset_peak(device)
             seconds = seconds_of(run, device)
             row = {"config": cfg, "seconds": seconds, "per_s": args.samples / seconds, "mem": peak_mib(device)}
