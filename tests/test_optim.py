@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sciDiT.models.dit import DiT
-from sciDiT.training.optim import adamw, build_optimizer
+from sciDiT.training.optim import adamw, adamw_for, build_optimizer
 
 
 def _steps(model: torch.nn.Module, implementation: str, n: int = 3) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
@@ -55,3 +55,11 @@ def test_fused_falls_back_with_a_warning_for_non_float_parameters() -> None:
     with pytest.warns(UserWarning, match="fused AdamW unavailable"):
         opt = adamw(params, lr=1e-3, weight_decay=0.0, implementation="fused")
     assert opt.defaults["foreach"] and not opt.defaults["fused"]
+
+
+def test_lightning_gets_foreach_where_its_mixed_precision_plugin_cannot_clip_fused_gradients() -> None:
+    trainer = lambda precision, clip: type("T", (), {"precision": precision, "gradient_clip_val": clip})()  # noqa: E731
+    assert adamw_for(trainer("bf16-mixed", 1.0)) == "foreach"
+    assert adamw_for(trainer("16-mixed", 0.5)) == "foreach"
+    assert adamw_for(trainer("bf16-mixed", None)) == "auto"
+    assert adamw_for(trainer("32-true", 1.0)) == "auto"

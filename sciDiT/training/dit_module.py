@@ -18,7 +18,7 @@ from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.training.compile import compile_module
 from sciDiT.training.ema import EMA
-from sciDiT.training.optim import build_optimizer
+from sciDiT.training.optim import adamw_for, build_optimizer
 
 
 class DiTModule(L.LightningModule):
@@ -103,7 +103,8 @@ class DiTModule(L.LightningModule):
         self.log("test/loss", loss, batch_size=batch.batch_size, sync_dist=True)
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.dit.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
+        return build_optimizer(self.model.dit.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps,
+                               implementation=adamw_for(self.trainer))
 
 
 def load_vae_weights(path: str) -> dict[str, torch.Tensor]:

@@ -39,6 +39,17 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, 
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True, **kwargs)
 
 
+def adamw_for(trainer: object) -> str:
+    """The AdamW implementation a Lightning ``trainer`` can run: ``foreach`` under mixed precision with gradient clipping, else ``auto``.
+
+    Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer (it
+    assumes the fused step unscales them itself), even for bf16, which has no gradient scaler.
+    """
+    mixed = str(getattr(trainer, "precision", "")).endswith("-mixed")
+    clipping = (getattr(trainer, "gradient_clip_val", None) or 0) > 0
+    return "foreach" if mixed and clipping else "auto"
+
+
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, warmup_steps: int, max_steps: int, implementation: str = "auto"
 ) -> dict:
