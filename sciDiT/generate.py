@@ -104,7 +104,8 @@ class Generator:
         ``num_atoms``: None draws sizes from the training histogram, an int fixes all, a list gives
         each. ``steps``/``method``: ODE solver (``euler``, ``heun``, ``midpoint``); ``cfg_scale``:
         classifier-free guidance on the domain (1 = plain conditional). ``compile``: torch.compile
-        the DiT (dynamic shapes; eager with a one-line warning where inductor is unavailable); ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
+        the DiT (dynamic shapes; eager with a one-line warning where inductor is unavailable).
+        ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
         where bf16 is native (GPUs, CPUs with AVX-512 BF16 / AMX). bf16 rounds more coarsely, so
         outputs then agree across batch sizes to bf16 precision rather than float32 precision.
         """

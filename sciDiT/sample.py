@@ -32,7 +32,12 @@ def _bool(text: str) -> bool:
 
 
 def _bool_or_auto(text: str) -> bool | str:
-    return "auto" if text.strip().lower() == "auto" else _bool(text)
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _bool(text)
+    except ValueError:
+        raise ValueError(f"expected true, false or auto, got {text!r}") from None
 
 
 def _atoms(text: str) -> int | None:

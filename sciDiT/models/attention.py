@@ -69,10 +69,12 @@ class Packing:
     def unpack(self, y: Tensor, mask: Tensor) -> Tensor:
         """Packed ``[R, L, ...]`` -> padded ``[B, N, ...]`` on ``mask [B, N]``, zeros at padding."""
         real = self.segment >= 0  # [R, L]
-        flat = y.new_zeros(mask.numel(), *y.shape[2:]).index_copy(0, self.index[real], y[real])  # [B * N, ...]
+        flat = y.new_zeros(mask.numel(), *y.shape[2:])  # [B * N, ...]
+        flat[self.index[real]] = y[real]
         return flat.view(*mask.shape, *y.shape[2:])
 
 
+@torch.compiler.disable  # host-side planning (a Python loop over set sizes): never traced by torch.compile
 def pack_sets(mask: Tensor, length: int = 0) -> Packing:
     """Pack the sets of ``mask [B, N]`` whole into rows of ``max(length, N)`` slots, first-fit by decreasing size.
 
