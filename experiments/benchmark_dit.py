@@ -1,55 +1,75 @@
-"""Speed of the latent DiT: training throughput, sampling throughput, peak memory and FLOP utilisation.
+"""Speed of the latent DiT: the fast configuration against the reference one, measured in the same run.
 
-    python experiments/benchmark_dit.py                    # DiT-S, batch 256 (a GPU job)
-    python experiments/benchmark_dit.py --quick            # CPU-sized: batch 32, fewer samples
-    python experiments/benchmark_dit.py --compile --out experiments/benchmark_dit_gpu.md
+    python experiments/benchmark_dit.py                    # DiT-S, batch 256, 256 molecules (an idle machine or a GPU)
+    python experiments/benchmark_dit.py --quick            # CPU-sized check: batch 32, 3 batches, 16 molecules
+    python experiments/benchmark_dit.py --no-compile --out experiments/benchmark_dit_gpu.md
 
-The batch is a real joint QM9 + MP-20 batch (half molecules, half crystals) from
-``TokenSetDataModule`` (read from the processed-data cache). A training step is what
-``DiTModule`` does: frozen-VAE latents, flow-matching loss with self-conditioning, backward and an
-AdamW step on the DiT, in fp32 and under bf16 autocast. Sampling runs :class:`sciDiT.generate.Generator`
-(size-sorted batches, batched classifier-free guidance, VAE decoding) on QM9 molecule sizes.
-FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` and divided by the time, then
-compared with the FLOP/s of a plain square matmul measured in the same run and dtype. Peak memory
-is ``torch.cuda.max_memory_allocated`` per phase on GPU, and the process's peak resident set size so
-far (``ru_maxrss``, cumulative) on CPU. Weights are untrained: speed does not depend on them.
+Training (a DiT-S step as ``DiTModule`` runs it: frozen-VAE latents, flow-matching loss with
+self-conditioning, backward, AdamW) on real joint QM9 + MP-20 data:
+
+- reference (ADiT-equivalent): random half-QM9 / half-MP-20 batches padded to their largest set,
+  fp32, eager, per-parameter (for-loop) AdamW;
+- fast candidates: the batches the trainer builds (``TokenSetDataModule``'s size-bucketed loader),
+  the precision ``trainer.precision=auto`` picks, the AdamW kernel the trainer uses (fused; foreach
+  under bf16-mixed with gradient clipping, which Lightning refuses for fused), and each of: padded layout, packed
+  layout (``attention_layout=packed``), torch.compile, and fp32 where bf16 was picked (to check the
+  choice). The fastest candidate is "fast"; padding is counted in the layout the model ran on.
+
+Figures: real atoms/s (the headline ratio fast / reference), useful FLOP/s (the FLOPs the same sets
+need with no padding slot at all: the sum over sets of one set's counted FLOPs) as a fraction of
+the plain square-matmul FLOP/s of the same precision measured in the same run, and peak memory
+(GPU: ``max_memory_allocated``; CPU: the process's peak RSS in the phase, reset through
+``/proc/self/clear_refs``). Sampling: molecules/s of the ``--sampler`` setting (bf16 where native,
+packed / compiled if faster) against 100 Euler steps with CFG 2 in fp32, padded, eager, on QM9 sizes.
+Weights are untrained (speed does not depend on them), so validity is not measured here: it comes
+from ``experiments/sampler_sweep.py`` on a trained checkpoint. Timings are the best of ``--rounds``
+interleaved rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import platform
 import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sciDiT.batch import Domain, TokenBatch, collate
+from sciDiT.batch import TokenBatch, collate
 from sciDiT.generate import Generator
+from sciDiT.models.attention import pack_sets
 from sciDiT.models.dit import DIT_SIZES
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.vae import VAE_SIZES
+from sciDiT.training.compile import compile_problem
 from sciDiT.training.datamodule import TokenSetDataModule
+from sciDiT.training.optim import adamw, adamw_for
+from sciDiT.training.precision import resolve_bf16
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dit", default="DiT-S", choices=sorted(DIT_SIZES))
     p.add_argument("--vae", default="VAE-S", choices=sorted(VAE_SIZES))
-    p.add_argument("--batch-size", type=int, default=256, help="training batch (half QM9, half MP-20)")
-    p.add_argument("--train-steps", type=int, default=10, help="timed training steps per setting")
+    p.add_argument("--batch-size", type=int, default=256, help="training batch (sets)")
+    p.add_argument("--train-batches", type=int, default=10, help="timed training batches per configuration and round")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best round of each configuration counts")
     p.add_argument("--samples", type=int, default=256, help="molecules per sampling run (one batch)")
-    p.add_argument("--sample-steps", type=int, nargs="+", default=[100, 20])
-    p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd DiT")
-    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
-    p.add_argument("--quick", action="store_true", help="CPU-sized: batch 32, 3 train steps, 16 samples")
+    p.add_argument("--sampler", default="euler:20:1.0",
+                   help="fast sampling setting method:steps:cfg (default: Euler 20 steps, no CFG: the best validity per "
+                        "network evaluation in experiments/qm9_mp20_joint_cpu/README.md's sweep)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile candidates")
+    p.add_argument("--no-packed", action="store_true", help="leave out the packed-layout candidates")
+    p.add_argument("--quick", action="store_true", help="CPU-sized: batch 32, 3 batches, 1 round, 16 molecules")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-dir", default=None)
@@ -57,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = p.parse_args(argv)
     if args.quick:
-        args.batch_size, args.train_steps, args.samples = min(args.batch_size, 32), min(args.train_steps, 3), min(args.samples, 16)
+        args.batch_size, args.train_batches, args.rounds, args.samples = min(args.batch_size, 32), min(args.train_batches, 3), 1, min(args.samples, 16)
+    method, steps, cfg = args.sampler.split(":")
+    args.sampler = (method, int(steps), float(cfg))
     return args
 
 
@@ -69,28 +91,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Seconds per call of ``fn`` (after one untimed warm-up call)."""
-    fn()
+def seconds_of(fn: Callable[[], object], device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
-
-
-def best_of(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Fastest single call of ``fn`` in seconds (after a warm-up): a peak, for reference kernels."""
     fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    sync(device)
+    return time.perf_counter() - start
 
 
 def count_flops(fn: Callable[[], object]) -> float:
@@ -100,142 +106,211 @@ def count_flops(fn: Callable[[], object]) -> float:
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory phase (GPU allocator stats; on Linux CPUs the peak RSS via clear_refs)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_mib(device: torch.device) -> float:
-    """Peak GPU memory allocated since the last reset, or the process's peak RSS so far (CPU)."""
+    """Peak GPU memory allocated in the phase, or the process's peak RSS in the phase (CPU; ever, without clear_refs)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    with contextlib.suppress(OSError, StopIteration):
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int) -> float:
-    """Peak FLOP/s of a plain ``size x size`` matmul in ``dtype`` (best of 10): the reference for utilisation."""
+    """Best FLOP/s of a plain ``size x size`` matmul in ``dtype`` (best of 10): the reference for utilisation."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    seconds = best_of(lambda: a @ b, device, repeats=10)
-    return 2 * size**3 / seconds
+    a @ b
+    return 2 * size**3 / min(seconds_of(lambda: a @ b, device) for _ in range(10))
 
 
 # -- the workload ---------------------------------------------------------------------------------
 
 
-def joint_batch(args: argparse.Namespace) -> tuple[TokenBatch, dict[Domain, torch.Tensor]]:
-    """A real batch: ``batch_size / 2`` QM9 molecules + ``batch_size / 2`` MP-20 crystals, and the size histograms."""
+def load_data(args: argparse.Namespace) -> tuple[TokenSetDataModule, list[TokenBatch], list[TokenBatch]]:
+    """The joint QM9 + MP-20 data module, its trainer batches (size-bucketed) and random half/half padded batches."""
     half = args.batch_size // 2
-    dm = TokenSetDataModule(
-        datasets=[{"name": "qm9", "max_train": 4 * half}, {"name": "mp20", "max_train": 4 * half}],
+    dm = TokenSetDataModule(  # enough sets for the sampler's buckets (32 batches' worth) to behave as in training
+        datasets=[{"name": "qm9", "max_train": 16 * args.batch_size}, {"name": "mp20", "max_train": 16 * args.batch_size}],
         data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=args.batch_size, num_workers=0,
     )
     dm.setup("fit")
-    sets = [data[i] for data in dm.splits["train"] for i in range(min(half, len(data)))]
-    return collate(sets), dm.atom_count_histogram()
+    trainer_batches = list(itertools.islice(dm.train_dataloader(), args.train_batches))
+    gen = torch.Generator().manual_seed(0)
+    random_batches = []
+    for _ in range(args.train_batches):
+        picks = [(data, torch.randperm(len(data), generator=gen)[:half].tolist()) for data in dm.splits["train"]]
+        random_batches.append(collate([data[i] for data, idx in picks for i in idx]))
+    return dm, trainer_batches, random_batches
 
 
-def build_model(args: argparse.Namespace, batch: TokenBatch, hist: dict[Domain, torch.Tensor], device: torch.device) -> LatentDiffusion:
+def build_model(args: argparse.Namespace, dm: TokenSetDataModule, batches: list[TokenBatch], device: torch.device) -> LatentDiffusion:
     torch.manual_seed(0)
     model = LatentDiffusion(vae=VAE_SIZES[args.vae], dit=DIT_SIZES[args.dit])
-    model.prepare([batch], hist)
+    model.prepare(batches[:2], dm.atom_count_histogram())
     return model.to(device)
 
 
-def train_rows(args, model: LatentDiffusion, batch: TokenBatch, device: torch.device, matmul: dict[str, float]) -> list[dict]:
-    opt = torch.optim.AdamW(model.dit.parameters(), lr=1e-4)
-    atoms = int(batch.mask.sum())
-    eager_dit = model.dit
-    settings = [("fp32", False, False)] + ([] if args.no_bf16 else [("bf16", True, False)])
-    if args.compile:
-        settings += [("fp32+compile", False, True)] + ([] if args.no_bf16 else [("bf16+compile", True, True)])
-    rows, flops_of = [], {}
-    for name, bf16, compiled in settings:
-        model.dit = torch.compile(eager_dit) if compiled else eager_dit
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-        def step(self_condition_prob: float = 0.5) -> None:
-            with autocast:
-                loss = model.loss(batch, self_condition_prob=self_condition_prob)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        reset_peak(device)
-        seconds = timed(step, device, args.train_steps)
-        dtype = "bf16" if bf16 else "fp32"
-        if dtype not in flops_of:  # expected FLOPs: the self-conditioning pass runs on half of the steps
-            flops_of[dtype] = 0.5 * (count_flops(lambda: step(0.0)) + count_flops(lambda: step(1.0)))
-        flops = flops_of[dtype]
-        rows.append({"phase": f"train {name}", "flops": flops, "seconds": seconds, "per_s": 1 / seconds,
-                     "unit": "steps/s", "atoms_per_s": atoms / seconds, "mem": peak_mib(device),
-                     "util": flops / seconds / matmul[dtype], "dtype": dtype})
-    model.dit = eager_dit
-    return rows
+@dataclass
+class TrainConfig:
+    name: str
+    batches: str  # "random" (padded) or "trainer" (size-bucketed)
+    bf16: bool
+    layout: str
+    compiled: bool
+    adamw: str
 
 
-def sample_rows(args, model: LatentDiffusion, device: torch.device, matmul: dict[str, float]) -> list[dict]:
-    gen = Generator(model, model.dit, device)
-    rows = []
-    for bf16 in [False] + ([] if args.no_bf16 else [True]):
-        dtype = "bf16" if bf16 else "fp32"
-        for steps in args.sample_steps:
-            def run(k: int = steps) -> None:
-                gen.generate_token_sets("molecule", args.samples, steps=k, cfg_scale=args.cfg_scale, seed=0,
-                                        batch_size=args.samples, progress=False, compile=args.compile, bf16=bf16)
+def train_step(model: LatentDiffusion, opt: torch.optim.Optimizer | None, batch: TokenBatch, bf16: bool, self_condition_prob: float = 0.5) -> None:
+    """One DiT training step as DiTModule runs it (``opt=None``: forward and backward only, for FLOP counting)."""
+    with torch.autocast(batch.mask.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model.loss(batch, self_condition_prob=self_condition_prob)
+    loss.backward()
+    if opt is not None:
+        opt.step()
+    model.dit.zero_grad(set_to_none=True)
 
+
+def useful_flops(model: LatentDiffusion, batch: TokenBatch, cache: dict[tuple[int, int], float]) -> float:
+    """FLOPs of the expected training step on ``batch``'s sets with no padding: the sum of one-set steps' counts."""
+    total = 0.0
+    for ts in batch.to("cpu").unbatch():
+        key = (int(ts.domain), ts.num_tokens)
+        if key not in cache:
+            one = collate([ts]).to(batch.mask.device)  # the self-conditioning pass runs on half of the steps
+            cache[key] = 0.5 * (count_flops(lambda: train_step(model, None, one, False, 0.0)) + count_flops(lambda: train_step(model, None, one, False, 1.0)))
+        total += cache[key]
+    return total
+
+
+def run_training(args, model: LatentDiffusion, data: dict[str, list[TokenBatch]], configs: list[TrainConfig], device: torch.device,
+                 matmul: dict[str, float]) -> list[dict]:
+    eager = model.dit
+    compiled = torch.compile(eager, dynamic=True)
+    flops_cache: dict[tuple[int, int], float] = {}
+    flops = {kind: sum(useful_flops(model, b, flops_cache) for b in batches) for kind, batches in data.items()}
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for cfg in configs:
+            eager.attention_layout = cfg.layout
+            model.dit = compiled if cfg.compiled else eager
+            opt = adamw(eager.parameters(), lr=1e-5, weight_decay=0.0, implementation=cfg.adamw)
+            batches = data[cfg.batches]
+            for b in batches[:2]:  # warm-up: optimiser state, compilation (two lengths: the dynamic graph)
+                train_step(model, opt, b, cfg.bf16)
             reset_peak(device)
-            seconds = timed(run, device, repeats=1)
-            one, two = count_flops(lambda: run(1)), count_flops(lambda: run(2))
-            flops = one + (steps - 1) * (two - one)  # fixed cost (decoding) + per-step cost
-            rows.append({"phase": f"sample {steps} steps {dtype}", "flops": flops, "seconds": seconds,
-                         "per_s": args.samples / seconds, "unit": "molecules/s", "atoms_per_s": None,
-                         "mem": peak_mib(device), "util": flops / seconds / matmul[dtype], "dtype": dtype})
-    return rows
+            seconds = seconds_of(lambda: [train_step(model, opt, b, cfg.bf16) for b in batches], device)
+            atoms = sum(int(b.mask.sum()) for b in batches)
+            slots = sum((pack_sets(b.mask, eager.pack_length).index if cfg.layout == "packed" else b.mask).numel() for b in batches)
+            dtype = "bf16" if cfg.bf16 else "fp32"
+            row = {"config": cfg, "seconds": seconds, "atoms_per_s": atoms / seconds, "padding": 1 - atoms / slots,
+                   "useful_flops_per_s": flops[cfg.batches] / seconds, "util": flops[cfg.batches] / seconds / matmul[dtype],
+                   "dtype": dtype, "mem": peak_mib(device)}
+            if cfg.name not in best or row["seconds"] < best[cfg.name]["seconds"]:
+                best[cfg.name] = row
+            print(f"[bench] train {cfg.name}: {row['atoms_per_s']:.0f} real atoms/s", flush=True)
+    model.dit, eager.attention_layout = eager, "padded"
+    return [best[c.name] for c in configs]
+
+
+@dataclass
+class SampleConfig:
+    name: str
+    method: str
+    steps: int
+    cfg_scale: float
+    bf16: bool
+    layout: str
+    compiled: bool
+
+
+def run_sampling(args, model: LatentDiffusion, configs: list[SampleConfig], device: torch.device) -> list[dict]:
+    gen = Generator(model, model.dit, device)
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for cfg in configs:
+            model.dit.attention_layout = cfg.layout
+
+            def run(c: SampleConfig = cfg) -> None:
+                gen.generate_token_sets("molecule", args.samples, steps=c.steps, method=c.method, cfg_scale=c.cfg_scale, seed=0,
+                                        batch_size=args.samples, progress=False, compile=c.compiled, bf16=c.bf16)
+
+            if cfg.compiled:  # compile outside the timing; two steps: the first and the self-conditioned graphs
+                gen.generate_token_sets("molecule", args.samples, steps=2, method=cfg.method, cfg_scale=cfg.cfg_scale, seed=0,
+                                        batch_size=args.samples, progress=False, compile=True, bf16=cfg.bf16)
+            reset_peak(device)
+            seconds = seconds_of(run, device)
+            row = {"config": cfg, "seconds": seconds, "per_s": args.samples / seconds, "mem": peak_mib(device)}
+            if cfg.name not in best or seconds < best[cfg.name]["seconds"]:
+                best[cfg.name] = row
+            print(f"[bench] sample {cfg.name}: {row['per_s']:.3g} molecules/s", flush=True)
+    model.dit.attention_layout = "padded"
+    return [best[c.name] for c in configs]
 
 
 # -- report ---------------------------------------------------------------------------------------
 
 
-def machine(device: torch.device) -> str:
+def machine(device: torch.device, native_bf16: bool) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     cpu = platform.processor() or "cpu"
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"load average {load:.1f} at start (shared machine)")
+            f"bf16 {'native' if native_bf16 else 'emulated (not used)'}, load average {load:.1f} at start")
 
 
-def report(args, rows: list[dict], batch: TokenBatch, matmul: dict[str, float], device: torch.device, params: int) -> str:
-    mem = "peak GPU MiB (phase)" if device.type == "cuda" else "peak RSS MiB (so far)"
+def report(args, train: list[dict], sample: list[dict], data: dict[str, list[TokenBatch]], matmul: dict[str, float],
+           device: torch.device, params: int, native_bf16: bool, notes: list[str]) -> str:
+    mem = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
+    sizes = {k: f"{len(v)} x {args.batch_size} sets, {sum(int(b.mask.sum()) for b in v)} atoms" for k, v in data.items()}
     lines = [
         f"- command: `python {' '.join(sys.argv)}`",
-        f"- machine: {machine(device)}",
-        f"- model: {args.dit} ({params / 1e6:.1f} M DiT parameters) on a frozen {args.vae}; CFG scale {args.cfg_scale}, Euler",
-        f"- training batch: {batch.batch_size} real sets ({int((batch.domain == 0).sum())} QM9 + {int((batch.domain == 1).sum())} MP-20), "
-        f"{int(batch.mask.sum())} atoms, padded to {batch.mask.shape[1]} ({batch.padding_fraction:.0%} padding)",
-        f"- sampling: {args.samples} QM9-sized molecules in one batch (sizes from the QM9 training histogram)",
-        f"- plain matmul reference: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in matmul.items()),
+        f"- machine: {machine(device, native_bf16)}",
+        f"- model: {args.dit} ({params / 1e6:.1f} M DiT parameters) on a frozen {args.vae}; untrained weights",
+        f"- training data: real QM9 + MP-20 train rows; random half/half batches ({sizes['random']}), "
+        f"trainer batches from the size-bucketed loader ({sizes['trainer']})",
+        "- plain matmul reference: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in matmul.items()),
+        *[f"- {n}" for n in notes],
         "",
-        f"| phase | throughput | atoms/s | s/call | GFLOP/call | achieved GFLOP/s | of matmul | {mem} |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| training config | batches | padding | precision | layout | compile | AdamW | real atoms/s | useful GFLOP/s | of matmul | {mem} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        atoms = f"{r['atoms_per_s']:.0f}" if r["atoms_per_s"] else ""
-        lines.append(f"| {r['phase']} | {r['per_s']:.3g} {r['unit']} | {atoms} | {r['seconds']:.3g} | {r['flops'] / 1e9:.1f} | "
-                     f"{r['flops'] / r['seconds'] / 1e9:.1f} | {r['util']:.0%} | {r['mem']:.0f} |")
-    by = {r["phase"]: r for r in rows}
-    ratios = []
+    for r in train:
+        c = r["config"]
+        lines.append(f"| {c.name} | {c.batches} | {r['padding']:.1%} | {r['dtype']} | {c.layout} | {'yes' if c.compiled else 'no'} | {c.adamw} | "
+                     f"{r['atoms_per_s']:.0f} | {r['useful_flops_per_s'] / 1e9:.1f} | {r['util']:.0%} | {r['mem']:.0f} |")
+    lines += ["", f"| sampling config | solver | steps | CFG | network evals / molecule | precision | layout | compile | molecules/s | {mem} |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sample:
+        c = r["config"]
+        evals = c.steps * (1 if c.method == "euler" else 2) * (1 if c.cfg_scale == 1.0 else 2)
+        lines.append(f"| {c.name} | {c.method} | {c.steps} | {c.cfg_scale:g} | {evals} | {'bf16' if c.bf16 else 'fp32'} | {c.layout} | "
+                     f"{'yes' if c.compiled else 'no'} | {r['per_s']:.3g} | {r['mem']:.0f} |")
+    ref_t, ref_s = train[0], sample[0]
+    fast_t = max(train[1:], key=lambda r: r["atoms_per_s"])
+    fast_s = max(sample[1:], key=lambda r: r["per_s"])
+    lines += [
+        "",
+        f"- **training real atoms/s, fast ({fast_t['config'].name}) / reference: {fast_t['atoms_per_s'] / ref_t['atoms_per_s']:.2f}x**",
+        f"- useful FLOP/s / matmul FLOP/s of the same precision: reference {ref_t['util']:.0%} ({ref_t['dtype']}), fast {fast_t['util']:.0%} ({fast_t['dtype']})",
+        f"- peak memory, training: reference {ref_t['mem']:.0f} MiB, fast {fast_t['mem']:.0f} MiB",
+        f"- **sampling molecules/s, fast ({fast_s['config'].name}) / 100 Euler steps CFG 2 fp32: {fast_s['per_s'] / ref_s['per_s']:.2f}x** "
+        "(validity at this setting: see experiments/sampler_sweep.py on a trained checkpoint; not measured here)",
+    ]
     if "bf16" in matmul:
-        ratios.append(f"bf16 / fp32 plain matmul speed: {matmul['bf16'] / matmul['fp32']:.2f}x (below 1: no native bf16 on this device)")
-    if "train bf16" in by:
-        ratios.append(f"bf16 / fp32 training speed: {by['train fp32']['seconds'] / by['train bf16']['seconds']:.2f}x")
-    steps = args.sample_steps
-    if len(steps) >= 2:
-        a, b = (by.get(f"sample {s} steps fp32") for s in steps[:2])
-        ratios.append(f"sampling {steps[1]} vs {steps[0]} steps: {b['per_s'] / a['per_s']:.2f}x molecules/s (step ratio {steps[0] / steps[1]:.1f}x)")
-    return "\n".join(lines + [""] + [f"- {r}" for r in ratios]) + "\n"
+        lines.append(f"- bf16 / fp32 plain matmul speed: {matmul['bf16'] / matmul['fp32']:.2f}x")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,19 +319,44 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    batch, hist = joint_batch(args)
-    print(f"[bench] data: {time.perf_counter() - t0:.1f} s", flush=True)
-    model = build_model(args, batch, hist, device)
-    batch = batch.to(device)
+    native_bf16 = resolve_bf16("auto", device)
+    dm, trainer_batches, random_batches = load_data(args)
+    model = build_model(args, dm, random_batches, device)
+    data = {"random": [b.to(device) for b in random_batches], "trainer": [b.to(device) for b in trainer_batches]}
+    print(f"[bench] data and model: {time.perf_counter() - t0:.1f} s", flush=True)
     size = 4096 if device.type == "cuda" else 1024
     matmul = {"fp32": matmul_flops_per_s(device, torch.float32, size)}
-    if not args.no_bf16:
+    if native_bf16:
         matmul["bf16"] = matmul_flops_per_s(device, torch.bfloat16, size)
-    rows = train_rows(args, model, batch, device, matmul)
+    notes = []
+    problem = None if args.no_compile else compile_problem(device.type)
+    if problem:
+        notes.append(f"torch.compile candidates left out: {problem}")
+    with_compile = not args.no_compile and problem is None
+    layouts = ["padded"] + ([] if args.no_packed else ["packed"])
+
+    train_configs = [TrainConfig("reference", "random", False, "padded", False, "for-loop")]
+    # the AdamW kernel the trainer runs with its default gradient clipping (foreach under bf16-mixed, else fused)
+    opt_bf16, opt_fp32 = (adamw_for(SimpleNamespace(precision=p, gradient_clip_val=1.0)) for p in ("bf16-mixed", "32-true"))
+    opt_fast = opt_bf16 if native_bf16 else opt_fp32
+    train_configs += [TrainConfig(f"fast {layout}", "trainer", native_bf16, layout, False, opt_fast) for layout in layouts]
+    if native_bf16:  # is bf16 really the faster precision for this model here?
+        train_configs.append(TrainConfig("fast padded fp32", "trainer", False, "padded", False, opt_fp32))
+    if with_compile:
+        train_configs.append(TrainConfig("fast padded compiled", "trainer", native_bf16, "padded", True, opt_fast))
+    train = run_training(args, model, data, train_configs, device, matmul)
     print(f"[bench] training done: {time.perf_counter() - t0:.1f} s", flush=True)
-    rows += sample_rows(args, model, device, matmul)
+
+    method, steps, cfg_scale = args.sampler
+    sample_configs = [SampleConfig("reference", "euler", 100, 2.0, False, "padded", False)]
+    sample_configs += [SampleConfig(f"fast {layout}", method, steps, cfg_scale, native_bf16, layout, False) for layout in layouts]
+    if with_compile:
+        sample_configs.append(SampleConfig("fast padded compiled", method, steps, cfg_scale, native_bf16, "padded", True))
+    sample = run_sampling(args, model, sample_configs, device)
+
     params = sum(p.numel() for p in model.dit.parameters())
-    text = report(args, rows, batch, matmul, device, params) + f"- total benchmark time: {time.perf_counter() - t0:.0f} s\n"
+    text = report(args, train, sample, data, matmul, device, params, native_bf16, notes)
+    text += f"- total benchmark time: {time.perf_counter() - t0:.0f} s\n"
     print(text)
     if args.out:
         Path(args.out).write_text(f"# DiT speed benchmark ({device.type})\n\n" + text)

@@ -35,7 +35,9 @@ from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_
 from sciDiT.export.cif import to_structure
 from sciDiT.flow import SOLVERS
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
+from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import DiTModule
+from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
@@ -94,7 +96,7 @@ class Generator:
         if not compile:
             return dit
         if use_ema not in self._compiled:
-            self._compiled[use_ema] = torch.compile(dit, dynamic=True)
+            self._compiled[use_ema] = compile_module(dit, self.device.type)
         return self._compiled[use_ema]
 
     # -- sampling -------------------------------------------------------------------------------
@@ -113,14 +115,17 @@ class Generator:
         self_condition: bool = True,
         progress: bool = True,
         compile: bool = False,
-        bf16: bool = False,
+        bf16: bool | str = "auto",
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
         ``num_atoms``: None draws sizes from the training histogram, an int fixes all, a list gives
         each. ``steps``/``method``: ODE solver (``euler``, ``heun``, ``midpoint``); ``cfg_scale``:
         classifier-free guidance on the domain (1 = plain conditional). ``compile``: torch.compile
-        the DiT; ``bf16``: bfloat16 autocast for the DiT (decoding stays float32).
+        the DiT (dynamic shapes; eager with a one-line warning where inductor is unavailable).
+        ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
+        where bf16 is native (GPUs, CPUs with AVX-512 BF16 / AMX). bf16 rounds more coarsely, so
+        outputs then agree across batch sizes to bf16 precision rather than float32 precision.
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -128,6 +133,10 @@ class Generator:
             raise SciDiTInputError(f"method={method!r} is not one of {', '.join(SOLVERS)}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
+        try:
+            bf16 = resolve_bf16(bf16, self.device)
+        except ValueError as err:
+            raise SciDiTInputError(str(err)) from None
         gen = torch.Generator().manual_seed(_check_seed(seed))
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim

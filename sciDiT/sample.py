@@ -31,6 +31,15 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
+def _bool_or_auto(text: str) -> bool | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _bool(text)
+    except ValueError:
+        raise ValueError(f"expected true, false or auto, got {text!r}") from None
+
+
 def _atoms(text: str) -> int | None:
     return None if text.strip().lower() in ("null", "none", "") else int(text)
 
@@ -50,7 +59,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "device": (str, "cpu", "torch device, e.g. cpu or cuda"),
     "use_ema": (_bool, True, "sample with the EMA weights"),
     "compile": (_bool, False, "torch.compile the DiT"),
-    "bf16": (_bool, False, "bfloat16 autocast for the DiT"),
+    "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
 }
 REQUIRED = ("ckpt", "domain", "out")

@@ -1,12 +1,19 @@
-"""Set attention: multi-head self-attention over an unordered, padded token set.
+"""Set attention: multi-head self-attention over an unordered, padded or packed token set.
 
 No positional or index embedding exists anywhere in sciDiT, so every block built from this layer
 is permutation-equivariant over tokens. Attention runs through
-``torch.nn.functional.scaled_dot_product_attention`` with the padding mask as a boolean key mask,
-which takes the fused kernels on CPU and GPU.
+``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask, which takes the fused
+kernels on CPU and GPU. Two layouts:
+
+- padded: ``x [B, N, D]`` with a key mask ``[B, N]`` (True = real token), one set per row;
+- packed (:func:`pack_sets`): several whole sets per row of ``L`` slots, ``x [R, L, D]`` with a
+  block-diagonal mask ``[R, L, L]`` (a token attends to the tokens of its own set only), so the
+  result is the same set attention with padding shrunk to the rows' unfilled tails.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +21,7 @@ from torch import Tensor, nn
 
 
 class SetAttention(nn.Module):
-    """Masked multi-head self-attention; padded keys are never attended to."""
+    """Masked multi-head self-attention; ``mask`` is a key mask ``[B, N]`` or a full mask ``[B, N, N]``."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -28,10 +35,74 @@ class SetAttention(nn.Module):
         bsz, n, dim = x.shape
         qkv = self.qkv(x).view(bsz, n, 3, self.num_heads, dim // self.num_heads)  # [B, N, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [B, H, N, Dh]
-        key_mask = mask[:, None, None, :]  # [B, 1, 1, N]: True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # [B, H, N, Dh]
+        attn_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]  # [B, 1, 1 or N, N]: True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
         out = out.transpose(1, 2).reshape(bsz, n, dim)  # [B, N, D]
         return self.proj(out)  # [B, N, D]
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the real tokens of a padded batch ``[B, N]`` sit in a packed layout of ``R`` rows of ``L`` slots.
+
+    ``index [R, L]``: flat position ``b * N + n`` of the token in each slot (0 in empty slots);
+    ``segment [R, L]``: its set ``b`` (-1 in empty slots). Built by :func:`pack_sets`.
+    """
+
+    index: Tensor
+    segment: Tensor
+
+    @property
+    def attn_mask(self) -> Tensor:
+        """Block-diagonal ``[R, L, L]``: slots attend within their own set (empty slots among themselves)."""
+        return self.segment[:, :, None] == self.segment[:, None, :]
+
+    @property
+    def set_index(self) -> Tensor:
+        """``[R, L]`` set of each slot, for gathering per-set vectors (empty slots read set 0; they are discarded)."""
+        return self.segment.clamp_min(0)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """Padded ``[B, N, ...]`` -> packed ``[R, L, ...]`` (empty slots hold a copy of token 0)."""
+        return x.reshape(-1, *x.shape[2:])[self.index]
+
+    def unpack(self, y: Tensor, mask: Tensor) -> Tensor:
+        """Packed ``[R, L, ...]`` -> padded ``[B, N, ...]`` on ``mask [B, N]``, zeros at padding."""
+        real = self.segment >= 0  # [R, L]
+        flat = y.new_zeros(mask.numel(), *y.shape[2:])  # [B * N, ...]
+        flat[self.index[real]] = y[real]
+        return flat.view(*mask.shape, *y.shape[2:])
+
+
+@torch.compiler.disable  # host-side planning (a Python loop over set sizes): never traced by torch.compile
+def pack_sets(mask: Tensor, length: int = 0) -> Packing:
+    """Pack the sets of ``mask [B, N]`` whole into rows of ``max(length, N)`` slots, first-fit by decreasing size.
+
+    Any set fits in a row, so the layout always exists; the fewer empty slots, the less wasted work.
+    """
+    bsz, n_max = mask.shape
+    length = max(length, n_max)
+    sizes = mask.sum(dim=1)  # [B]
+    size_of = sizes.tolist()
+    free: list[int] = []  # free slots per row
+    row_of, offset_of = [0] * bsz, [0] * bsz
+    for b in sorted(range(bsz), key=lambda i: -size_of[i]):
+        size = size_of[b]
+        row = next((r for r, f in enumerate(free) if f >= size), len(free))
+        if row == len(free):
+            free.append(length)
+        row_of[b], offset_of[b] = row, length - free[row]
+        free[row] -= size
+    device = mask.device
+    pos = mask.flatten().nonzero().squeeze(1)  # [T] flat positions of the real tokens, set by set
+    tok_set = pos // n_max  # [T]
+    start = torch.cumsum(sizes, 0) - sizes  # [B] first token of each set in pos
+    rank = torch.arange(pos.numel(), device=device) - start[tok_set]  # [T] rank within its set
+    rows, offsets = torch.tensor(row_of, device=device), torch.tensor(offset_of, device=device)
+    slot = rows[tok_set] * length + offsets[tok_set] + rank  # [T]
+    index = torch.zeros(len(free) * length, dtype=torch.long, device=device).index_copy(0, slot, pos)
+    segment = torch.full((len(free) * length,), -1, dtype=torch.long, device=device).index_copy(0, slot, tok_set)
+    return Packing(index.view(-1, length), segment.view(-1, length))
 
 
 class Mlp(nn.Module):

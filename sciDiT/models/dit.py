@@ -36,14 +36,22 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.batch import Domain
-from sciDiT.models.attention import Mlp, SetAttention, xavier_linear_init
+from sciDiT.models.attention import Mlp, SetAttention, pack_sets, xavier_linear_init
 
 DEFAULT_CONDITIONS: dict[str, dict[str, Any]] = {"domain": {"kind": "class", "num_classes": len(Domain)}}
 
 
+ATTENTION_LAYOUTS = ("padded", "packed")
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation of tokens ``x [B, N, H]`` by per-set ``shift, scale [B, H]``."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation of tokens ``x [B, N, H]`` by per-set ``[B, 1, H]`` or per-token ``[B, N, H]`` shift and scale."""
+    return x * (1 + scale) + shift
+
+
+def per_token(v: Tensor, set_index: Tensor | None) -> Tensor:
+    """Per-set vectors ``[B, K]`` broadcast to tokens: ``[B, 1, K]`` (padded), or gathered ``[R, L, K]`` (packed)."""
+    return v.unsqueeze(1) if set_index is None else v[set_index]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,10 +183,12 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: Tensor, c: Tensor, mask: Tensor) -> Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x [B, H]
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask)  # [B, N, H]
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # [B, N, H]
+    def forward(self, x: Tensor, c: Tensor, mask: Tensor, set_index: Tensor | None = None) -> Tensor:
+        """``x [B, N, H]``, ``c [B, H]``, key mask ``[B, N]``; packed: ``x [R, L, H]``, mask ``[R, L, L]``, ``set_index [R, L]``."""
+        mod = per_token(self.adaLN_modulation(c), set_index)  # [B, 1, 6H] or [R, L, 6H]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # 6 x [B, 1 or N, H]
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask)  # [B, N, H]
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # [B, N, H]
         return x
 
 
@@ -196,8 +206,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, out_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # 2 x [B, H]
+    def forward(self, x: Tensor, c: Tensor, set_index: Tensor | None = None) -> Tensor:
+        shift, scale = per_token(self.adaLN_modulation(c), set_index).chunk(2, dim=-1)  # 2 x [B, 1 or N, H]
         return self.linear(modulate(self.norm_final(x), shift, scale))  # [B, N, D_out]
 
 
@@ -220,6 +230,10 @@ class DiT(nn.Module):
         shared_embeddings: ``{name: table}`` for ``token_set`` conditions to use instead of their own
             (an ``nn.Embedding`` or any module mapping ids to rows with ``weight`` and ``embedding_dim``;
             registered as submodules; freeze them by ``requires_grad_(False)``).
+        attention_layout: ``padded`` (one set per row, key mask) or ``packed`` (whole sets packed
+            into rows of ``pack_length`` slots with block-diagonal attention,
+            :func:`~sciDiT.models.attention.pack_sets`): the same function, less padding work
+            when set sizes in a batch differ widely. Inputs and outputs are padded either way.
     """
 
     def __init__(
@@ -233,8 +247,13 @@ class DiT(nn.Module):
         class_dropout_prob: float = 0.1,
         self_condition: bool = True,
         shared_embeddings: Mapping[str, nn.Module] | None = None,
+        attention_layout: str = "padded",
+        pack_length: int = 64,
     ):
         super().__init__()
+        if attention_layout not in ATTENTION_LAYOUTS:
+            raise ValueError(f"unknown attention_layout {attention_layout!r}; expected one of {ATTENTION_LAYOUTS}")
+        self.attention_layout, self.pack_length = attention_layout, pack_length
         conditions = DEFAULT_CONDITIONS if conditions is None else conditions
         shared_embeddings = dict(shared_embeddings or {})
         unknown = sorted(set(shared_embeddings) - set(conditions))
@@ -295,9 +314,16 @@ class DiT(nn.Module):
             raise ValueError("x_self_cond given to a DiT built with self_condition=False")
         h = self.x_embedder(x)  # [B, N, H]
         c = self.embed_conditions(cond or {}, drop_cond, self.t_embedder(t))  # [B, H]
+        packing = pack_sets(mask, self.pack_length) if self.attention_layout == "packed" else None
+        if packing is not None:
+            h, attn_mask, set_index = packing.pack(h), packing.attn_mask, packing.set_index  # [R, L, H], [R, L, L], [R, L]
+        else:
+            attn_mask, set_index = mask, None  # [B, N], -
         for block in self.blocks:
-            h = block(h, c, mask)  # [B, N, H]
-        out = self.final_layer(h, c)  # [B, N, D]
+            h = block(h, c, attn_mask, set_index)  # [B, N, H] or [R, L, H]
+        out = self.final_layer(h, c, set_index)  # [B, N, D] or [R, L, D]
+        if packing is not None:
+            out = packing.unpack(out, mask)  # [B, N, D]
         return torch.where(mask.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))  # [B, N, D]
 
     # ------------------------------------------------------------------------------------------

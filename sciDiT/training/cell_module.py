@@ -19,7 +19,7 @@ from sciDiT.perturbation.model import PerturbationFlow
 from sciDiT.tokenizers.cell import CellTokenizer
 from sciDiT.training.dit_module import load_vae_checkpoint, load_vae_state
 from sciDiT.training.ema import EMA
-from sciDiT.training.optim import build_optimizer
+from sciDiT.training.optim import adamw_for, build_optimizer
 
 DEFAULT_VAE: dict[str, Any] = {"hidden_size": 64, "encoder_depth": 0, "decoder_depth": 0, "num_heads": 4, "mlp_ratio": 2.0, "num_latent_tokens": 8, "latent_dim": 8}
 DEFAULT_DIT: dict[str, Any] = {"hidden_size": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0, "class_dropout_prob": 0.1, "self_condition": False}
@@ -77,7 +77,8 @@ class CellVAEModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
+        return build_optimizer(self.model.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps,
+                               implementation=adamw_for(self.trainer))
 
 
 class CellDiTModule(L.LightningModule):
@@ -156,4 +157,5 @@ class CellDiTModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.dit.parameters() if p.requires_grad]  # the shared gene table stays frozen
-        return build_optimizer(params, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
+        return build_optimizer(params, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps,
+                               implementation=adamw_for(self.trainer))

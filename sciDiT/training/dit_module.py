@@ -17,8 +17,9 @@ from sciDiT.batch import Domain, TokenBatch
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
+from sciDiT.training.compile import compile_module
 from sciDiT.training.ema import EMA
-from sciDiT.training.optim import build_optimizer
+from sciDiT.training.optim import adamw_for, build_optimizer
 
 
 class DiTModule(L.LightningModule):
@@ -40,11 +41,17 @@ class DiTModule(L.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.model = LatentDiffusion(vae, dit)
         self.ema = EMA(self.model.dit, decay=ema_decay)
+
+    def configure_model(self) -> None:
+        """``compile=True``: torch.compile the trained DiT in place (dynamic shapes; eager with a warning where unavailable)."""
+        if self.hparams.compile:
+            compile_module(self.model.dit, self.trainer.strategy.root_device.type, in_place=True)
 
     # -- set-up: VAE weights, latent statistics, set-size histograms ------------------------------
     def setup(self, stage: str) -> None:
@@ -99,7 +106,8 @@ class DiTModule(L.LightningModule):
         self.log("test/loss", loss, batch_size=batch.batch_size, sync_dist=True)
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.dit.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
+        return build_optimizer(self.model.dit.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps,
+                               implementation=adamw_for(self.trainer))
 
 
 def load_vae_checkpoint(path: str, stage: str = "vae") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

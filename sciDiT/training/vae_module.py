@@ -15,7 +15,7 @@ import torch
 from sciDiT.batch import TokenBatch, TokenSet
 from sciDiT.models.vae import AllAtomVAE
 from sciDiT.training.augment import augment, corrupt
-from sciDiT.training.optim import build_optimizer
+from sciDiT.training.optim import adamw_for, build_optimizer
 
 
 class VAEModule(L.LightningModule):
@@ -85,5 +85,6 @@ class VAEModule(L.LightningModule):
             self.log(f"test/{key}", float(value), batch_size=1)
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps)
+        return build_optimizer(self.model.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps,
+                               implementation=adamw_for(self.trainer))
 
