@@ -35,6 +35,7 @@ from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_
 from sciDiT.export.cif import to_structure
 from sciDiT.flow import SOLVERS
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
+from sciDiT.pretrained import pretrained_path, restore_ema
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import DiTModule
 from sciDiT.training.precision import resolve_bf16
@@ -221,18 +222,22 @@ def _check_seed(seed: int) -> int:
 
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``).
+    """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
+    or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
+    :mod:`sciDiT.pretrained`).
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
     """
     usable_device(device)  # before reading anything, so a bad device fails fast
     path = Path(ckpt)
+    if isinstance(ckpt, str) and not path.exists() and path.name == ckpt and not path.suffix:
+        path = pretrained_path(ckpt)  # a bare name: a shipped model (one-line error listing them otherwise)
     raw = load_checkpoint(path, "checkpoint")  # weights only: nothing in the file runs
     require_stage(raw, "dit", path, "sampling needs <output_dir>/dit/checkpoints/*.ckpt")
     hparams = raw["hyper_parameters"]
     check_config(hparams, "hyper_parameters")
-    state = raw["state_dict"]
+    state = restore_ema(raw["state_dict"])  # shipped models carry the EMA weights once
     try:
         module = DiTModule(**hparams)
         module.load_state_dict(state)

@@ -19,7 +19,7 @@ from typing import Any
 
 from sciDiT.errors import SciDiTInputError
 
-USAGE = "usage: python -m sciDiT.sample ckpt=PATH domain=molecule|crystal n=N out=PATH [key=value ...]"
+USAGE = "usage: python -m sciDiT.sample ckpt=PATH|pretrained=NAME domain=molecule|crystal n=N out=PATH [key=value ...]"
 
 
 def _bool(text: str) -> bool:
@@ -46,7 +46,8 @@ def _atoms(text: str) -> int | None:
 
 # key -> (parser, default, help)
 KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
-    "ckpt": (str, None, "DiT-stage checkpoint (<output_dir>/dit/checkpoints/last.ckpt); required"),
+    "ckpt": (str, None, "DiT-stage checkpoint (<output_dir>/dit/checkpoints/last.ckpt); this or pretrained is required"),
+    "pretrained": (str, None, "name of a model shipped in the package instead of ckpt (e.g. qm9_mp20_cpu)"),
     "domain": (str, None, "molecule or crystal; required"),
     "out": (str, None, "molecules: an .sdf file; crystals: a folder (or a .cif file for one multi-block CIF); required"),
     "n": (int, 1000, "number of samples"),
@@ -62,7 +63,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
 }
-REQUIRED = ("ckpt", "domain", "out")
+REQUIRED = ("domain", "out")
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
@@ -78,6 +79,8 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
             opts[key] = KEYS[key][0](text)
         except ValueError as err:
             raise SciDiTInputError(f"{key}={text!r}: {err}") from err
+    if (opts["ckpt"] is None) == (opts["pretrained"] is None):
+        raise SciDiTInputError(f"give exactly one of ckpt= and pretrained= ({USAGE})")
     missing = [k for k in REQUIRED if opts[k] is None]
     if missing:
         raise SciDiTInputError(f"missing {', '.join(f'{k}=' for k in missing)} ({USAGE})")
@@ -113,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         domain = parse_domain(opts["domain"]).name.lower()
         out = check_out(domain, opts["out"])
+        if opts["pretrained"] is not None:
+            from sciDiT.pretrained import pretrained_path
+
+            opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
         gen = load_generator(opts["ckpt"], device=opts["device"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(

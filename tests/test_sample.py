@@ -127,7 +127,7 @@ def test_cli_writes_sdf_and_cif_folder(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["domain=molecule", "n=2", "out={tmp}/m.sdf"], "missing ckpt="),
+        (["domain=molecule", "n=2", "out={tmp}/m.sdf"], "give exactly one of ckpt= and pretrained="),
         (["ckpt={tmp}/none.ckpt", "domain=molecule", "n=2", "out={tmp}/m.sdf"], "checkpoint not found"),
         (["ckpt={ckpt}", "domain=protein", "n=2", "out={tmp}/m.sdf"], "domain="),
         (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "stpes=3"], "unknown key 'stpes'"),
