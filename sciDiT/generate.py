@@ -36,6 +36,7 @@ from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.training.dit_module import DiTModule
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
+COMPOSITIONS = ("coherent", "argmax")  # how crystal atom types are decoded (generate_token_sets)
 
 
 def parse_domain(domain: str | Domain) -> Domain:
@@ -96,13 +97,16 @@ class Generator:
         progress: bool = True,
         compile: bool = False,
         bf16: bool = False,
+        composition: str = "coherent",
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
         ``num_atoms``: None draws sizes from the training histogram, an int fixes all, a list gives
         each. ``steps``/``method``: ODE solver (``euler``, ``heun``, ``midpoint``); ``cfg_scale``:
         classifier-free guidance on the domain (1 = plain conditional). ``compile``: torch.compile
-        the DiT; ``bf16``: bfloat16 autocast for the DiT (decoding stays float32).
+        the DiT; ``bf16``: bfloat16 autocast for the DiT (decoding stays float32). ``composition``
+        (crystals): ``coherent`` chooses each crystal's element set jointly under the training prior
+        on the number of elements (:mod:`sciDiT.models.composition`), ``argmax`` decodes each atom alone.
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -110,6 +114,11 @@ class Generator:
             raise SciDiTInputError(f"method={method!r} is not one of {', '.join(SOLVERS)}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
+        if composition not in COMPOSITIONS:
+            raise SciDiTInputError(f"composition={composition!r} is not one of {', '.join(COMPOSITIONS)}")
+        coherent = composition == "coherent" and dom == Domain.CRYSTAL
+        if coherent and self.model.element_log_prior(dom) is None:
+            raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax")
         gen = torch.Generator().manual_seed(int(seed))
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim
@@ -129,7 +138,7 @@ class Generator:
                 dom_t = torch.full((len(idx),), int(dom), dtype=torch.long)  # [b]
                 with autocast:
                     decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=cfg_scale,
-                                                  self_condition=self_condition and self.ema_dit.self_condition)
+                                                  self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent)
                 decoded = decoded.to("cpu")
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
                     ts.meta = {"sample_index": i}

@@ -31,6 +31,12 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
+def _composition(text: str) -> str:
+    if text not in ("coherent", "argmax"):
+        raise ValueError("expected coherent or argmax")
+    return text
+
+
 def _atoms(text: str) -> int | None:
     return None if text.strip().lower() in ("null", "none", "") else int(text)
 
@@ -52,6 +58,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "compile": (_bool, False, "torch.compile the DiT"),
     "bf16": (_bool, False, "bfloat16 autocast for the DiT"),
     "progress": (_bool, True, "show a progress bar"),
+    "composition": (_composition, "coherent", "crystal types: coherent (one element set per crystal, prior from training) or argmax (per atom)"),
 }
 REQUIRED = ("ckpt", "domain", "out")
 
@@ -109,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"],
             cfg_scale=opts["cfg_scale"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
-            progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"],
+            progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out)
