@@ -107,3 +107,41 @@ def test_prior_from_counts_is_normalised_feasible_and_backs_off_to_the_marginal(
     torch.testing.assert_close(prior[4, 1:4].exp(), torch.tensor([1 / 7, 1 + 3 / 7, 3 + 3 / 7]) / 5)
     # n = 6 was never seen: the marginal over k <= 6
     torch.testing.assert_close(prior[6, 1:4].exp(), torch.tensor([1 / 7, 3 / 7, 3 / 7]))
+
+
+def test_decode_hook_applies_to_crystals_only_and_is_argmax_when_off():
+    from ase.build import bulk, molecule
+
+    from sciDiT.batch import Domain, collate
+    from sciDiT.models.vae import build_vae
+    from sciDiT.tokenizers import CrystalTokenizer, MoleculeTokenizer
+
+    torch.manual_seed(0)
+    vae = build_vae("VAE-T").eval()
+    batch = collate([MoleculeTokenizer().from_ase(molecule("CH3CH2OH")), CrystalTokenizer().from_ase(bulk("NaCl", "rocksalt", a=5.64, cubic=True))])
+    z = torch.randn(*batch.mask.shape, vae.latent_dim) * batch.mask[..., None]  # untrained decoder: many stray elements
+    off = vae.decode_to_batch(z, batch.mask, batch.domain)
+    flat = vae.decode_to_batch(z, batch.mask, batch.domain, element_log_prior=torch.zeros(16, MAX_ELEMENTS + 1))
+    one = vae.decode_to_batch(z, batch.mask, batch.domain, element_log_prior=_prior({1: 1.0}, n_max=16))
+    assert torch.equal(flat.types, off.types)
+    assert torch.equal(one.types[0], off.types[0])  # the molecule keeps its per-atom types
+    xtal = batch.domain == Domain.CRYSTAL
+    assert num_distinct(off.types[xtal], batch.mask[xtal], T) > 1 and num_distinct(one.types[xtal], batch.mask[xtal], T) == 1
+    assert torch.equal(one.frac, off.frac) and torch.equal(one.lattice, off.lattice)
+
+
+def test_training_counts_of_atoms_and_distinct_elements():
+    from ase.build import bulk
+
+    from sciDiT.data.cache import TokenSetDataset
+    from sciDiT.tokenizers import CrystalTokenizer
+
+    ct = CrystalTokenizer()
+    data = TokenSetDataset.from_sets([ct.from_ase(bulk("NaCl", "rocksalt", a=5.64, cubic=True)),  # 8 atoms, 2 elements
+                                      ct.from_ase(bulk("Cu", "fcc", a=3.6, cubic=True)),  # 4 atoms, 1 element
+                                      ct.from_ase(bulk("Cu", "fcc", a=3.6))])  # 1 atom, 1 element
+    assert data.num_distinct_types().tolist() == [2, 1, 1]
+    counts = num_elements_counts(torch.from_numpy(data.num_tokens), torch.from_numpy(data.num_distinct_types()), 8)
+    expected = torch.zeros(9, MAX_ELEMENTS + 1)
+    expected[8, 2] = expected[4, 1] = expected[1, 1] = 1
+    assert torch.equal(counts, expected)

@@ -2,23 +2,26 @@
 
 The VAE decoder gives each token an independent distribution ``p_i(e)`` over elements. Taking the
 argmax per token lets a crystal collect one stray element per uncertain atom (e.g. S and Se in one
-cell, where the data has one chalcogen), so generated crystals have too many distinct elements and
-fail charge balance. Here a crystal's types are the MAP assignment under the decoder's per-token
-likelihood times a prior on the number of distinct elements ``k`` given the number of atoms ``n``:
+cell, where the data has one chalcogen), which adds elements and breaks charge balance. Here a
+crystal's types are the MAP assignment under the decoder's per-token likelihood times a prior on the
+number of distinct elements ``k`` given the number of atoms ``n``:
 
     a* = argmax_a  sum_i log p_i(a_i) + log pi(k(a) | n),      k(a) = |{a_1, ..., a_n}|
 
 For a fixed element set ``S`` the best assignment gives each token its most likely element within
-``S``, so the search is over sets: ``L(S) = sum_i max_{e in S} log p_i(e)``. ``L`` is a facility-location
-objective (monotone submodular), maximised per ``k`` by greedy forward selection (exact for
-``k = 1``; the greedy set of each size is then scored with the prior and the best ``k`` is kept).
-Everything is a sum over tokens or a max over elements, so the result does not depend on token
-order. With a flat prior and ``max_elements >= n`` the rule returns the per-token argmax (today's
-decoding), and ``log_prior=None`` means exactly that.
+``S``, so ``L(S) = sum_i max_{e in S} log p_i(e)`` is the likelihood of a set. ``L`` is a
+facility-location objective (monotone submodular); greedy forward selection gives one set per size
+``k`` (exact for ``k = 1``). The candidates, the per-token argmax and the assignment within each
+greedy set, are each scored exactly (likelihood plus the prior of the number of elements the
+assignment really uses) and the best one is kept. So the rule only merges: it never uses more
+elements than the argmax, and its posterior is never below the argmax's. Scores are sums over
+tokens and maxima over elements (ties broken by element index), so the result does not depend on
+token order. With a flat prior it returns the per-token argmax; ``log_prior=None`` in
+``AllAtomVAE.decode_to_batch`` means exactly that (today's decoding).
 
 The prior :func:`num_elements_log_prior` is data-derived: counts of (atoms, distinct elements) in
 the training sets, with one pseudo-count spread as the marginal over ``k <= n`` so that unseen
-sizes back off to the marginal.
+sizes back off to the marginal. It is applied to crystals only (molecules are decoded per atom).
 """
 
 from __future__ import annotations
