@@ -36,7 +36,7 @@ from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.training.dit_module import DiTModule
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
-COMPOSITIONS = ("coherent", "argmax")  # how crystal atom types are decoded (generate_token_sets)
+COMPOSITIONS = ("argmax", "coherent")  # how crystal atom types are decoded (generate_token_sets)
 
 
 def parse_domain(domain: str | Domain) -> Domain:
@@ -97,7 +97,7 @@ class Generator:
         progress: bool = True,
         compile: bool = False,
         bf16: bool = False,
-        composition: str = "coherent",
+        composition: str = "argmax",
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -105,8 +105,9 @@ class Generator:
         each. ``steps``/``method``: ODE solver (``euler``, ``heun``, ``midpoint``); ``cfg_scale``:
         classifier-free guidance on the domain (1 = plain conditional). ``compile``: torch.compile
         the DiT; ``bf16``: bfloat16 autocast for the DiT (decoding stays float32). ``composition``
-        (crystals): ``coherent`` chooses each crystal's element set jointly under the training prior
-        on the number of elements (:mod:`sciDiT.models.composition`), ``argmax`` decodes each atom alone.
+        (crystals): ``argmax`` decodes each atom alone; ``coherent`` chooses each crystal's element set
+        jointly under the training prior on the number of elements (:mod:`sciDiT.models.composition`;
+        fixes the element count, not SMACT validity: experiments/crystal_composition/README.md).
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -118,7 +119,8 @@ class Generator:
             raise SciDiTInputError(f"composition={composition!r} is not one of {', '.join(COMPOSITIONS)}")
         coherent = composition == "coherent" and dom == Domain.CRYSTAL
         if coherent and self.model.element_log_prior(dom) is None:
-            raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax")
+            raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "
+                                   "with experiments/crystal_composition/add_element_prior.py")
         gen = torch.Generator().manual_seed(int(seed))
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim

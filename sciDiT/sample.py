@@ -32,8 +32,8 @@ def _bool(text: str) -> bool:
 
 
 def _composition(text: str) -> str:
-    if text not in ("coherent", "argmax"):
-        raise ValueError("expected coherent or argmax")
+    if text not in ("argmax", "coherent"):
+        raise ValueError("expected argmax or coherent")
     return text
 
 
@@ -58,7 +58,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "compile": (_bool, False, "torch.compile the DiT"),
     "bf16": (_bool, False, "bfloat16 autocast for the DiT"),
     "progress": (_bool, True, "show a progress bar"),
-    "composition": (_composition, "coherent", "crystal types: coherent (one element set per crystal, prior from training) or argmax (per atom)"),
+    "composition": (_composition, "argmax", "crystal types: argmax (per atom) or coherent (one element set per crystal, prior from training)"),
 }
 REQUIRED = ("ckpt", "domain", "out")
 

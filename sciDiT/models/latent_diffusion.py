@@ -102,15 +102,15 @@ class LatentDiffusion(nn.Module):
         method: str = "euler",
         cfg_scale: float = 1.0,
         self_condition: bool = True,
-        coherent_elements: bool = True,
+        coherent_elements: bool = False,
         generator: torch.Generator | None = None,
     ) -> TokenBatch:
         """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]``.
 
         ``x0 [B, N, L]``: the source noise (drawn from ``generator`` when None); ``dit``: the network
         to integrate (e.g. the EMA copy); ``coherent_elements``: decode each crystal's types as one
-        element set under the training prior (:mod:`sciDiT.models.composition`; per-token argmax when
-        False or when the checkpoint has no prior). Decoding always runs in float32, outside any autocast.
+        element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
+        False (default) or when the checkpoint has no prior. Decoding always runs in float32, outside any autocast.
         """
         dit = self.dit if dit is None else dit
         device = self.latent_mean.device
