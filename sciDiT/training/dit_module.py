@@ -43,7 +43,7 @@ class DiTModule(L.LightningModule):
         self.model = LatentDiffusion(vae, dit)
         self.ema = EMA(self.model.dit, decay=ema_decay)
 
-    # -- set-up: VAE weights, latent statistics, set-size and element-count histograms ------------------------------
+    # -- set-up: VAE weights, latent statistics, set-size and element-count histograms ----------
     def setup(self, stage: str) -> None:
         if stage == "fit" and not bool(self.model.prepared):
             if not self.hparams.vae_ckpt:
