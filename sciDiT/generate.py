@@ -42,6 +42,7 @@ from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
+COMPOSITIONS = ("argmax", "coherent")  # how crystal atom types are decoded (generate_token_sets)
 
 
 def parse_domain(domain: str | Domain) -> Domain:
@@ -117,6 +118,7 @@ class Generator:
         progress: bool = True,
         compile: bool = False,
         bf16: bool | str = "auto",
+        composition: str = "argmax",
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -127,6 +129,10 @@ class Generator:
         ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
         where bf16 is native (GPUs, CPUs with AVX-512 BF16 / AMX). bf16 rounds more coarsely, so
         outputs then agree across batch sizes to bf16 precision rather than float32 precision.
+        ``composition`` (crystals): ``argmax`` decodes each atom alone; ``coherent`` chooses each
+        crystal's element set jointly under the training prior on the number of elements
+        (:mod:`sciDiT.models.composition`; fixes the element count, not SMACT validity:
+        experiments/crystal_composition/README.md).
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -138,6 +144,12 @@ class Generator:
             bf16 = resolve_bf16(bf16, self.device)
         except ValueError as err:
             raise SciDiTInputError(str(err)) from None
+        if composition not in COMPOSITIONS:
+            raise SciDiTInputError(f"composition={composition!r} is not one of {', '.join(COMPOSITIONS)}")
+        coherent = composition == "coherent" and dom == Domain.CRYSTAL
+        if coherent and self.model.element_log_prior(dom) is None:
+            raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "
+                                   "with experiments/crystal_composition/add_element_prior.py")
         gen = torch.Generator().manual_seed(_check_seed(seed))
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim
@@ -157,7 +169,7 @@ class Generator:
                 dom_t = torch.full((len(idx),), int(dom), dtype=torch.long)  # [b]
                 with autocast:
                     decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=cfg_scale,
-                                                  self_condition=self_condition and self.ema_dit.self_condition)
+                                                  self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):

@@ -40,6 +40,12 @@ def _bool_or_auto(text: str) -> bool | str:
         raise ValueError(f"expected true, false or auto, got {text!r}") from None
 
 
+def _composition(text: str) -> str:
+    if text not in ("argmax", "coherent"):
+        raise ValueError("expected argmax or coherent")
+    return text
+
+
 def _atoms(text: str) -> int | None:
     return None if text.strip().lower() in ("null", "none", "") else int(text)
 
@@ -62,6 +68,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "compile": (_bool, False, "torch.compile the DiT"),
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
+    "composition": (_composition, "argmax", "crystal types: argmax (per atom) or coherent (one element set per crystal, prior from training)"),
 }
 REQUIRED = ("domain", "out")
 
@@ -125,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"],
             cfg_scale=opts["cfg_scale"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
-            progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"],
+            progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out)

@@ -44,6 +44,7 @@ def tiny_dit_ckpt(data_dir, cache_dir, tmp_path_factory) -> str:
     from sciDiT.batch import Domain, collate
     from sciDiT.data.cdvae import load_cdvae
     from sciDiT.data.qm9 import load_qm9_split
+    from sciDiT.models.composition import MAX_PRIOR_TOKENS, num_elements_counts
     from sciDiT.training.dit_module import DiTModule
 
     torch.manual_seed(0)
@@ -52,7 +53,9 @@ def tiny_dit_ckpt(data_dir, cache_dir, tmp_path_factory) -> str:
     module = DiTModule(vae=TINY_VAE, dit=TINY_DIT)
     batches = [collate([qm9[i] for i in range(32)]), collate([mp20[i] for i in range(len(mp20))])]
     histograms = {Domain.MOLECULE: torch.bincount(torch.from_numpy(qm9.num_tokens)), Domain.CRYSTAL: torch.bincount(torch.from_numpy(mp20.num_tokens))}
-    module.model.prepare(batches, histograms)
+    elements = {d.domain: num_elements_counts(torch.from_numpy(d.num_tokens), torch.from_numpy(d.num_distinct_types()), MAX_PRIOR_TOKENS)
+                for d in (qm9, mp20)}
+    module.model.prepare(batches, histograms, elements)
     with torch.no_grad():
         for p in module.model.dit.parameters():
             if p.abs().sum() == 0:

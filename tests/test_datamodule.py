@@ -118,6 +118,17 @@ def test_atom_count_histogram_per_domain(datamodule):
     assert torch.equal(hist[Domain.CRYSTAL], torch.bincount(torch.from_numpy(counts)))
 
 
+def test_element_count_histogram_counts_atoms_and_distinct_elements(datamodule):
+    hist = datamodule.element_count_histogram()
+    assert set(hist) == {Domain.MOLECULE, Domain.CRYSTAL}
+    crystals = datamodule.splits["train"][1]
+    expected = torch.zeros_like(hist[Domain.CRYSTAL])
+    for i in range(len(crystals)):
+        types = crystals[i].types
+        expected[len(types), len(set(types.tolist()))] += 1
+    assert torch.equal(hist[Domain.CRYSTAL], expected) and int(hist[Domain.MOLECULE].sum()) == 300
+
+
 def test_bad_dataset_specs():
     with pytest.raises(SciDiTInputError, match="unknown dataset 'qm7'"):
         TokenSetDataModule(datasets=["qm7"])

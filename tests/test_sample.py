@@ -16,6 +16,7 @@ from sciDiT.batch import Domain
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import MANIFEST
 from sciDiT.generate import load_generator
+from sciDiT.models.composition import num_distinct
 from sciDiT.sample import main
 
 @pytest.fixture(scope="module")
@@ -90,8 +91,31 @@ def test_generate_returns_rdkit_molecules_and_pymatgen_structures(gen):
     assert len(xtals) == 5 and all(x is None or isinstance(x, Structure) for x in xtals)
 
 
+def test_coherent_compositions_change_only_crystal_types_and_never_add_elements(gen):
+    coherent = gen.generate_token_sets("crystal", n=30, seed=2, composition="coherent", **FAST)
+    argmax = gen.generate_token_sets("crystal", n=30, seed=2, **FAST)  # the default
+    for a, b in zip(coherent, argmax, strict=True):
+        assert torch.equal(a.frac, b.frac) and torch.equal(a.lattice, b.lattice)
+    k = [int(num_distinct(ts.types[None], torch.ones(1, ts.num_tokens, dtype=torch.bool), 120)) for ts in coherent]
+    k_arg = [int(num_distinct(ts.types[None], torch.ones(1, ts.num_tokens, dtype=torch.bool), 120)) for ts in argmax]
+    assert all(x <= y for x, y in zip(k, k_arg)) and sum(k) < sum(k_arg)  # untrained decoder: many stray elements
+    # molecules are always decoded per atom
+    assert _same(gen.generate_token_sets("molecule", n=4, seed=2, **FAST), gen.generate_token_sets("molecule", n=4, seed=2, composition="coherent", **FAST))
+
+
+def test_checkpoint_without_element_prior_samples_by_argmax_and_refuses_coherent(ckpt, tmp_path):
+    raw = torch.load(ckpt, weights_only=True)
+    del raw["state_dict"]["model.element_counts"]  # as written before the prior existed
+    torch.save(raw, tmp_path / "old.ckpt")
+    old = load_generator(tmp_path / "old.ckpt")
+    with pytest.raises(SciDiTInputError, match="composition=argmax"):
+        old.generate_token_sets("crystal", n=2, composition="coherent", **FAST)
+    assert len(old.generate_token_sets("crystal", n=2, **FAST)) == 2
+
+
 def test_bad_generation_arguments(gen, ckpt, tmp_path):
     for kwargs, match in [({"domain": "cell"}, "domain"), ({"n": 0}, "n must"), ({"method": "rk4"}, "method"),
+                          ({"composition": "vote"}, "composition"),
                           ({"num_atoms": [3, 4]}, "num_atoms"), ({"num_atoms": 0}, "num_atoms")]:
         with pytest.raises(SciDiTInputError, match=match):
             gen.generate_token_sets(**{"domain": "molecule", "n": 3, **kwargs, **FAST})
@@ -136,6 +160,7 @@ def test_cli_writes_sdf_and_cif_folder(ckpt, tmp_path, capsys):
         (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/"], "not a folder"),
         (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/user"], "not a previous export"),
         (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "steps=0"], "steps must"),
+        (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/c/", "composition=vote"], "composition='vote'"),
         (["ckpt", "domain=molecule"], "not key=value"),
     ],
 )

@@ -86,6 +86,11 @@ class TokenSetDataset(Dataset):
             meta={k: v[j] for k, v in self.store["meta"].items() if v[j] is not None},
         )
 
+    def num_distinct_types(self) -> np.ndarray:
+        """``[len(self)]`` distinct token types per item (a molecule's or crystal's distinct elements)."""
+        offsets, types = self.store["offsets"].numpy(), self.store["types"].numpy()
+        return np.array([len(np.unique(types[offsets[j] : offsets[j + 1]])) for j in self.indices], dtype=np.int64)
+
     def meta_column(self, key: str) -> list[Any]:
         """One metadata field for every item of this (sub)set, in item order."""
         column = self.store["meta"][key]

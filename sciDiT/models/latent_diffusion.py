@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from sciDiT.batch import Domain, TokenBatch
 from sciDiT.flow import flow_matching_loss, integrate, model_velocity, sample_noise
+from sciDiT.models.composition import MAX_ELEMENTS, MAX_PRIOR_TOKENS, num_elements_log_prior
 from sciDiT.models.dit import DiT
 from sciDiT.models.vae import AllAtomVAE
 
@@ -22,7 +23,8 @@ MAX_SET_SIZE = 1024  # longest token set whose size the count histogram can reco
 
 
 class LatentDiffusion(nn.Module):
-    """Frozen VAE + trainable DiT; buffers hold latent statistics and per-domain set-size histograms."""
+    """Frozen VAE + trainable DiT; buffers hold latent statistics, per-domain set-size histograms and
+    (atoms, distinct elements) counts, the prior of coherent crystal decoding."""
 
     def __init__(self, vae: dict[str, Any], dit: dict[str, Any]):
         super().__init__()
@@ -31,6 +33,7 @@ class LatentDiffusion(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(self.vae.latent_dim))
         self.register_buffer("latent_std", torch.ones(self.vae.latent_dim))
         self.register_buffer("size_counts", torch.zeros(len(Domain), MAX_SET_SIZE + 1))
+        self.register_buffer("element_counts", torch.zeros(len(Domain), MAX_PRIOR_TOKENS + 1, MAX_ELEMENTS + 1))
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
 
     def train(self, mode: bool = True) -> "LatentDiffusion":
@@ -38,10 +41,17 @@ class LatentDiffusion(nn.Module):
         self.vae.eval()  # the VAE stays frozen and deterministic
         return self
 
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints written before the element-count prior existed load with an empty one (argmax decoding)
+        state_dict.setdefault(prefix + "element_counts", torch.zeros_like(self.element_counts))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- preparation (once, before training) ------------------------------------------------------
     @torch.no_grad()
-    def prepare(self, batches: list[TokenBatch], size_histograms: dict[Domain, Tensor]) -> None:
-        """Latent mean/std from a few training batches, and the set-size histogram of each domain."""
+    def prepare(self, batches: list[TokenBatch], size_histograms: dict[Domain, Tensor],
+                element_counts: dict[Domain, Tensor] | None = None) -> None:
+        """Latent mean/std from a few training batches, the set-size histogram of each domain and its
+        (atoms, distinct elements) counts ``[MAX_PRIOR_TOKENS + 1, MAX_ELEMENTS + 1]``."""
         mus = [self.vae.encode(b)[0][b.mask] for b in batches]  # each [n_real, L]
         latents = torch.cat(mus).float()
         self.latent_mean.copy_(latents.mean(0))
@@ -50,6 +60,9 @@ class LatentDiffusion(nn.Module):
         for domain, counts in size_histograms.items():
             n = min(len(counts), MAX_SET_SIZE + 1)
             self.size_counts[int(domain), :n] = counts[:n].to(self.size_counts)
+        self.element_counts.zero_()
+        for domain, counts in (element_counts or {}).items():
+            self.element_counts[int(domain)] = counts.to(self.element_counts)
         self.prepared.fill_(True)
 
     # -- training ---------------------------------------------------------------------------------
@@ -72,6 +85,11 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"this model saw no {domain.name.lower()} training data, so it cannot size {domain.name.lower()} samples")
         return torch.multinomial(counts, n, replacement=True, generator=generator)
 
+    def element_log_prior(self, domain: Domain) -> Tensor | None:
+        """``log pi(k | n)`` of ``domain``'s training sets, or None when the checkpoint has no counts."""
+        counts = self.element_counts[int(domain)]
+        return num_elements_log_prior(counts.cpu()).to(counts.device) if counts.sum() > 0 else None
+
     @torch.no_grad()
     def generate(
         self,
@@ -84,12 +102,15 @@ class LatentDiffusion(nn.Module):
         method: str = "euler",
         cfg_scale: float = 1.0,
         self_condition: bool = True,
+        coherent_elements: bool = False,
         generator: torch.Generator | None = None,
     ) -> TokenBatch:
         """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]``.
 
         ``x0 [B, N, L]``: the source noise (drawn from ``generator`` when None); ``dit``: the network
-        to integrate (e.g. the EMA copy). Decoding always runs in float32, outside any autocast.
+        to integrate (e.g. the EMA copy); ``coherent_elements``: decode each crystal's types as one
+        element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
+        False (default) or when the checkpoint has no prior. Decoding always runs in float32, outside any autocast.
         """
         dit = self.dit if dit is None else dit
         device = self.latent_mean.device
@@ -102,4 +123,5 @@ class LatentDiffusion(nn.Module):
         x1 = integrate(velocity, x0, steps=steps, method=method)  # [B, N, L]
         with torch.autocast(device.type, enabled=False):
             z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
-            return self.vae.decode_to_batch(z, mask, domain)
+            prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
+            return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior)

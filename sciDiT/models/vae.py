@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from sciDiT.batch import Domain, TokenBatch
 from sciDiT.models.attention import TransformerBlock, masked_mean, xavier_linear_init
+from sciDiT.models.composition import coherent_types
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
 
@@ -160,12 +161,18 @@ class AllAtomVAE(nn.Module):
 
     # -- back to token sets -----------------------------------------------------------------------
     @torch.no_grad()
-    def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor) -> TokenBatch:
-        """Decode latents into a :class:`TokenBatch` in physical units (types by argmax over elements)."""
+    def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None) -> TokenBatch:
+        """Decode latents into a :class:`TokenBatch` in physical units.
+
+        Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
+        :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set.
+        """
         type_logits, pos, frac, lattice_feat = self.decode(z, mask, domain)
         type_logits = type_logits.float().clone()
         type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
         types = type_logits.argmax(-1) * mask  # [B, N]
+        if element_log_prior is not None and (xtal := domain == Domain.CRYSTAL).any():
+            types[xtal] = coherent_types(type_logits[xtal].log_softmax(-1), mask[xtal], element_log_prior)  # [B_xtal, N]
         is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]

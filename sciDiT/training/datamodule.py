@@ -23,6 +23,7 @@ from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.data.sampler import BucketBatchSampler, ResumableDataLoader, rank_and_world_size
 from sciDiT.errors import SciDiTInputError
+from sciDiT.models.composition import MAX_PRIOR_TOKENS, num_elements_counts
 
 DATASET_NAMES = ("qm9", *CDVAE_FOLDERS)
 SPEC_KEYS = {"name", "max_train", "max_val", "max_test", "limit"}
@@ -109,6 +110,15 @@ class TokenSetDataModule(L.LightningDataModule):
         for data in self.splits["train"]:
             counts.setdefault(data.domain, []).append(data.num_tokens)
         return {dom: torch.bincount(torch.from_numpy(np.concatenate(parts))) for dom, parts in counts.items()}
+
+    def element_count_histogram(self) -> dict[Domain, torch.Tensor]:
+        """Per domain, joint counts of (atoms, distinct elements) over the training sets: the prior of coherent decoding."""
+        self.setup("fit")
+        counts: dict[Domain, torch.Tensor] = {}
+        for data in self.splits["train"]:
+            part = num_elements_counts(torch.from_numpy(data.num_tokens), torch.from_numpy(data.num_distinct_types()), MAX_PRIOR_TOKENS)
+            counts[data.domain] = counts[data.domain] + part if data.domain in counts else part
+        return counts
 
     # -- loaders ----------------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:

@@ -53,7 +53,7 @@ class DiTModule(L.LightningModule):
         if self.hparams.compile:
             compile_module(self.model.dit, self.trainer.strategy.root_device.type, in_place=True)
 
-    # -- set-up: VAE weights, latent statistics, set-size histograms ------------------------------
+    # -- set-up: VAE weights, latent statistics, set-size and element-count histograms ----------
     def setup(self, stage: str) -> None:
         if stage == "fit" and not bool(self.model.prepared):
             if not self.hparams.vae_ckpt:
@@ -65,7 +65,7 @@ class DiTModule(L.LightningModule):
             return
         datamodule = self.trainer.datamodule
         batches = [b.to(self.device) for b in itertools.islice(datamodule.train_dataloader(), self.hparams.stats_batches)]
-        self.model.prepare(batches, datamodule.atom_count_histogram())
+        self.model.prepare(batches, datamodule.atom_count_histogram(), datamodule.element_count_histogram())
 
     # -- training -----------------------------------------------------------------------------------
     def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
