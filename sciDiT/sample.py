@@ -52,6 +52,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "compile": (_bool, False, "torch.compile the DiT"),
     "bf16": (_bool, False, "bfloat16 autocast for the DiT"),
     "progress": (_bool, True, "show a progress bar"),
+    "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("ckpt", "domain", "out")
 
@@ -103,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sciDiT.generate import load_generator, parse_domain
 
         domain = parse_domain(opts["domain"]).name.lower()
+        if opts["relax"] and domain != "molecule":
+            raise SciDiTInputError("relax=true applies to molecules only")
         out = check_out(domain, opts["out"])
         gen = load_generator(opts["ckpt"], device=opts["device"])
         start = time.perf_counter()
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"],
         )
         seconds = time.perf_counter() - start
-        gen.export(sets, out)
+        gen.export(sets, out, relax=opts["relax"])
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
