@@ -15,7 +15,7 @@ import torch
 from ase import Atoms
 from torch import Tensor
 from rdkit import Chem
-from rdkit.Chem import rdDetermineBonds
+from rdkit.Chem import rdDetermineBonds, rdmolops
 from rdkit.Geometry import Point3D
 from rdkit.rdBase import BlockLogs
 
@@ -26,6 +26,16 @@ from sciDiT.tokenizers.elements import NUM_ELEMENTS, symbol
 BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}  # order -> RDKit type
 BOND_ORDERS = {t: k for k, t in BOND_TYPES.items()}
 MAX_BOND_ORDER = 3
+
+
+_GENERIC_BONDS = rdmolops.AdjustQueryParameters.NoAdjustments()
+_GENERIC_BONDS.makeBondsGeneric = True  # a substructure query whose bonds match any bond
+
+
+def _bare_molecule(numbers: np.ndarray, positions: np.ndarray) -> Chem.Mol:
+    """Atoms and conformer, no bonds (through an XYZ block: one RDKit call instead of a Python loop per atom)."""
+    lines = [f"{symbol(int(z))} {x:.6f} {y:.6f} {w:.6f}" for z, (x, y, w) in zip(numbers, positions)]
+    return Chem.MolFromXYZBlock(f"{len(lines)}\n\n" + "\n".join(lines) + "\n")
 
 
 def _graph_of(mol: Chem.Mol) -> tuple[Tensor, Tensor] | None:
@@ -136,16 +146,21 @@ class MoleculeTokenizer:
         ``none`` (bonds and charges None) otherwise.
         """
         with BlockLogs():
+            bare = _bare_molecule(numbers, positions)
             template = Chem.MolFromSmiles(smiles)
-            bare = self.to_rdkit(self.from_arrays(numbers, positions), bonds=False)
             if template is not None:
                 template = Chem.AddHs(template)
                 Chem.Kekulize(template, clearAromaticFlags=True)
-                query = Chem.RWMol(template)  # the plain graph: single bonds, neutral atoms
-                for bond in query.GetBonds():
-                    bond.SetBondType(Chem.BondType.SINGLE)
-                for atom in query.GetAtoms():
-                    atom.SetFormalCharge(0)
+                n = template.GetNumAtoms()
+                charges = torch.zeros(n, dtype=torch.long)
+                neutral = template
+                if "+" in smiles or "-" in smiles:  # charged atoms are written in brackets with a sign
+                    charges = torch.tensor([a.GetFormalCharge() for a in template.GetAtoms()], dtype=torch.long)
+                    neutral = Chem.RWMol(template)
+                    for atom in neutral.GetAtoms():
+                        atom.SetFormalCharge(0)
+                query = rdmolops.AdjustQueryProperties(neutral, _GENERIC_BONDS)  # the plain graph: any bond, neutral atoms
+                adjacency = np.triu(Chem.GetAdjacencyMatrix(template, useBO=True))  # [n, n] kekulized orders
                 for hueckel in (False, True):
                     geometric = Chem.Mol(bare)
                     try:
@@ -153,13 +168,14 @@ class MoleculeTokenizer:
                     except Exception:  # RDKit: Hueckel calculation failed
                         continue
                     match = geometric.GetSubstructMatch(query)  # template atom k -> geometry atom match[k]
-                    if match:
+                    if match and n == len(numbers):
                         index = torch.tensor(match, dtype=torch.long)
-                        bonds, charges = _graph_of(template)
-                        ij = index[bonds[:, :2]].sort(dim=1).values
-                        out_charges = torch.zeros(len(numbers), dtype=torch.long)
+                        i, j = np.nonzero(adjacency)
+                        ij = index[torch.from_numpy(np.stack([i, j], 1))].sort(dim=1).values  # [n_bonds, 2] geometry atoms
+                        order = torch.from_numpy(adjacency[i, j].round().astype(np.int64))[:, None]  # [n_bonds, 1]
+                        out_charges = torch.zeros(n, dtype=torch.long)
                         out_charges[index] = charges
-                        return torch.cat([ij, bonds[:, 2:]], dim=1), out_charges, "smiles"
+                        return torch.cat([ij, order], dim=1), out_charges, "smiles"
             total_charge = Chem.GetFormalCharge(template) if template is not None else 0
             perceived = Chem.Mol(bare)
             try:
