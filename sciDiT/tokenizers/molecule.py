@@ -30,6 +30,7 @@ MAX_BOND_ORDER = 3
 
 _GENERIC_BONDS = rdmolops.AdjustQueryParameters.NoAdjustments()
 _GENERIC_BONDS.makeBondsGeneric = True  # a substructure query whose bonds match any bond
+_CHARGED = Chem.MolFromSmarts("[!+0]")  # any atom with a formal charge
 
 
 def _bare_molecule(numbers: np.ndarray, positions: np.ndarray) -> Chem.Mol:
@@ -154,7 +155,7 @@ class MoleculeTokenizer:
                 n = template.GetNumAtoms()
                 charges = torch.zeros(n, dtype=torch.long)
                 neutral = template
-                if "+" in smiles or "-" in smiles:  # charged atoms are written in brackets with a sign
+                if template.HasSubstructMatch(_CHARGED):  # also nitro groups: RDKit reads N(=O)=O as [N+](=O)[O-]
                     charges = torch.tensor([a.GetFormalCharge() for a in template.GetAtoms()], dtype=torch.long)
                     neutral = Chem.RWMol(template)
                     for atom in neutral.GetAtoms():
