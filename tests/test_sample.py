@@ -142,7 +142,7 @@ def test_cli_writes_decoded_bonds_and_relaxes_on_request(ckpt, tmp_path):
 
 
 def test_a_checkpoint_without_a_bond_head_perceives_bonds(ckpt, tmp_path):
-    raw = torch.load(ckpt, weights_only=False)
+    raw = torch.load(ckpt, weights_only=True)
     raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if ".bond_head." not in k}
     raw["hyper_parameters"] = {**raw["hyper_parameters"], "vae": {k: v for k, v in raw["hyper_parameters"]["vae"].items() if k != "bond_head"}}
     torch.save(raw, tmp_path / "old.ckpt")

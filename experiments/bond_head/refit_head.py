@@ -7,9 +7,10 @@ pairs and the decoded positions are ~0.2 A off, too coarse to tell C=C from C-C 
 experiment tests whether class-weighted cross-entropy on the frozen decoder states fixes that.
 
     python experiments/bond_head/refit_head.py vae_ckpt=<out>/vae/checkpoints/last.ckpt head_out=<out>/bond_head.pt \
-        steps=2000 [dit_ckpt=<out>/dit/checkpoints/last.ckpt out=<out>/dit/checkpoints/refit.ckpt]
+        steps=2000 [dit_ckpt=<out>/dit/checkpoints/last.ckpt out=<out>/dit/refit.ckpt]
+    python experiments/bond_head/refit_head.py vae_ckpt=... head_in=<out>/bond_head.pt dit_ckpt=... out=...
 
-Class weights are inverse square-root frequencies of the training pairs. Prints graph equality on
+Class weights are inverse square-root frequencies of the training pairs; Adam with cosine decay. Prints graph equality on
 QM9 val molecules before and after, as JSON lines.
 """
 
@@ -43,10 +44,13 @@ def graph_equal(vae: AllAtomVAE, sets: list, batch_size: int = 128) -> float:
 def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv)
     torch.manual_seed(0)
-    vae_raw = torch.load(opts["vae_ckpt"], map_location="cpu", weights_only=False)
+    vae_raw = torch.load(opts["vae_ckpt"], map_location="cpu", weights_only=True)
     vae = AllAtomVAE(**vae_raw["hyper_parameters"]["vae"])
     vae.load_state_dict(load_vae_weights(opts["vae_ckpt"]))
     vae.eval().requires_grad_(False)
+    if "head_in" in opts:  # a head refit earlier: only write it into the DiT checkpoint
+        vae.bond_head.load_state_dict(torch.load(opts["head_in"], weights_only=True))
+        return write_into_dit(vae, opts)
     vae.bond_head.requires_grad_(True)
     train = load_qm9_split("train")
     train = train.subset(range(min(20000, len(train))))
@@ -63,6 +67,7 @@ def main(argv: list[str]) -> None:
     weights = weights / weights[0]
     opt = torch.optim.Adam(vae.bond_head.parameters(), lr=float(opts.get("lr", 1e-3)))
     steps, batch_size = int(opts.get("steps", 2000)), 64
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(0)
     for step in range(1, steps + 1):
         rows = torch.randint(len(train), (batch_size,), generator=gen).tolist()
@@ -80,17 +85,23 @@ def main(argv: list[str]) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
         if step % 500 == 0 or step == steps:
-            print(json.dumps({"step": step, "loss": float(loss), "val_graph_equal": graph_equal(vae, val_sets)}), flush=True)
+            print(json.dumps({"step": step, "loss": float(loss.detach()), "val_graph_equal": graph_equal(vae, val_sets)}), flush=True)
     torch.save(vae.bond_head.state_dict(), opts["head_out"])
-    if "dit_ckpt" not in opts:
-        return
-    dit_raw = torch.load(opts["dit_ckpt"], map_location="cpu", weights_only=False)
+    print(json.dumps({"class_weights": weights.tolist(), "wrote": opts["head_out"]}))
+    if "dit_ckpt" in opts:
+        write_into_dit(vae, opts)
+
+
+def write_into_dit(vae: AllAtomVAE, opts: dict[str, str]) -> None:
+    """Copy of ``dit_ckpt`` with this VAE's bond head, written to ``out``."""
+    dit_raw = torch.load(opts["dit_ckpt"], map_location="cpu", weights_only=True)
     state = dit_raw["state_dict"]
     for k, v in vae.bond_head.state_dict().items():
         state[f"model.vae.bond_head.{k}"] = v
     torch.save(dit_raw, opts["out"])
-    print(json.dumps({"class_weights": weights.tolist(), "wrote": opts["out"]}))
+    print(json.dumps({"wrote": opts["out"]}))
 
 
 if __name__ == "__main__":
