@@ -15,7 +15,14 @@ frac        [n, 3] float     fractional coordinates in [0, 1) (crystals only, el
 values      [n] float        scalar value per token: expression (cells only, else zeros)
 lattice     [6] float        a, b, c (Angstrom), alpha, beta, gamma (degrees); zeros if none
 domain      int              :class:`Domain`
+bonds       [n_bonds, 3]     molecules with a known graph: (i, j, order), i < j, order 1/2/3
+            long or None     (single/double/triple, kekulized); None = no graph (crystals, cells)
+charges     [n] long / None  formal charge per atom, given with ``bonds`` (None without a graph)
 ==========  ===============  ==================================================================
+
+In a :class:`TokenBatch` the graph is a dense bond-order matrix ``bonds`` [B, N, N] (0 = no bond,
+1/2/3, :data:`NO_GRAPH` = -1 where unknown: sets without a graph, padding, the diagonal) and
+``charges`` [B, N] (0 where unknown); both are None when no set of the batch has a graph.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class TokenSet:
     lattice: Tensor
     domain: Domain
     meta: dict[str, Any] = field(default_factory=dict)
+    bonds: Tensor | None = None
+    charges: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -54,7 +63,36 @@ class TokenSet:
 
     def permute(self, perm: Tensor) -> "TokenSet":
         """The same set with its tokens reordered (a set has no order: models must not care)."""
-        return replace(self, types=self.types[perm], pos=self.pos[perm], frac=self.frac[perm], values=self.values[perm])
+        bonds, charges = self.bonds, self.charges
+        if bonds is not None:
+            new_index = torch.empty_like(perm)
+            new_index[perm] = torch.arange(len(perm))  # old token k is now token new_index[k]
+            ij = new_index[bonds[:, :2]].sort(dim=1).values  # [n_bonds, 2], i < j again
+            bonds = torch.cat([ij, bonds[:, 2:]], dim=1)[torch.argsort(ij[:, 0] * len(perm) + ij[:, 1])]  # rows sorted by (i, j)
+        if charges is not None:
+            charges = charges[perm]
+        return replace(self, types=self.types[perm], pos=self.pos[perm], frac=self.frac[perm], values=self.values[perm],
+                       bonds=bonds, charges=charges)
+
+
+NO_GRAPH = -1  # bond-order matrix entry where the graph is unknown (no target, no prediction)
+
+
+def bond_matrix(bonds: Tensor, n: int) -> Tensor:
+    """Bond list [n_bonds, 3] (i, j, order) -> symmetric [n, n] long order matrix (0 = no bond, diagonal NO_GRAPH)."""
+    mat = torch.zeros(n, n, dtype=torch.long)
+    mat[bonds[:, 0], bonds[:, 1]] = bonds[:, 2]
+    mat[bonds[:, 1], bonds[:, 0]] = bonds[:, 2]
+    mat.fill_diagonal_(NO_GRAPH)
+    return mat
+
+
+def bond_list(mat: Tensor) -> Tensor:
+    """Inverse of :func:`bond_matrix`: the pairs i < j with order > 0 of an [n, n] matrix, as [n_bonds, 3] long."""
+    i, j = torch.triu_indices(mat.shape[0], mat.shape[0], offset=1)
+    order = mat[i, j]
+    keep = order > 0
+    return torch.stack([i[keep], j[keep], order[keep]], dim=1).long()
 
 
 _TOKEN_FIELDS = ("types", "pos", "frac", "values")
@@ -77,6 +115,15 @@ class TokenBatch:
     domain: Tensor  # [B] long
     cond: dict[str, Tensor] = field(default_factory=dict)
     meta: list[dict[str, Any]] = field(default_factory=list)
+    bonds: Tensor | None = None  # [B, N, N] long bond orders, NO_GRAPH where unknown (see module docstring)
+    charges: Tensor | None = None  # [B, N] long formal charges (0 where unknown)
+
+    @property
+    def has_graph(self) -> Tensor:
+        """[B] bool: sets whose bond graph is known (False for all when the batch carries none)."""
+        if self.bonds is None:
+            return torch.zeros(self.batch_size, dtype=torch.bool, device=self.types.device)
+        return (self.bonds != NO_GRAPH).flatten(1).any(1)
 
     @property
     def batch_size(self) -> int:
@@ -99,8 +146,10 @@ class TokenBatch:
     def unbatch(self) -> list[TokenSet]:
         """Split back into token sets (padding dropped)."""
         out = []
+        has_graph = self.has_graph.tolist()
         for b in range(self.batch_size):
             m = self.mask[b]
+            known = has_graph[b]
             out.append(
                 TokenSet(
                     types=self.types[b][m],
@@ -110,6 +159,8 @@ class TokenBatch:
                     lattice=self.lattice[b],
                     domain=Domain(int(self.domain[b])),
                     meta=self.meta[b] if b < len(self.meta) else {},
+                    bonds=bond_list(self.bonds[b][m][:, m]) if known else None,
+                    charges=self.charges[b][m] if known else None,
                 )
             )
         return out
@@ -126,6 +177,9 @@ def collate(sets: list[TokenSet], cond: dict[str, Tensor] | None = None) -> Toke
     frac = torch.zeros(bsz, n_max, 3)
     values = torch.zeros(bsz, n_max)
     mask = torch.zeros(bsz, n_max, dtype=torch.bool)
+    any_graph = any(s.bonds is not None for s in sets)
+    bonds = torch.full((bsz, n_max, n_max), NO_GRAPH, dtype=torch.long) if any_graph else None
+    charges = torch.zeros(bsz, n_max, dtype=torch.long) if any_graph else None
     for b, s in enumerate(sets):
         n = s.num_tokens
         types[b, :n] = s.types
@@ -133,6 +187,10 @@ def collate(sets: list[TokenSet], cond: dict[str, Tensor] | None = None) -> Toke
         frac[b, :n] = s.frac
         values[b, :n] = s.values
         mask[b, :n] = True
+        if any_graph and s.bonds is not None:
+            bonds[b, :n, :n] = bond_matrix(s.bonds, n)
+            if s.charges is not None:
+                charges[b, :n] = s.charges
     return TokenBatch(
         types=types,
         pos=pos,
@@ -143,4 +201,6 @@ def collate(sets: list[TokenSet], cond: dict[str, Tensor] | None = None) -> Toke
         domain=torch.tensor([int(s.domain) for s in sets], dtype=torch.long),
         cond=cond or {},
         meta=[s.meta for s in sets],
+        bonds=bonds,
+        charges=charges,
     )

@@ -2,7 +2,8 @@
 
     from sciDiT.generate import load_generator
     gen = load_generator("outputs/run/dit/checkpoints/last.ckpt")
-    mols = gen.generate("molecule", n=100, seed=0)          # RDKit molecules, bonds perceived
+    mols = gen.generate("molecule", n=100, seed=0)          # RDKit molecules with their decoded bonds
+    mols = gen.generate("molecule", n=100, relax=True)      # ... geometries minimised (MMFF94/UFF)
     xtals = gen.generate("crystal", n=100, num_atoms=8)     # pymatgen Structures (None if degenerate)
     gen.export(gen.generate_token_sets("molecule", n=1000), "molecules.sdf")
 
@@ -178,28 +179,35 @@ class Generator:
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled
 
-    def generate(self, domain: str | Domain = "molecule", n: int = 100, **kwargs) -> list[Chem.Mol] | list[Structure | None]:
-        """RDKit molecules (bonds perceived, SD properties as in :mod:`sciDiT.export.sdf`) or pymatgen Structures.
+    def generate(
+        self, domain: str | Domain = "molecule", n: int = 100, relax: bool = False, **kwargs
+    ) -> list[Chem.Mol] | list[Structure | None]:
+        """RDKit molecules (SD properties as in :mod:`sciDiT.export.sdf`) or pymatgen Structures.
 
-        Takes the arguments of :meth:`generate_token_sets`. Crystals whose decoded lattice is
-        degenerate come back as None, so list positions still match sample indices.
+        Molecules carry the decoded graph (``bond_source=decoded``), or bonds perceived from the
+        coordinates when the VAE has no bond head (``perceived``); ``relax``: force-field minimised
+        geometries (molecules only). Takes the arguments of :meth:`generate_token_sets`. Crystals whose
+        decoded lattice is degenerate come back as None, so list positions still match sample indices.
         """
         sets = self.generate_token_sets(domain, n, **kwargs)
         if parse_domain(domain) == Domain.MOLECULE:
-            return to_molecules(sets)
+            return to_molecules(sets, relax=relax)
         return [to_structure(ts, i)[0] for i, ts in enumerate(sets)]
 
     # -- files ----------------------------------------------------------------------------------
     @staticmethod
-    def export(samples: Sequence[TokenSet | Chem.Mol | Structure], out: str | Path) -> Path:
-        """Write samples to files: molecules to an SDF file, crystals to a folder of CIFs (or one ``.cif`` file)."""
+    def export(samples: Sequence[TokenSet | Chem.Mol | Structure], out: str | Path, relax: bool = False) -> Path:
+        """Write samples to files: molecules to an SDF file, crystals to a folder of CIFs (or one ``.cif`` file).
+
+        ``relax``: force-field minimised molecule geometries (see :func:`sciDiT.export.relax_molecule`).
+        """
         if not samples:
             raise SciDiTInputError("nothing to export: no samples")
         first = samples[0]
         is_molecule = isinstance(first, Chem.Mol) or (isinstance(first, TokenSet) and first.domain == Domain.MOLECULE)
         out = Path(out)
         if is_molecule:
-            return write_sdf(samples, out)
+            return write_sdf(samples, out, relax=relax)
         if out.suffix.lower() == ".cif":
             write_cif_file(samples, out)
         else:
@@ -250,6 +258,8 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Gene
     hparams = raw["hyper_parameters"]
     check_config(hparams, "hyper_parameters")
     state = restore_ema(raw["state_dict"])  # shipped models carry the EMA weights once
+    if not any(k.startswith("model.vae.bond_head.") for k in state):  # a VAE trained before the bond head: perceive bonds
+        hparams = {**hparams, "vae": {**hparams["vae"], "bond_head": False}}
     try:
         module = DiTModule(**hparams)
         module.load_state_dict(state)

@@ -69,6 +69,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
     "composition": (_composition, "argmax", "crystal types: argmax (per atom) or coherent (one element set per crystal, prior from training)"),
+    "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")
 
@@ -122,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sciDiT.generate import load_generator, parse_domain
 
         domain = parse_domain(opts["domain"]).name.lower()
+        if opts["relax"] and domain != "molecule":
+            raise SciDiTInputError("relax=true applies to molecules only")
         out = check_out(domain, opts["out"])
         if opts["pretrained"] is not None:
             from sciDiT.pretrained import pretrained_path
@@ -135,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
         )
         seconds = time.perf_counter() - start
-        gen.export(sets, out)
+        gen.export(sets, out, relax=opts["relax"])
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -57,7 +57,18 @@ def _props(mol: Chem.Mol) -> dict[str, str]:
 # -- SDF ----------------------------------------------------------------------------------------
 
 
+def test_sdf_round_trip_real_molecules_with_their_graph(qm9_sets, tmp_path):
+    path = write_sdf(qm9_sets, tmp_path / "graphs.sdf")
+    mols = list(Chem.SDMolSupplier(str(path), removeHs=False))  # RDKit sanitizes on read
+    assert all(m is not None for m in mols)
+    for mol, ts in zip(mols, qm9_sets):
+        p = _props(mol)
+        assert p["bond_source"] == ts.meta["graph_source"] == "smiles" and p["bond_perception"] == "none" and p["sanitized"] == 1
+        assert _flat_smiles(p["smiles"]) == _flat_smiles(ts.meta["smiles"])
+
+
 def test_sdf_round_trip_real_molecules(qm9_sets, tmp_path):
+    qm9_sets = [dataclasses.replace(ts, bonds=None, charges=None) for ts in qm9_sets]  # no graph: bonds are perceived
     path = write_sdf(qm9_sets, tmp_path / "mols.sdf")
     mols = list(Chem.SDMolSupplier(str(path), removeHs=False))  # RDKit sanitizes on read
     assert len(mols) == len(qm9_sets) and all(m is not None for m in mols)

@@ -148,6 +148,24 @@ def test_cli_writes_sdf_and_cif_folder(ckpt, tmp_path, capsys):
     assert "wrote 6 crystals" in capsys.readouterr().out
 
 
+def test_cli_writes_decoded_bonds_and_relaxes_on_request(ckpt, tmp_path):
+    sdf = tmp_path / "relaxed.sdf"
+    assert main([f"ckpt={ckpt}", "domain=molecule", "n=6", f"out={sdf}", "steps=3", "relax=true", "progress=false"]) == 0
+    mols = list(Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False))
+    assert len(mols) == 6 and all(m.GetProp("bond_source") == "decoded" for m in mols)
+    # relaxed exactly when the decoded graph sanitizes (an untrained head may decode no sanitizable graph at all)
+    assert all(m.GetIntProp("relaxed") <= m.GetIntProp("sanitized") for m in mols)
+
+
+def test_a_checkpoint_without_a_bond_head_perceives_bonds(ckpt, tmp_path):
+    raw = torch.load(ckpt, weights_only=True)
+    raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if ".bond_head." not in k}
+    raw["hyper_parameters"] = {**raw["hyper_parameters"], "vae": {k: v for k, v in raw["hyper_parameters"]["vae"].items() if k != "bond_head"}}
+    torch.save(raw, tmp_path / "old.ckpt")
+    mols = load_generator(tmp_path / "old.ckpt").generate("molecule", n=3, **FAST)
+    assert [m.GetProp("bond_source") for m in mols] == ["perceived"] * 3
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -162,6 +180,7 @@ def test_cli_writes_sdf_and_cif_folder(ckpt, tmp_path, capsys):
         (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "steps=0"], "steps must"),
         (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/c/", "composition=vote"], "composition='vote'"),
         (["ckpt", "domain=molecule"], "not key=value"),
+        (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/x", "relax=true"], "molecules only"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, ckpt, tmp_path, capsys):

@@ -3,8 +3,9 @@
 A dataset of ``M`` token sets with ``T`` tokens in all is stored like PyG's ``processed/`` files:
 per-token tensors concatenated over sets (``types`` [T], ``pos`` [T, 3], optional ``frac`` [T, 3]
 and ``values`` [T]), ``offsets`` [M + 1] marking where each set starts, per-set ``lattice`` [M, 6]
-and per-set metadata as columns (``meta[key]`` is a list of length M). Parsing happens once;
-later loads are a single ``torch.load``.
+and per-set metadata as columns (``meta[key]`` is a list of length M). Molecule graphs, when some
+set has one, are ``bonds`` [E, 3] (set-local i, j, order) with ``bond_offsets`` [M + 1], ``charges``
+[T] and ``has_graph`` [M] bool. Parsing happens once; later loads are a single ``torch.load``.
 
 The cache file name carries a hash of the source files (absolute path, size, modification time),
 the processing options and :data:`CACHE_VERSION`, so editing a source file, changing an option
@@ -28,7 +29,7 @@ from torch.utils.data import Dataset
 
 from sciDiT.batch import Domain, TokenSet
 
-CACHE_VERSION = 1  # bump when parsing/tokenization changes what a cache holds
+CACHE_VERSION = 2  # 2: molecule bond graphs and formal charges; bump when parsing/tokenization changes what a cache holds
 
 
 class TokenSetDataset(Dataset):
@@ -65,6 +66,14 @@ class TokenSetDataset(Dataset):
             flat = torch.cat([getattr(s, name) for s in sets]).float()
             if flat.abs().sum() > 0:
                 store[name] = flat
+        if any(s.bonds is not None for s in sets):
+            no_bonds = torch.zeros(0, 3, dtype=torch.long)
+            bond_counts = torch.tensor([0 if s.bonds is None else len(s.bonds) for s in sets], dtype=torch.long)
+            store["bonds"] = torch.cat([no_bonds if s.bonds is None else s.bonds.long() for s in sets]).to(torch.int16)
+            store["bond_offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), bond_counts.cumsum(0)])
+            store["charges"] = torch.cat([torch.zeros(s.num_tokens, dtype=torch.long) if s.charges is None else s.charges.long()
+                                          for s in sets]).to(torch.int8)
+            store["has_graph"] = torch.tensor([s.bonds is not None for s in sets])
         keys = sorted({k for s in sets for k in s.meta})
         store["meta"] = {k: [s.meta.get(k) for s in sets] for k in keys}
         return cls(store)
@@ -76,6 +85,10 @@ class TokenSetDataset(Dataset):
         j = int(self.indices[i])
         start, end = int(self.store["offsets"][j]), int(self.store["offsets"][j + 1])
         n = end - start
+        bonds = charges = None
+        if "bonds" in self.store and bool(self.store["has_graph"][j]):
+            bonds = self.store["bonds"][int(self.store["bond_offsets"][j]) : int(self.store["bond_offsets"][j + 1])].long()
+            charges = self.store["charges"][start:end].long()
         return TokenSet(
             types=self.store["types"][start:end].long(),
             pos=self.store["pos"][start:end],
@@ -84,6 +97,8 @@ class TokenSetDataset(Dataset):
             lattice=self.store["lattice"][j],
             domain=self.domain,
             meta={k: v[j] for k, v in self.store["meta"].items() if v[j] is not None},
+            bonds=bonds,
+            charges=charges,
         )
 
     def num_distinct_types(self) -> np.ndarray:

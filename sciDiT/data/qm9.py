@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sciDiT.batch import TokenSet
 from sciDiT.data.cache import TokenSetDataset, load_or_build
 from sciDiT.data.paths import not_found, qm9pack_dir, resolve_cache_dir, resolve_data_dir
 from sciDiT.errors import DataNotFoundError, SciDiTInputError
@@ -88,11 +89,20 @@ def _read_qm9pack(folder: Path, limit: int | None) -> TokenSetDataset:
             where = f"{path} row {row} (QM9 index {idx})"
             numbers = [z_of.get(e) or z_of.setdefault(e, atomic_number(e, where)) for e in els]
             try:
-                ts = tokenizer.from_arrays(np.array(numbers), np.array(xyz), meta={"qm9_index": int(idx), "smiles": str(smiles)})
+                sets.append(_with_graph(tokenizer, np.array(numbers), np.array(xyz), {"qm9_index": int(idx), "smiles": str(smiles)}))
             except SciDiTInputError as err:
                 raise SciDiTInputError(str(err), where) from err
-            sets.append(ts)
     return TokenSetDataset.from_sets(sets)
+
+
+def _with_graph(tokenizer: MoleculeTokenizer, numbers: np.ndarray, positions: np.ndarray, meta: dict) -> TokenSet:
+    """Token set of one molecule with its bond graph from the SMILES (``meta['graph_source']`` says how it was found)."""
+    tokenizer.from_arrays(numbers, positions)  # validate before RDKit sees the atoms
+    bonds = charges = None
+    source = "none"
+    if meta.get("smiles"):
+        bonds, charges, source = tokenizer.graph_from_smiles(numbers, positions, meta["smiles"])
+    return tokenizer.from_arrays(numbers, positions, meta={**meta, "graph_source": source}, bonds=bonds, charges=charges)
 
 
 def _read_pyg(root: Path, limit: int | None) -> TokenSetDataset:
@@ -122,7 +132,7 @@ def _read_pyg(root: Path, limit: int | None) -> TokenSetDataset:
         meta = {"qm9_index": int(str(data.name).removeprefix("gdb_"))}
         if getattr(data, "smiles", None) is not None:
             meta["smiles"] = str(data.smiles)
-        sets.append(tokenizer.from_arrays(data.z.numpy(), data.pos.double().numpy(), meta=meta))
+        sets.append(_with_graph(tokenizer, data.z.numpy(), data.pos.double().numpy(), meta))
     return TokenSetDataset.from_sets(sets)
 
 
@@ -134,7 +144,8 @@ def load_qm9(
     """All QM9 molecules (hydrogens kept) as token sets, cached; ``limit`` keeps the first rows only.
 
     Meta of each set: ``qm9_index`` (the QM9 ``gdb`` number), ``smiles``, ``origin`` (centroid removed
-    by the tokenizer).
+    by the tokenizer), ``graph_source`` (``smiles`` | ``perceived`` | ``none``: how the bond graph
+    was obtained, see :meth:`MoleculeTokenizer.graph_from_smiles`; ``none`` sets carry no graph).
     """
     layout, folder = find_qm9(data_dir)
     if layout == "qm9pack":

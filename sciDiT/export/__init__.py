@@ -6,7 +6,7 @@ half-written sample set behind.
 
 from sciDiT.export.atomic import atomic_folder, atomic_write_text, check_creatable, check_writable_parent
 from sciDiT.export.cif import MANIFEST, ManifestRow, lattice_problem, write_cif_file, write_cif_folder
-from sciDiT.export.sdf import to_molecules, write_sdf
+from sciDiT.export.sdf import relax_molecule, to_molecules, write_sdf
 
 __all__ = [
     "MANIFEST",
@@ -16,6 +16,7 @@ __all__ = [
     "check_creatable",
     "check_writable_parent",
     "lattice_problem",
+    "relax_molecule",
     "to_molecules",
     "write_cif_file",
     "write_cif_folder",

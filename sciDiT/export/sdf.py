@@ -1,20 +1,27 @@
 """Generated molecules -> one SDF file that RDKit, Open Babel and friends read back.
 
-Every molecule is written, in sample order, whatever its chemistry: bonds are perceived from the
-coordinates (:meth:`MoleculeTokenizer.to_rdkit`), and a molecule whose bond orders cannot be
-assigned keeps only its connectivity (or no bonds), flagged in the SD properties below. Unsanitizable
-molecules are written unsanitized rather than dropped, so evaluation sees the full sample set.
+Every molecule is written, in sample order, whatever its chemistry. A token set that carries a
+molecular graph (a VAE with a bond head decodes one) is written with those bonds and formal charges;
+otherwise bonds are perceived from the coordinates (:meth:`MoleculeTokenizer.to_rdkit`), and a
+molecule whose bond orders cannot be assigned keeps only its connectivity (or no bonds), flagged in
+the SD properties below. Unsanitizable molecules are written unsanitized rather than dropped, so
+evaluation sees the full sample set. ``relax=True`` minimises each sanitizable molecule's geometry
+with a force field on its own graph (MMFF94, UFF where MMFF94 lacks parameters).
 
 SD properties of each record:
 
 =================  ==================================================================
 sample_index       position of the molecule in the generated set (0-based)
 num_atoms          number of atoms
-bond_perception    ``bond_orders`` | ``connectivity_only`` | ``failed`` | ``none``
-sanitized          ``1`` if RDKit sanitization succeeds on the perceived bonds, else ``0``
+bond_source        ``decoded`` (the graph decoded with the sample) | ``perceived`` (from coordinates);
+                   for dataset molecules the graph's origin (``smiles``, ``perceived``)
+bond_perception    ``bond_orders`` | ``connectivity_only`` | ``failed`` | ``none`` (``none``: not perceived)
+sanitized          ``1`` if RDKit sanitization succeeds on the bonds as written, else ``0``
 sanitize_error     first line of RDKit's complaint (only when ``sanitized`` is 0)
 smiles             canonical SMILES (only when ``sanitized`` is 1)
 finite_coordinates ``0`` when the sample had NaN/inf coordinates (written as 0.0), else ``1``
+relaxed            only with ``relax=True``: ``1`` if the geometry was force-field minimised, else ``0``
+relax_force_field  ``MMFF94`` or ``UFF`` (only when ``relaxed`` is 1)
 =================  ==================================================================
 """
 
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
+from rdkit.Chem import rdForceFieldHelpers
 from rdkit.Geometry import Point3D
 from rdkit.rdBase import BlockLogs
 
@@ -85,6 +93,43 @@ def annotate(mol: Chem.Mol, index: int) -> Chem.Mol:
     return mol
 
 
+def force_field(mol: Chem.Mol):
+    """An RDKit force field for a sanitized molecule with a conformer: (MMFF94 or UFF, its name), or (None, "")."""
+    props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)  # None when an atom type is missing
+    if props is not None:
+        return rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, props), "MMFF94"
+    if rdForceFieldHelpers.UFFHasAllMoleculeParams(mol):
+        return rdForceFieldHelpers.UFFGetMoleculeForceField(mol), "UFF"
+    return None, ""
+
+
+def relax_molecule(mol: Chem.Mol, max_iters: int = 2000) -> Chem.Mol:
+    """Copy of ``mol`` whose conformer is minimised on its own graph (bonds and charges kept).
+
+    For users who want clean geometries: decoded coordinates are close to, not at, a minimum. Only
+    a molecule that sanitizes with finite coordinates is relaxed; the copy gets ``relaxed`` = 1 and
+    ``relax_force_field``, or ``relaxed`` = 0 (coordinates untouched) when it cannot be relaxed.
+    """
+    out = Chem.Mol(mol)
+    out.SetIntProp("relaxed", 0)
+    if out.GetNumConformers() == 0 or not np.isfinite(out.GetConformer().GetPositions()).all() or not sanitize_status(out)[0]:
+        return out
+    trial = Chem.Mol(out)
+    with BlockLogs():
+        Chem.SanitizeMol(trial)
+        ff, name = force_field(trial)
+        if ff is None:
+            return out
+        ff.Initialize()
+        ff.Minimize(maxIts=max_iters)
+    conf = out.GetConformer()
+    for i, p in enumerate(trial.GetConformer().GetPositions()):
+        conf.SetAtomPosition(i, Point3D(*map(float, p)))
+    out.SetIntProp("relaxed", 1)
+    out.SetProp("relax_force_field", name)
+    return out
+
+
 def _props_block(mol: Chem.Mol) -> str:
     lines = []
     for key in mol.GetPropNames():  # public properties only (names starting with _ are hidden)
@@ -108,8 +153,11 @@ def mol_record(mol: Chem.Mol) -> str:
     return block + _props_block(mol) + "$$$$\n"
 
 
-def to_molecules(samples: Sequence[TokenSet | Chem.Mol], bonds: bool = True) -> list[Chem.Mol]:
-    """Annotated RDKit molecules, one per sample (token sets decoded with bond perception when ``bonds``)."""
+def to_molecules(samples: Sequence[TokenSet | Chem.Mol], bonds: bool = True, relax: bool = False) -> list[Chem.Mol]:
+    """Annotated RDKit molecules, one per sample (token sets with their decoded graph, else bond perception when ``bonds``).
+
+    ``relax``: force-field minimisation of every sanitizable molecule (see :func:`relax_molecule`).
+    """
     tok = MoleculeTokenizer()
     mols = []
     with BlockLogs():  # failed bond perception / sanitization is recorded per molecule, not printed
@@ -120,16 +168,18 @@ def to_molecules(samples: Sequence[TokenSet | Chem.Mol], bonds: bool = True) -> 
                 s = tok.to_rdkit(s, bonds=bonds)
             elif not isinstance(s, Chem.Mol):
                 raise SciDiTInputError(f"sample {i} is a {type(s).__name__}, expected a TokenSet or an RDKit Mol")
-            mols.append(annotate(s, i))
+            mol = annotate(s, i)
+            mols.append(relax_molecule(mol) if relax else mol)
     return mols
 
 
-def write_sdf(samples: Sequence[TokenSet | Chem.Mol], path: str | Path, bonds: bool = True) -> Path:
+def write_sdf(samples: Sequence[TokenSet | Chem.Mol], path: str | Path, bonds: bool = True, relax: bool = False) -> Path:
     """Write every sample to one SDF file at ``path``, atomically; returns the path.
 
-    Token sets are decoded with bonds perceived from coordinates (``bonds=False``: atoms only);
-    RDKit molecules are written with their own bonds. The whole file is built in memory and then
+    Token sets are written with their decoded graph, else with bonds perceived from coordinates
+    (``bonds=False``: atoms only); RDKit molecules are written with their own bonds. ``relax``:
+    force-field minimised geometries (see :func:`relax_molecule`). The whole file is built in memory and then
     renamed into place, so an error leaves no partial file.
     """
-    text = "".join(mol_record(m) for m in to_molecules(samples, bonds=bonds))
+    text = "".join(mol_record(m) for m in to_molecules(samples, bonds=bonds, relax=relax))
     return atomic_write_text(path, text)

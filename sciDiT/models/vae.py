@@ -2,8 +2,10 @@
 
 Every atom becomes a token; a set transformer encodes the token set into a small per-token latent
 (ADiT: 8 dims) and decodes it back into atom types, Cartesian positions (molecules), fractional
-coordinates and lattice parameters (crystals). Attention is set-based (no positional or index
-embedding), so permuting the input atoms permutes every per-token output.
+coordinates and lattice parameters (crystals), and, with ``bond_head``, the molecular graph: the
+bond order of every atom pair and per-atom formal charges (:mod:`sciDiT.models.bonds`). Attention
+is set-based (no positional or index embedding), so permuting the input atoms permutes every
+per-token output and every pair output.
 
 Sections, in data-flow order: feature maps -> input embedding -> encoder -> latent -> decoder ->
 output heads -> losses -> weight initialisation -> size registry.
@@ -18,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sciDiT.batch import Domain, TokenBatch
+from sciDiT.batch import NO_GRAPH, Domain, TokenBatch
 from sciDiT.models.attention import TransformerBlock, masked_mean, xavier_linear_init
+from sciDiT.models.bonds import CHARGE_OFFSET, NUM_CHARGE_CLASSES, BondHead
 from sciDiT.models.composition import coherent_types
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
@@ -82,6 +85,8 @@ class VAEOutput:
     lattice: Tensor  # [B, 6] normalised lattice features
     mu: Tensor  # [B, N, latent_dim]
     logvar: Tensor  # [B, N, latent_dim]
+    bond_logits: Tensor | None = None  # [B, N, N, 4] bond orders 0..3 (None without a bond head)
+    charge_logits: Tensor | None = None  # [B, N, 3] formal charges -1, 0, +1
 
 
 class AllAtomVAE(nn.Module):
@@ -97,6 +102,7 @@ class AllAtomVAE(nn.Module):
         latent_dim: int = 8,
         num_frac_freqs: int = 4,
         num_domains: int = len(Domain),
+        bond_head: bool = True,
     ):
         super().__init__()
         self.latent_dim = latent_dim
@@ -121,6 +127,8 @@ class AllAtomVAE(nn.Module):
         self.pos_head = nn.Linear(hidden_size, 3)
         self.frac_head = nn.Linear(hidden_size, 6)
         self.lattice_head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, 6))
+        # molecular graph from the decoder states and the decoded positions (None: perceive bonds instead)
+        self.bond_head = BondHead(hidden_size) if bond_head else None
         self.initialize_weights()
 
     # -- encoder ------------------------------------------------------------------------------------
@@ -141,23 +149,42 @@ class AllAtomVAE(nn.Module):
         return mu, logvar.clamp(-12.0, 6.0)
 
     # -- decoder ------------------------------------------------------------------------------------
-    def decode(self, z: Tensor, mask: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Latents [B, N, L] -> type logits, normalised positions, frac circle points, lattice features."""
+    def decode_states(self, z: Tensor, mask: Tensor, domain: Tensor) -> Tensor:
+        """Latents [B, N, L] -> decoder states [B, N, D], which every output head reads."""
         h = self.from_latent(z) + self.decoder_domain_embed(domain)[:, None]  # [B, N, D]
         for block in self.decoder:
             h = block(h, mask)  # [B, N, D]
-        h = self.decoder_norm(h)  # [B, N, D]
+        return self.decoder_norm(h)  # [B, N, D]
+
+    def decode(self, z: Tensor, mask: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Latents [B, N, L] -> type logits, normalised positions, frac circle points, lattice features."""
+        return self.output_heads(self.decode_states(z, mask, domain), mask)
+
+    def output_heads(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Decoder states [B, N, D] -> type logits, normalised positions, frac circle points, lattice features."""
         type_logits = self.type_head(h)  # [B, N, T]
         pos = self.pos_head(h)  # [B, N, 3]
         frac = self.frac_head(h).unflatten(-1, (3, 2))  # [B, N, 3, 2]
         lattice = self.lattice_head(masked_mean(h, mask))  # [B, 6]
         return type_logits, pos, frac, lattice
 
+    def graph_logits(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Bond-order logits [B, N, N, 4] and charge logits [B, N, 3] from decoder states [B, N, D] and
+        decoded positions [B, N, 3] in Angstrom (needs ``bond_head``)."""
+        if self.bond_head is None:
+            raise RuntimeError("this VAE was built with bond_head=False: it decodes no molecular graph")
+        return self.bond_head(h, pos)
+
     def forward(self, batch: TokenBatch, sample: bool = True) -> VAEOutput:
         mu, logvar = self.encode(batch)  # [B, N, L] x 2
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu  # [B, N, L]
-        type_logits, pos, frac, lattice = self.decode(z, batch.mask, batch.domain)
-        return VAEOutput(type_logits, pos, frac, lattice, mu, logvar)
+        h = self.decode_states(z, batch.mask, batch.domain)  # [B, N, D]
+        type_logits, pos, frac, lattice = self.output_heads(h, batch.mask)
+        out = VAEOutput(type_logits, pos, frac, lattice, mu, logvar)
+        if self.bond_head is not None:
+            # the graph is read off the decoded geometry, as at generation; no bond gradient moves the positions
+            out.bond_logits, out.charge_logits = self.graph_logits(h, pos.detach() * POS_SCALE)
+        return out
 
     # -- back to token sets -----------------------------------------------------------------------
     @torch.no_grad()
@@ -178,8 +205,22 @@ class AllAtomVAE(nn.Module):
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
         crystal_pos = frac @ lattice_matrix(lattice.double()).float()  # [B, N, 3]
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
+        bonds, charges = self.decode_graph(z, mask, domain, pos) if self.bond_head is not None else (None, None)
         return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
-                          mask=mask, lattice=lattice, domain=domain)
+                          mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges)
+
+    @torch.no_grad()
+    def decode_graph(self, z: Tensor, mask: Tensor, domain: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Argmax graph of molecules: bond orders [B, N, N] (NO_GRAPH off molecules, padding, diagonal), charges [B, N].
+
+        ``pos`` [B, N, 3] are the decoded positions in Angstrom. The logits are symmetric, so is the matrix.
+        """
+        bond_logits, charge_logits = self.graph_logits(self.decode_states(z, mask, domain), pos)  # [B, N, N, 4], [B, N, 3]
+        is_mol = ((domain == Domain.MOLECULE)[:, None] & mask).float()  # [B, N]
+        pair = is_mol[:, :, None] * is_mol[:, None, :] * (1 - torch.eye(mask.shape[1], device=mask.device))  # [B, N, N]
+        bonds = torch.where(pair.bool(), bond_logits.float().argmax(-1), torch.full_like(pair, NO_GRAPH, dtype=torch.long))
+        charges = (charge_logits.float().argmax(-1) - CHARGE_OFFSET) * is_mol.long()  # [B, N]
+        return bonds, charges
 
     @torch.no_grad()
     def reconstruct(self, batch: TokenBatch) -> TokenBatch:
@@ -201,13 +242,38 @@ class AllAtomVAE(nn.Module):
         has_lattice = (target.domain == Domain.CRYSTAL).float()  # [B]
         lat_err = (out.lattice.float() - lattice_to_features(target.lattice, has_lattice)).square().sum(-1)  # [B]
         kl = 0.5 * (out.mu.float().square() + out.logvar.float().exp() - 1.0 - out.logvar.float()).sum(-1)  # [B, N]
-        return {
+        terms = {
             "types": _masked_mean(ce, mask),
             "pos": _masked_mean(pos_err, is_mol),
             "frac": _masked_mean(frac_err, is_xtal),
             "lattice": _masked_mean(lat_err, has_lattice.bool()),
             "kl": _masked_mean(kl, mask),
         }
+        if out.bond_logits is not None:
+            terms.update(self.graph_loss(out, target))
+        return terms
+
+    def graph_loss(self, out: VAEOutput, target: TokenBatch) -> dict[str, Tensor]:
+        """Cross-entropy of bond orders over pairs i < j and of formal charges over atoms, for sets with a known graph.
+
+        Sets without a graph (crystals, molecules whose graph could not be derived) add nothing. Plain
+        (unweighted) cross-entropy: "no bond" dominates the pairs (~88% in QM9) but is also the easiest
+        class once the decoded positions are right, and unweighted logits keep argmax calibrated.
+        """
+        n = target.mask.shape[1]
+        if target.bonds is None:  # no set of the batch has a graph: zero terms that still touch the head
+            zero = out.bond_logits.float().sum() * 0.0 + out.charge_logits.float().sum() * 0.0
+            return {"bonds": zero, "charges": zero}
+        upper = torch.ones(n, n, dtype=torch.bool, device=target.mask.device).triu(1)  # [N, N] pairs i < j
+        known = (target.bonds != NO_GRAPH) & upper  # [B, N, N]
+        bond_target = target.bonds.clamp_min(0)  # [B, N, N]
+        bond_ce = F.cross_entropy(out.bond_logits.float().permute(0, 3, 1, 2), bond_target, reduction="none")  # [B, N, N]
+        atom_known = target.has_graph[:, None] & target.mask  # [B, N]
+        charge_class = target.charges + CHARGE_OFFSET  # [B, N]
+        atom_known = atom_known & (charge_class >= 0) & (charge_class < NUM_CHARGE_CLASSES)
+        charge_ce = F.cross_entropy(out.charge_logits.float().transpose(1, 2), charge_class.clamp(0, NUM_CHARGE_CLASSES - 1),
+                                    reduction="none")  # [B, N]
+        return {"bonds": _masked_mean(bond_ce, known), "charges": _masked_mean(charge_ce, atom_known)}
 
     # -- initialisation -----------------------------------------------------------------------------
     def initialize_weights(self) -> None:
@@ -219,6 +285,8 @@ class AllAtomVAE(nn.Module):
         # start with an informative latent: posterior std exp(-2) ~ 0.14 instead of the prior's 1, which
         # would drown the per-atom codes and leave the decoder predicting marginal atom types (measured)
         nn.init.constant_(self.to_latent.bias[self.latent_dim :], -4.0)
+        if self.bond_head is not None:
+            self.bond_head.initialize_weights()
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -19,8 +19,8 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from sciDiT.batch import Domain, collate
 from sciDiT.data.cache import TokenSetDataset
-from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae
-from sciDiT.data.qm9 import load_qm9_split
+from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae, split_file
+from sciDiT.data.qm9 import find_qm9, load_qm9_split
 from sciDiT.data.sampler import BucketBatchSampler, ResumableDataLoader, rank_and_world_size
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.composition import MAX_PRIOR_TOKENS, num_elements_counts
@@ -99,6 +99,12 @@ class TokenSetDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         splits = ("train", "val", "test") if stage is None else SPLITS_OF_STAGE[stage]
+        for split in splits:  # missing files fail here, before any dataset is parsed (QM9's graphs take minutes)
+            for spec in self.specs:
+                if spec["name"] == "qm9":
+                    find_qm9(self.data_dir)
+                else:
+                    split_file(spec["name"], split, self.data_dir)
         for split in splits:
             if split not in self.splits:
                 self.splits[split] = [self.load_split(spec, split) for spec in self.specs]
