@@ -35,3 +35,13 @@ def test_sample_cli_takes_exactly_one_of_ckpt_and_pretrained(tiny_dit_ckpt, tmp_
     assert sample_main([f"ckpt={tiny_dit_ckpt}", "pretrained=qm9_mp20_cpu", "domain=molecule", f"out={tmp_path / 'm.sdf'}"]) == 2
     assert "exactly one of ckpt= and pretrained=" in capsys.readouterr().err
     assert not (tmp_path / "m.sdf").exists()
+
+
+def test_the_shipped_model_loads_by_name_and_generates_decoded_graphs(tmp_path):
+    assert "qm9_mp20_cpu" in available()
+    assert (pretrained_path("qm9_mp20_cpu").with_suffix(".md")).read_text().startswith("# Model card")
+    gen = load_generator("qm9_mp20_cpu")
+    mols = gen.generate("molecule", n=3, steps=4, seed=0, progress=False)
+    assert [m.GetProp("bond_source") for m in mols] == ["decoded"] * 3
+    assert sample_main(["pretrained=qm9_mp20_cpu", "domain=crystal", "n=2", "steps=4", f"out={tmp_path / 'x'}", "progress=false"]) == 0
+    assert len(list((tmp_path / "x").glob("*.cif"))) + sum(1 for _ in open(tmp_path / "x" / "manifest.tsv")) > 1

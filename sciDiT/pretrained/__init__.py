@@ -61,10 +61,3 @@ def export_pretrained(ckpt: str | Path, out: str | Path) -> Path:
                             "global_step": int(raw.get("global_step", 0))}
     return atomic_torch_save(slim, out)
 
-
-if __name__ == "__main__":  # python -m sciDiT.pretrained CKPT OUT.pt
-    import sys
-
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m sciDiT.pretrained <dit last.ckpt> <out.pt>")
-    print(export_pretrained(sys.argv[1], sys.argv[2]))
