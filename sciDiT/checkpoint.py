@@ -7,11 +7,12 @@ tuple, OrderedDict), numbers, strings, None and torch's dtype/device/size types,
 plain dicts because the entry point instantiates with ``_convert_="all"``). A file holding anything
 else is refused with one line naming the file and the first offending type, and nothing in it runs.
 
-Files written elsewhere with other objects inside (OmegaConf configs, enums, numpy arrays, paths)
-can be converted, for files one trusts, since converting unpickles them with code execution on::
+Files written elsewhere with a few more data types inside (OmegaConf configs, enums, numpy arrays,
+paths) can be converted to plain data; conversion is still a weights-only load, admitting only those
+data types (:func:`convertible_globals`), so it runs no code from the file either::
 
     python -m sciDiT.checkpoint check FILE         # does FILE load safely, and which stage is it?
-    python -m sciDiT.checkpoint convert OLD NEW    # TRUSTS OLD: rewrite it as plain data that loads safely
+    python -m sciDiT.checkpoint convert OLD NEW    # rewrite OLD's OmegaConf/enum/numpy/path objects as plain data
 """
 
 from __future__ import annotations
@@ -38,7 +39,45 @@ SAFE_GLOBALS: list[Any] = []
 # What each stage's checkpoint is called in messages.
 STAGE_NAMES = {"vae": "VAE-stage", "dit": "DiT-stage", "cell_vae": "cell VAE-stage", "cell_dit": "cell DiT-stage"}
 
-CONVERT_HINT = "if you trust this file, convert it with `python -m sciDiT.checkpoint convert OLD NEW` (that runs any code in it)"
+CONVERT_HINT = "if it holds only configs, enums, paths or numpy data, convert it with `python -m sciDiT.checkpoint convert OLD NEW`"
+
+# What convert admits besides torch's weights-only defaults: data classes only, never a function.
+_CONVERTIBLE_NAMES = {
+    "builtins": {"list", "dict", "set", "frozenset", "tuple", "int", "float", "complex", "str", "bytes", "bool"},
+    "typing": {"Any"},
+    "collections": {"OrderedDict", "defaultdict"},
+    "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"},
+    "numpy": {"ndarray", "dtype"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+}
+_CONVERTIBLE_MODULES = ("omegaconf.dictconfig", "omegaconf.listconfig", "omegaconf.nodes", "omegaconf.base", "numpy.dtypes")
+
+
+def convertible_globals(names: Sequence[str], path: Path) -> list[Any]:
+    """The objects behind ``names`` (globals a pickle references) if all are data types convert admits.
+
+    Admitted: the builtin/collection/path/numpy data types of ``_CONVERTIBLE_NAMES``, OmegaConf's
+    container and node classes, and Enum subclasses of modules already imported (nothing new is
+    imported for the check). Anything else is a one-line error naming it: the file is not converted.
+    """
+    import importlib
+
+    found = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        loaded = sys.modules.get(module)
+        if loaded is None and (module in _CONVERTIBLE_NAMES or module in _CONVERTIBLE_MODULES):
+            with warnings.catch_warnings():  # a fixed, known module (e.g. numpy.core's deprecation alias)
+                warnings.simplefilter("ignore")
+                loaded = importlib.import_module(module)
+        obj = getattr(loaded, attr, None) if loaded is not None else None
+        named = attr in _CONVERTIBLE_NAMES.get(module, ()) or (module in _CONVERTIBLE_MODULES and isinstance(obj, type))
+        if obj is None or not (named or (isinstance(obj, type) and issubclass(obj, enum.Enum))):
+            raise SciDiTInputError(f"cannot convert: it holds {name}, which is not one of the data types convert admits "
+                                   "(configs, enums, paths, numpy data)", path)
+        found.append(obj)
+    return found
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -150,9 +189,10 @@ def to_plain(obj: Any, key: str = "checkpoint") -> Any:
 
 
 def convert(old: str | Path, new: str | Path) -> Path:
-    """Rewrite the TRUSTED checkpoint ``old`` as plain data at ``new`` (atomically), which then loads safely.
+    """Rewrite checkpoint ``old`` as plain data at ``new`` (atomically), which then loads with :func:`load_checkpoint`.
 
-    Unpickling ``old`` runs any code it holds: only for files whose origin you trust.
+    ``old`` is read weights-only with just the data types of :func:`convertible_globals` admitted, so
+    no code from it runs; a file naming anything else is refused, not converted.
     """
     old, new = Path(old), Path(new)
     if not old.is_file():
@@ -162,7 +202,15 @@ def convert(old: str | Path, new: str | Path) -> Path:
     if not new.parent.is_dir():
         raise SciDiTInputError("output folder does not exist", new.parent)
     try:
-        raw = torch.load(old, map_location="cpu", weights_only=False)  # the user vouched for this file
+        admitted = convertible_globals(torch.serialization.get_unsafe_globals_in_checkpoint(old), old)
+    except SciDiTInputError:
+        raise
+    except Exception as err:  # not a zip checkpoint
+        raise SciDiTInputError(f"not a readable checkpoint ({type(err).__name__}: {_first_line(err)})", old) from None
+    try:
+        with torch.serialization.safe_globals(admitted), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = torch.load(old, map_location="cpu", weights_only=True)
     except Exception as err:
         raise SciDiTInputError(f"not a readable checkpoint ({type(err).__name__}: {_first_line(err)})", old) from None
     plain = to_plain(raw)
@@ -180,7 +228,7 @@ def convert(old: str | Path, new: str | Path) -> Path:
     return new
 
 
-USAGE = "usage: python -m sciDiT.checkpoint check FILE | convert OLD NEW   (convert trusts OLD: it runs any code in it)"
+USAGE = "usage: python -m sciDiT.checkpoint check FILE | convert OLD NEW   (convert admits configs, enums, paths and numpy data)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

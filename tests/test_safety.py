@@ -281,3 +281,10 @@ def test_train_cli_refuses_a_disallowed_target_before_running_anything(tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     assert _one_line(res.stderr).startswith("error: callbacks.evil._target_='os.system' is not allowed")
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_a_crafted_checkpoint_and_runs_nothing(evil, tmp_path, capsys):
+    path, marker = evil
+    assert checkpoint_main(["convert", str(path), str(tmp_path / "new.ckpt")]) == 2
+    assert "cannot convert: it holds posix.system" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "new.ckpt").exists()
