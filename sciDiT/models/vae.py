@@ -194,7 +194,8 @@ class AllAtomVAE(nn.Module):
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
         :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set.
         """
-        type_logits, pos, frac, lattice_feat = self.decode(z, mask, domain)
+        h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
+        type_logits, pos, frac, lattice_feat = self.output_heads(h, mask)
         type_logits = type_logits.float().clone()
         type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
         types = type_logits.argmax(-1) * mask  # [B, N]
@@ -205,17 +206,18 @@ class AllAtomVAE(nn.Module):
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
         crystal_pos = frac @ lattice_matrix(lattice.double()).float()  # [B, N, 3]
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
-        bonds, charges = self.decode_graph(z, mask, domain, pos) if self.bond_head is not None else (None, None)
+        bonds, charges = self.decode_graph(h, mask, domain, pos) if self.bond_head is not None else (None, None)
         return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
                           mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges)
 
     @torch.no_grad()
-    def decode_graph(self, z: Tensor, mask: Tensor, domain: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    def decode_graph(self, h: Tensor, mask: Tensor, domain: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
         """Argmax graph of molecules: bond orders [B, N, N] (NO_GRAPH off molecules, padding, diagonal), charges [B, N].
 
-        ``pos`` [B, N, 3] are the decoded positions in Angstrom. The logits are symmetric, so is the matrix.
+        ``h`` [B, N, D] are the decoder states, ``pos`` [B, N, 3] the decoded positions in Angstrom.
+        The logits are symmetric, so is the matrix.
         """
-        bond_logits, charge_logits = self.graph_logits(self.decode_states(z, mask, domain), pos)  # [B, N, N, 4], [B, N, 3]
+        bond_logits, charge_logits = self.graph_logits(h, pos)  # [B, N, N, 4], [B, N, 3]
         is_mol = ((domain == Domain.MOLECULE)[:, None] & mask).float()  # [B, N]
         pair = is_mol[:, :, None] * is_mol[:, None, :] * (1 - torch.eye(mask.shape[1], device=mask.device))  # [B, N, N]
         bonds = torch.where(pair.bool(), bond_logits.float().argmax(-1), torch.full_like(pair, NO_GRAPH, dtype=torch.long))
