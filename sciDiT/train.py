@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
+from sciDiT.export.atomic import nearest_existing
 from sciDiT.training.checkpoint import NonFiniteWeightsError, RNGState, remove_stale_temp_files
 from sciDiT.training.checkpoint_io import SafeCheckpointIO
 from sciDiT.training.checks import check_train_config, compose_train_config
@@ -201,10 +202,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    existing = Path(cfg.paths.output_dir).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    _EXISTING["output_dir"] = existing
+    _EXISTING["output_dir"] = nearest_existing(Path(cfg.paths.output_dir).absolute())
     sys.argv = [sys.argv[0], *argv]
     _run()
     return 0

@@ -24,6 +24,14 @@ def _umask() -> int:
     return mask
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """``path`` itself if it exists, else its closest existing ancestor (where creating it would start)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def check_creatable(path: str | Path) -> Path:
     """The target path, if its parent folders exist and are writable or could be created; creates nothing.
 
@@ -31,9 +39,7 @@ def check_creatable(path: str | Path) -> Path:
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(parent)
     if not existing.is_dir():
         raise SciDiTInputError(f"cannot write here: cannot create folder {parent} ({existing} is a file)", path)
     if not is_writable_folder(existing):

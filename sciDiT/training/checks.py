@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sciDiT.errors import SciDiTInputError
-from sciDiT.export.atomic import is_writable_folder
+from sciDiT.export.atomic import is_writable_folder, nearest_existing
 
 _ABSENT = object()
 
@@ -150,9 +150,7 @@ def check_output_dir(path: object) -> None:
         if not is_writable_folder(p):
             raise SciDiTInputError("paths.output_dir: folder is not writable", p)
         return
-    existing = p.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(p.parent)
     if not existing.is_dir():
         raise SciDiTInputError(f"paths.output_dir: cannot create it, {existing} is a file", p)
     if not is_writable_folder(existing):
