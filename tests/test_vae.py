@@ -93,3 +93,35 @@ def test_a_few_steps_reduce_the_loss_and_decoding_gives_physical_units():
     xi = batch.domain == Domain.CRYSTAL
     assert torch.allclose(recon.lattice[xi], batch.lattice[xi], rtol=0.1)
     assert (recon.lattice[~xi] == 0).all()
+
+
+def test_local_distance_loss_is_the_squared_error_of_close_pairs_of_molecules():
+    from sciDiT.models.vae import LOCAL_CUTOFF, POS_SCALE, VAEOutput
+
+    vae = build_vae("VAE-T").eval()
+    batch = _mixed_batch()
+    out = vae(batch, sample=False)
+    target = batch.pos / POS_SCALE
+    exact = VAEOutput(out.type_logits, target.clone(), out.frac, out.lattice, out.mu, out.logvar)
+    assert vae.loss(exact, batch)["dist"] == 0.0
+    # stretch water (set 2) along x by 10%: each O-H and the H-H pair (all < 2 A) changes by 10% of its length
+    moved = target.clone()
+    moved[2, :3, 0] *= 1.1
+    stretched = VAEOutput(out.type_logits, moved, out.frac, out.lattice, out.mu, out.logvar)
+    d = lambda p, i, j: (p[i] - p[j]).norm()  # noqa: E731
+    water = [(0, 1), (0, 2), (1, 2)]
+    ethanol = batch.pos[0][batch.mask[0]]
+    n_ethanol = sum(int(d(ethanol, i, j) < LOCAL_CUTOFF) for i in range(len(ethanol)) for j in range(i + 1, len(ethanol)))
+    expected = sum((d(moved[2], i, j) - d(target[2], i, j)) ** 2 for i, j in water) / (n_ethanol + len(water))
+    torch.testing.assert_close(vae.loss(stretched, batch)["dist"], expected, rtol=1e-5, atol=1e-8)
+
+
+def test_latent_noise_perturbs_the_decoder_input_only_when_asked():
+    vae = build_vae("VAE-T").eval()
+    batch = _mixed_batch()
+    clean = vae(batch, sample=False)
+    torch.testing.assert_close(vae(batch, sample=False, latent_noise=0.0).pos, clean.pos)
+    torch.manual_seed(0)
+    noisy = vae(batch, sample=False, latent_noise=0.5)
+    torch.testing.assert_close(noisy.mu, clean.mu)  # the encoder's output is untouched
+    assert not torch.allclose(noisy.pos, clean.pos)

@@ -29,6 +29,7 @@ class VAEModule(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         type_mask_prob: float = 0.1,
         pos_noise: float = 0.05,
+        latent_noise: float = 0.0,
         augment_rotation: bool = True,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
@@ -38,7 +39,7 @@ class VAEModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = AllAtomVAE(**vae)
-        self.loss_weights = {"types": 1.0, "pos": 1.0, "frac": 10.0, "lattice": 1.0, "kl": 1e-5, "bonds": 1.0, "charges": 1.0,
+        self.loss_weights = {"types": 1.0, "pos": 1.0, "frac": 10.0, "lattice": 1.0, "kl": 1e-5, "bonds": 1.0, "charges": 1.0, "dist": 0.0,
                              **(loss_weights or {})}
         self._test_pairs: list[tuple[TokenSet, TokenSet]] = []
 
@@ -46,7 +47,8 @@ class VAEModule(L.LightningModule):
     def _losses(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
         target = augment(batch, rotate=self.hparams.augment_rotation) if self.training else batch
         noisy = corrupt(target, self.hparams.type_mask_prob, self.hparams.pos_noise) if self.training else target
-        terms = self.model.loss(self.model(noisy, sample=self.training), target)
+        out = self.model(noisy, sample=self.training, latent_noise=self.hparams.latent_noise if self.training else 0.0)
+        terms = self.model.loss(out, target)
         terms["loss"] = sum(self.loss_weights[k] * v for k, v in terms.items())
         return terms
 
