@@ -37,6 +37,7 @@ from sciDiT.export.cif import to_structure
 from sciDiT.flow import SOLVERS
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.pretrained import pretrained_path, restore_ema
+from sciDiT.tokenizers.valence import constrained_graph_decoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import DiTModule
 from sciDiT.training.precision import resolve_bf16
@@ -44,6 +45,7 @@ from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
 COMPOSITIONS = ("argmax", "coherent")  # how crystal atom types are decoded (generate_token_sets)
+BOND_DECODINGS = ("argmax", "constrained")  # how molecules' bond orders are decoded (generate_token_sets)
 
 
 def parse_domain(domain: str | Domain) -> Domain:
@@ -120,6 +122,7 @@ class Generator:
         compile: bool = False,
         bf16: bool | str = "auto",
         composition: str = "argmax",
+        bond_decoding: str = "argmax",
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -134,6 +137,10 @@ class Generator:
         crystal's element set jointly under the training prior on the number of elements
         (:mod:`sciDiT.models.composition`; fixes the element count, not SMACT validity:
         experiments/crystal_composition/README.md).
+        ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable
+        order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
+        atom has its exact valence (:mod:`sciDiT.tokenizers.valence`; ``decoded_constrained``, or the
+        argmax graph where none exists). Scores of the two are separate figures, never mixed.
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -147,6 +154,9 @@ class Generator:
             raise SciDiTInputError(str(err)) from None
         if composition not in COMPOSITIONS:
             raise SciDiTInputError(f"composition={composition!r} is not one of {', '.join(COMPOSITIONS)}")
+        if bond_decoding not in BOND_DECODINGS:
+            raise SciDiTInputError(f"bond_decoding={bond_decoding!r} is not one of {', '.join(BOND_DECODINGS)}")
+        graph_decoder = constrained_graph_decoder() if bond_decoding == "constrained" and dom == Domain.MOLECULE else None
         coherent = composition == "coherent" and dom == Domain.CRYSTAL
         if coherent and self.model.element_log_prior(dom) is None:
             raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "
@@ -170,11 +180,12 @@ class Generator:
                 dom_t = torch.full((len(idx),), int(dom), dtype=torch.long)  # [b]
                 with autocast:
                     decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=cfg_scale,
-                                                  self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent)
+                                                  self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
+                                                  graph_decoder=graph_decoder)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
-                    ts.meta = {"sample_index": i}
+                    ts.meta = {**ts.meta, "sample_index": i}
                     out[i] = ts
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled

@@ -46,6 +46,12 @@ def _composition(text: str) -> str:
     return text
 
 
+def _bond_decoding(text: str) -> str:
+    if text not in ("argmax", "constrained"):
+        raise ValueError("expected argmax or constrained")
+    return text
+
+
 def _atoms(text: str) -> int | None:
     return None if text.strip().lower() in ("null", "none", "") else int(text)
 
@@ -69,6 +75,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
     "composition": (_composition, "argmax", "crystal types: argmax (per atom) or coherent (one element set per crystal, prior from training)"),
+    "bond_decoding": (_bond_decoding, "argmax", "molecules: argmax bond order per pair, or constrained (most probable graph with exact valences)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")
@@ -136,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"],
             cfg_scale=opts["cfg_scale"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
+            bond_decoding=opts["bond_decoding"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

@@ -17,7 +17,7 @@ from sciDiT.batch import Domain, TokenBatch
 from sciDiT.flow import flow_matching_loss, integrate, model_velocity, sample_noise
 from sciDiT.models.composition import MAX_ELEMENTS, MAX_PRIOR_TOKENS, num_elements_log_prior
 from sciDiT.models.dit import DiT
-from sciDiT.models.vae import AllAtomVAE
+from sciDiT.models.vae import AllAtomVAE, GraphDecoder
 
 MAX_SET_SIZE = 1024  # longest token set whose size the count histogram can record
 
@@ -103,6 +103,7 @@ class LatentDiffusion(nn.Module):
         cfg_scale: float = 1.0,
         self_condition: bool = True,
         coherent_elements: bool = False,
+        graph_decoder: GraphDecoder | None = None,
         generator: torch.Generator | None = None,
     ) -> TokenBatch:
         """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]``.
@@ -110,7 +111,9 @@ class LatentDiffusion(nn.Module):
         ``x0 [B, N, L]``: the source noise (drawn from ``generator`` when None); ``dit``: the network
         to integrate (e.g. the EMA copy); ``coherent_elements``: decode each crystal's types as one
         element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
-        False (default) or when the checkpoint has no prior. Decoding always runs in float32, outside any autocast.
+        False (default) or when the checkpoint has no prior; ``graph_decoder``: how molecules' bonds are
+        decoded from the pair probabilities (argmax when None; see :meth:`AllAtomVAE.decode_graph`).
+        Decoding always runs in float32, outside any autocast.
         """
         dit = self.dit if dit is None else dit
         device = self.latent_mean.device
@@ -124,4 +127,4 @@ class LatentDiffusion(nn.Module):
         with torch.autocast(device.type, enabled=False):
             z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
-            return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior)
+            return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder)

@@ -14,6 +14,7 @@ output heads -> losses -> weight initialisation -> size registry.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
 #################################################################################
 
 POS_SCALE = 2.0  # Angstrom per unit of normalised position
+GraphDecoder = Callable[[Tensor, Tensor, Tensor], "Tensor | None"]  # (types [n], charges [n], bond log-probs [n, n, 4]) -> orders [n, n]
 LOCAL_CUTOFF = 2.0  # Angstrom: pairs of a molecule closer than this get the distance loss (bonds, H-X-H pairs)
 LENGTH_SCALE = 5.0  # Angstrom: lattice lengths are normalised as log(a / LENGTH_SCALE)
 ANGLE_SCALE = 30.0  # degrees per unit of normalised lattice angle
@@ -199,11 +201,13 @@ class AllAtomVAE(nn.Module):
 
     # -- back to token sets -----------------------------------------------------------------------
     @torch.no_grad()
-    def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None) -> TokenBatch:
+    def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None,
+                        graph_decoder: GraphDecoder | None = None) -> TokenBatch:
         """Decode latents into a :class:`TokenBatch` in physical units.
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
         :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set.
+        Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`).
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
         type_logits, pos, frac, lattice_feat = self.output_heads(h, mask)
@@ -217,23 +221,40 @@ class AllAtomVAE(nn.Module):
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
         crystal_pos = frac @ lattice_matrix(lattice.double()).float()  # [B, N, 3]
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
-        bonds, charges = self.decode_graph(h, mask, domain, pos) if self.bond_head is not None else (None, None)
+        bonds, charges, meta = None, None, []
+        if self.bond_head is not None:
+            bonds, charges, meta = self.decode_graph(h, mask, domain, pos, types, graph_decoder)
         return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
-                          mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges)
+                          mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges, meta=meta)
 
     @torch.no_grad()
-    def decode_graph(self, h: Tensor, mask: Tensor, domain: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Argmax graph of molecules: bond orders [B, N, N] (NO_GRAPH off molecules, padding, diagonal), charges [B, N].
+    def decode_graph(self, h: Tensor, mask: Tensor, domain: Tensor, pos: Tensor, types: Tensor,
+                     graph_decoder: GraphDecoder | None = None) -> tuple[Tensor, Tensor, list[dict[str, str]]]:
+        """Graph of molecules: bond orders [B, N, N] (NO_GRAPH off molecules, padding, diagonal), charges [B, N],
+        and per-set meta ``{"graph_source": ...}``.
 
-        ``h`` [B, N, D] are the decoder states, ``pos`` [B, N, 3] the decoded positions in Angstrom.
-        The logits are symmetric, so is the matrix.
+        ``h`` [B, N, D] are the decoder states, ``pos`` [B, N, 3] the decoded positions in Angstrom,
+        ``types`` [B, N] the decoded elements. Each pair's order is its argmax (``graph_source``
+        ``decoded``); with ``graph_decoder`` (types [n], charges [n], log-probabilities [n, n, 4] ->
+        orders [n, n] or None) a molecule gets that decoder's graph (``decoded_constrained``) and keeps
+        the argmax graph where it returns None. The logits are symmetric, so is the matrix.
         """
         bond_logits, charge_logits = self.graph_logits(h, pos)  # [B, N, N, 4], [B, N, 3]
         is_mol = ((domain == Domain.MOLECULE)[:, None] & mask).float()  # [B, N]
         pair = is_mol[:, :, None] * is_mol[:, None, :] * (1 - torch.eye(mask.shape[1], device=mask.device))  # [B, N, N]
         bonds = torch.where(pair.bool(), bond_logits.float().argmax(-1), torch.full_like(pair, NO_GRAPH, dtype=torch.long))
         charges = (charge_logits.float().argmax(-1) - CHARGE_OFFSET) * is_mol.long()  # [B, N]
-        return bonds, charges
+        meta = [{"graph_source": "decoded"} if d == Domain.MOLECULE else {} for d in domain.tolist()]
+        if graph_decoder is not None:
+            log_probs = bond_logits.float().log_softmax(-1)  # [B, N, N, 4]
+            for b in torch.nonzero(domain == Domain.MOLECULE).flatten().tolist():
+                m = mask[b]
+                orders = graph_decoder(types[b][m].cpu(), charges[b][m].cpu(), log_probs[b][m][:, m].cpu())  # [n, n] or None
+                if orders is not None:
+                    idx = torch.nonzero(m).flatten()
+                    bonds[b, idx[:, None], idx[None, :]] = orders.to(bonds) + NO_GRAPH * torch.eye(len(idx), dtype=bonds.dtype, device=bonds.device)
+                    meta[b] = {"graph_source": "decoded_constrained"}
+        return bonds, charges, meta
 
     @torch.no_grad()
     def reconstruct(self, batch: TokenBatch) -> TokenBatch:
