@@ -94,6 +94,17 @@ def test_unknown_data_condition_and_a_mismatched_dit_spec_are_one_line():
         check_condition_names([], {"gap": {"kind": "vector", "dim": 1}})
 
 
+def test_property_conditions_need_the_qm9pack_layout_and_a_domain_with_values(dm, tmp_path):
+    from sciDiT.data.conditions import condition_stats, condition_values
+
+    qm9 = dm.splits["train"][0]
+    with pytest.raises(SciDiTInputError, match="need the qm9pack layout"):
+        condition_values(qm9, ["gap"], tmp_path, "pyg", tmp_path)
+    assert condition_values(qm9, ["band_gap"], tmp_path, "pyg", tmp_path) == {}  # crystal keys do not apply to molecules
+    with pytest.raises(SciDiTInputError, match="no training set has a value for 'band_gap'"):
+        condition_stats(["band_gap"], [(qm9, {})])
+
+
 def test_edm_property_halves_are_disjoint_seeded_and_cover_the_train_split():
     halves = edm_property_halves()
     train = qm9_split()["train"]
@@ -289,3 +300,22 @@ def test_cli_crystal_elements_unknown_exit_2_and_help_states_units(tiny_cond_ckp
     for key, info in CONDITION_KEYS.items():
         assert key in help_text and info.unit in help_text
     assert "condition.KEY" in help_text and "guidance.KEY" in help_text and "allow_extrapolation" in help_text
+
+
+@pytest.mark.slow
+def test_the_conditional_experiment_trains_and_samples_a_request(data_dir, cache_dir, tmp_path):
+    """experiment=qm9_mp20_cond_cpu trains both stages for 2 steps; its checkpoint holds the statistics and serves requests."""
+    from test_train import TINY_ATOMS, _train
+
+    out = tmp_path / "cond"
+    tiny = [a if not a.startswith("data.datasets=") else "data.datasets=[{name:qm9,limit:400,edm_half:B},{name:mp20,limit:120}]" for a in TINY_ATOMS]
+    res = _train(["experiment=qm9_mp20_cond_cpu", *tiny, "trainer.max_steps=2", "test=false", f"paths.output_dir={out}"], data_dir, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = out / "dit" / "checkpoints" / "last.ckpt"
+    stats = load_checkpoint(ckpt)[CONDITION_STATS_KEY]
+    assert set(stats) == {"alpha", "gap", "homo", "lumo", "mu", "Cv", "spacegroup", "formation_energy", "band_gap", "elements"}
+    gen = load_generator(ckpt)
+    mols = gen.generate("molecule", n=3, condition={"gap": stats["gap"]["mean"], "Cv": stats["Cv"]["mean"]}, **FAST)
+    assert all(json.loads(m.GetProp("request")) == {"Cv": stats["Cv"]["mean"], "gap": stats["gap"]["mean"]} for m in mols)
+    sets = gen.generate_token_sets("crystal", n=2, condition={"spacegroup": stats["spacegroup"]["seen"][0]}, guidance={"spacegroup": 2.0}, **FAST)
+    assert len(sets) == 2

@@ -139,6 +139,7 @@ def qm9_property_table(folder: Path, cache_dir: Path, limit: int | None = None) 
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save({k: torch.from_numpy(v) for k, v in table.items()}, fh)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache is as readable as its data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
