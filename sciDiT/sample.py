@@ -66,7 +66,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "num_atoms": (_atoms, None, "atoms per sample (default: drawn from the training histogram)"),
     "steps": (int, 100, "ODE solver steps"),
     "method": (str, "euler", "ODE solver: euler, heun or midpoint"),
-    "cfg_scale": (float, 1.0, "classifier-free guidance scale on the domain (1 = none)"),
+    "cfg_scale": (float, 1.0, "classifier-free guidance scale on all conditions at once: the domain and any request (1 = none; per condition: guidance.KEY)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
     "device": (str, "cpu", "torch device, e.g. cpu or cuda"),

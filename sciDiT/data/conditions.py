@@ -105,6 +105,17 @@ def check_condition_names(names: Sequence[str], dit_conditions: Mapping[str, Map
         raise SciDiTInputError(f"model.dit.conditions declares {extra} but {where} does not provide them")
 
 
+def check_condition_domains(names: Sequence[str], datasets: Any) -> None:
+    """One-line error when a condition's domain has no dataset in ``data.datasets`` (QM9: molecules; the rest: crystals)."""
+    if not names or datasets is None:
+        return
+    items = list(datasets.keys()) if isinstance(datasets, Mapping) else [d if isinstance(d, str) else d.get("name") for d in datasets]
+    domains = {Domain.MOLECULE if n == "qm9" else Domain.CRYSTAL for n in items}
+    missing = [n for n in names if n in CONDITION_KEYS and CONDITION_KEYS[n].domain not in domains]
+    if missing:
+        raise SciDiTInputError(f"data.conditions {missing}: data.datasets holds no {CONDITION_KEYS[missing[0]].domain.name.lower()}s to take them from")
+
+
 # ----------------------------------------------------------------------------------------------
 # Values from the data
 # ----------------------------------------------------------------------------------------------

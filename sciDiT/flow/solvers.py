@@ -133,7 +133,10 @@ def _per_condition_guided(
     if not guided:
         return model(x, t, mask, cond, x_self_cond=x_self_cond)
     bsz, copies = x.shape[0], len(guided) + 1
-    rep = lambda a: torch.cat([a] * copies, dim=0)  # noqa: E731  [B, ...] -> [(K+1)B, ...]
+
+    def rep(a: Tensor) -> Tensor:
+        return torch.cat([a] * copies, dim=0)  # [B, ...] -> [(K+1)B, ...]
+
     stacked = {k: rep(c) for k, c in cond.items()}
     for j, (k, _) in enumerate(guided, start=1):
         null = torch.zeros(copies * bsz, dtype=torch.bool, device=x.device)  # [(K+1)B]
