@@ -319,3 +319,17 @@ def test_the_conditional_experiment_trains_and_samples_a_request(data_dir, cache
     assert all(json.loads(m.GetProp("request")) == {"Cv": stats["Cv"]["mean"], "gap": stats["gap"]["mean"]} for m in mols)
     sets = gen.generate_token_sets("crystal", n=2, condition={"spacegroup": stats["spacegroup"]["seen"][0]}, guidance={"spacegroup": 2.0}, **FAST)
     assert len(sets) == 2
+
+
+def test_api_structures_keep_their_request_through_export(gen, tmp_path):
+    sg = gen.condition_stats["spacegroup"]["seen"][0]
+    structures = gen.generate("crystal", n=3, seed=1, condition={"spacegroup": sg}, **FAST)
+    expected = request_json({"spacegroup": sg})
+    assert all(s is None or s.properties["request"] == expected for s in structures)
+    gen.export([s for s in structures if s is not None], tmp_path / "x")
+    manifest = pd.read_csv(tmp_path / "x" / MANIFEST, sep="\t", dtype=str, keep_default_na=False)
+    assert set(manifest["request"]) == {expected}
+    unconditional = gen.generate_token_sets("crystal", n=2, seed=1, **FAST)
+    gen.export(unconditional, tmp_path / "u")
+    assert set(pd.read_csv(tmp_path / "u" / MANIFEST, sep="\t", dtype=str)["request"]) == {"{}"}
+    assert "_scidit_request" not in "".join(p.read_text() for p in (tmp_path / "u").glob("*.cif"))
