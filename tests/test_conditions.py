@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,6 +232,7 @@ def test_extrapolation_needs_the_flag(gen):
     sets = gen.generate_token_sets("molecule", n=2, condition={"gap": far}, allow_extrapolation=True, **FAST)
     assert json.loads(sets[0].meta["request"]) == {"gap": far}
     assert validate_request({"elements": ["Og", "li"]}, Domain.CRYSTAL, gen.condition_stats, allow_extrapolation=True) == {"elements": ["Li", "Og"]}
+    assert validate_request({"elements": {"Fe", "O"}}, Domain.CRYSTAL, gen.condition_stats, allow_extrapolation=True) == {"elements": ["O", "Fe"]}
 
 
 def test_old_checkpoints_without_conditions_sample_unconditionally(tiny_dit_ckpt):

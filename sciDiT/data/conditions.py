@@ -316,7 +316,7 @@ def _element_list(value: Any) -> list[str]:
     """``[Li,Fe,P,O]`` / ``"Li,Fe,P,O"`` / ``"Li-Fe-P-O"`` / a list -> symbols."""
     if isinstance(value, str):
         value = [v for v in value.strip().strip("[]").replace("-", ",").split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (list, tuple, set, frozenset)) or not value or not all(isinstance(v, str) for v in value):
         raise SciDiTInputError(f"condition.elements must be a non-empty list of element symbols, e.g. [Li,Fe,P,O], got {value!r}")
     return [v.strip() for v in value]
 
