@@ -102,7 +102,9 @@ _TOKEN_FIELDS = ("types", "pos", "frac", "values")
 class TokenBatch:
     """A padded batch of token sets: ``mask[b, i]`` is True where token ``i`` of set ``b`` is real.
 
-    ``cond`` carries extra per-set conditioning tensors (e.g. perturbation token ids) keyed by name;
+    ``cond`` carries extra per-set conditioning tensors (e.g. perturbation token ids, or the property
+    conditions of :mod:`sciDiT.data.conditions`) keyed by name, with ``{name}_null [B]`` bool marking
+    the sets that have no value for that condition (the DiT uses its null embedding there);
     ``meta`` keeps the per-set metadata (ids, SMILES) for export and evaluation.
     """
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from pymatgen.core import Structure
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
+from sciDiT.data.conditions import SIZE_KEY, encode_conditions, request_json, validate_request
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
@@ -39,7 +41,7 @@ from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.pretrained import pretrained_path, restore_ema
 from sciDiT.tokenizers.valence import constrained_graph_decoder
 from sciDiT.training.compile import compile_module
-from sciDiT.training.dit_module import DiTModule
+from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.targets import check_config
 
@@ -75,8 +77,10 @@ def usable_device(device: torch.device | str) -> torch.device:
 class Generator:
     """Samples molecules and crystals from a trained :class:`LatentDiffusion` (see module docstring)."""
 
-    def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu"):
+    def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu",
+                 condition_stats: Mapping[str, Mapping[str, Any]] | None = None):
         self.device = usable_device(device)
+        self.condition_stats = dict(condition_stats or {})  # what requests are checked against (sciDiT.data.conditions)
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self._compiled: dict[bool, nn.Module] = {}
@@ -123,6 +127,9 @@ class Generator:
         bf16: bool | str = "auto",
         composition: str = "argmax",
         bond_decoding: str = "argmax",
+        condition: Mapping[str, Any] | None = None,
+        guidance: Mapping[str, float] | None = None,
+        allow_extrapolation: bool = False,
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -141,6 +148,14 @@ class Generator:
         order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
         atom has its exact valence (:mod:`sciDiT.tokenizers.valence`; ``decoded_constrained``, or the
         argmax graph where none exists). Scores of the two are separate figures, never mixed.
+
+        ``condition``: a request such as ``{"gap": 6.5}`` (eV) or ``{"spacegroup": 225, "elements":
+        ["Li", "Fe", "P", "O"]}`` (keys and units: :mod:`sciDiT.data.conditions`; ``num_atoms`` there
+        sizes the sets); conditions not named get their null embedding. Values outside the training
+        range (or unseen space groups / elements) are refused unless ``allow_extrapolation``.
+        ``guidance``: classifier-free guidance per requested condition, e.g. ``{"gap": 2.0}`` (1 =
+        plain conditional; ``domain`` may be named too); give it or ``cfg_scale``, not both.
+        Every sample's ``meta['request']`` holds the request as JSON (written into SD / manifest files).
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -161,6 +176,13 @@ class Generator:
         if coherent and self.model.element_log_prior(dom) is None:
             raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "
                                    "with experiments/crystal_composition/add_element_prior.py")
+        request = validate_request(condition, dom, self.condition_stats, allow_extrapolation)
+        if SIZE_KEY in request:
+            if num_atoms is not None:
+                raise SciDiTInputError("give num_atoms or condition.num_atoms, not both")
+            num_atoms = request[SIZE_KEY]
+        scale = _guidance(guidance, request, cfg_scale)
+        names = [k for k in request if k != SIZE_KEY]
         gen = torch.Generator().manual_seed(_check_seed(seed))
         sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
         latent_dim = self.model.vae.latent_dim
@@ -178,14 +200,15 @@ class Generator:
                 x0 = torch.zeros(len(idx), n_max, latent_dim)  # [b, N, L]
                 x0[mask] = noise[(offsets[idx, None] + arange[None, :])[mask]]
                 dom_t = torch.full((len(idx),), int(dom), dtype=torch.long)  # [b]
+                cond = encode_conditions([request] * len(idx), self.condition_stats, names)
                 with autocast:
-                    decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=cfg_scale,
+                    decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=scale, cond=cond,
                                                   self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
                                                   graph_decoder=graph_decoder)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
-                    ts.meta = {**ts.meta, "sample_index": i}
+                    ts.meta = {**ts.meta, "sample_index": i, **({"request": request_json(request)} if request else {})}
                     out[i] = ts
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled
@@ -235,6 +258,25 @@ def _check_finite(batch: TokenBatch) -> None:
                                "the checkpoint's weights are likely diverged; nothing was written")
 
 
+def _guidance(guidance: Mapping[str, float] | None, request: Mapping[str, Any], cfg_scale: float) -> float | dict[str, float]:
+    """The solver's guidance: ``cfg_scale`` (all conditions at once) or ``{condition: scale}``; one-line errors."""
+    if not guidance:
+        return cfg_scale
+    if cfg_scale != 1.0:
+        raise SciDiTInputError("give cfg_scale or per-condition guidance (guidance.KEY=...), not both")
+    out = {}
+    for key, value in guidance.items():
+        if key != "domain" and (key not in request or key == SIZE_KEY):
+            raise SciDiTInputError(f"guidance.{key}: only requested conditions (or domain) can be guided; requested: {', '.join(request) or 'none'}")
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            out[key] = math.nan
+        if not math.isfinite(out[key]) or isinstance(value, bool):
+            raise SciDiTInputError(f"guidance.{key} must be a finite number, got {value!r}")
+    return out
+
+
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -279,6 +321,6 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Gene
     if not bool(module.model.prepared):
         raise SciDiTInputError("checkpoint has no latent statistics or set-size histograms (saved before DiT training started)", path)
     try:
-        return Generator(module.model, module.ema.module, device)
+        return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY))
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

@@ -2,8 +2,14 @@
 
     python -m sciDiT.sample ckpt=outputs/run/dit/checkpoints/last.ckpt domain=molecule n=1000 out=molecules.sdf
     python -m sciDiT.sample ckpt=... domain=crystal n=1000 out=crystals/ steps=100 cfg_scale=2.0 seed=0
+    python -m sciDiT.sample ckpt=... domain=molecule n=100 out=gap.sdf condition.gap=6.5 guidance.gap=2.0
+    python -m sciDiT.sample ckpt=... domain=crystal n=100 out=lfpo/ condition.spacegroup=225 condition.elements=[Li,Fe,P,O]
 
 Arguments are ``key=value`` pairs (see ``KEYS``; ``python -m sciDiT.sample --help`` lists them).
+``condition.KEY=VALUE`` requests a property of a conditional checkpoint (keys and units:
+:mod:`sciDiT.data.conditions`; lists as ``[Li,Fe,P,O]``), ``guidance.KEY=SCALE`` guides on it, and
+``allow_extrapolation=true`` admits values outside the training range. The request is written into
+every SD record (property ``request``) and manifest row (column ``request``).
 Crystals go to a folder of one CIF per structure plus ``manifest.tsv`` (or one multi-block file
 when ``out`` ends in ``.cif``). Bad input ends with one line on stderr and exit code 2, before any
 sampling starts; outputs are written atomically.
@@ -66,7 +72,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "num_atoms": (_atoms, None, "atoms per sample (default: drawn from the training histogram)"),
     "steps": (int, 100, "ODE solver steps"),
     "method": (str, "euler", "ODE solver: euler, heun or midpoint"),
-    "cfg_scale": (float, 1.0, "classifier-free guidance scale on the domain (1 = none)"),
+    "cfg_scale": (float, 1.0, "classifier-free guidance scale on all conditions at once: the domain and any request (1 = none; per condition: guidance.KEY)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
     "device": (str, "cpu", "torch device, e.g. cpu or cuda"),
@@ -76,18 +82,47 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "progress": (_bool, True, "show a progress bar"),
     "composition": (_composition, "argmax", "crystal types: argmax (per atom) or coherent (one element set per crystal, prior from training)"),
     "bond_decoding": (_bond_decoding, "argmax", "molecules: argmax bond order per pair, or constrained (most probable graph with exact valences)"),
+    "allow_extrapolation": (_bool, False, "admit condition values outside the training range (and unseen space groups / elements)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")
+PREFIXES = {"condition": "request a property: condition.KEY=VALUE (keys, domains and units below)",
+            "guidance": "classifier-free guidance on one requested condition: guidance.KEY=SCALE (1 = none)"}
+
+
+def _condition_value(text: str) -> Any:
+    """``[Li,Fe,P,O]`` -> a list of strings; a number -> int or float; anything else stays text (checked later)."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        return [item.strip() for item in text[1:-1].split(",") if item.strip()]
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     """``key=value`` arguments -> typed options (defaults filled in); SciDiTInputError on any bad one."""
-    opts = {key: default for key, (_, default, _) in KEYS.items()}
+    opts: dict[str, Any] = {key: default for key, (_, default, _) in KEYS.items()}
+    opts.update(condition={}, guidance={})
     for arg in argv:
         key, sep, text = arg.lstrip("+").partition("=")
         if not sep:
             raise SciDiTInputError(f"argument {arg!r} is not key=value ({USAGE})")
+        prefix, dot, name = key.partition(".")
+        if dot and prefix in PREFIXES:
+            if not name:
+                raise SciDiTInputError(f"argument {arg!r}: {prefix}. needs a key, e.g. {prefix}.gap=")
+            if prefix == "guidance":
+                try:
+                    opts["guidance"][name] = float(text)
+                except ValueError:
+                    raise SciDiTInputError(f"{key}={text!r}: expected a number") from None
+            else:
+                opts["condition"][name] = _condition_value(text)
+            continue
         if key not in KEYS:
             raise SciDiTInputError(f"unknown key {key!r}; known keys: {', '.join(KEYS)}")
         try:
@@ -123,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         for key, (_, default, text) in KEYS.items():
             print(f"  {key:<11} {text} [default: {default}]")
+        from sciDiT.data.conditions import describe_keys
+
+        for prefix, text in PREFIXES.items():
+            print(f"  {prefix + '.KEY':<11} {text}")
+        print("condition keys (domain, meaning, unit):")
+        for line in describe_keys():
+            print(f"  {line}")
         return 0
     try:
         opts = parse_args(argv)
@@ -144,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg_scale=opts["cfg_scale"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
             bond_decoding=opts["bond_decoding"],
+            condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

@@ -88,3 +88,32 @@ def tiny_predictor(cells, tmp_path_factory):
 
     predictor = SciDiTPredictor(vae=TINY_CELL_VAE, dit=TINY_CELL_DIT, vae_steps=2, dit_steps=2, batch_size=32, steps=2, seed=0)
     return predictor.fit(cells, work_dir=tmp_path_factory.mktemp("cells"))
+
+
+COND_NAMES = ["gap", "mu", "spacegroup", "band_gap", "elements"]
+
+
+@pytest.fixture(scope="session")
+def tiny_cond_ckpt(data_dir, cache_dir, tmp_path_factory) -> str:
+    """A conditional DiT-stage checkpoint (untrained weights) with condition statistics from real QM9/MP-20 train rows."""
+    from sciDiT.data.conditions import dit_condition_spec
+    from sciDiT.training.datamodule import TokenSetDataModule
+    from sciDiT.training.dit_module import DiTModule
+
+    torch.manual_seed(1)
+    dm = TokenSetDataModule([{"name": "qm9", "limit": 300}, {"name": "mp20", "limit": 60}], data_dir=str(data_dir), cache_dir=str(cache_dir),
+                            batch_size=16, parse_workers=1, conditions=COND_NAMES)
+    conditions = {"domain": {"kind": "class", "num_classes": 3}, **{k: {**dit_condition_spec(k), "dropout": 0.3} for k in COND_NAMES}}
+    module = DiTModule(vae=TINY_VAE, dit={**TINY_DIT, "conditions": conditions})
+    module.condition_stats = dm.condition_stats()
+    module.model.prepare(list(dm.train_dataloader())[:2], dm.atom_count_histogram(), dm.element_count_histogram())
+    with torch.no_grad():
+        for p in module.model.dit.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+        module.ema.module.load_state_dict(module.model.dit.state_dict())
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    path = tmp_path_factory.mktemp("cond_ckpt") / "last.ckpt"
+    torch.save(checkpoint, path)
+    return str(path)

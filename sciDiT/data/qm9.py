@@ -51,6 +51,18 @@ def qm9_split(n: int = QM9_SIZE, seed: int = SPLIT_SEED) -> dict[str, np.ndarray
     return {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
 
 
+def edm_property_halves(n: int = QM9_SIZE, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """EDM's conditional protocol: the train split of :func:`qm9_split` cut into two disjoint halves.
+
+    Half ``A`` trains the property predictor, half ``B`` the conditional generator, so the
+    predictor that scores generated molecules never saw the generator's data. The train rows are
+    permuted by ``np.random.default_rng(seed + 1)`` and cut at ``len // 2`` (A gets the first part).
+    """
+    train = qm9_split(n, seed)["train"]
+    perm = np.random.default_rng(seed + 1).permutation(train)
+    return {"A": perm[: len(perm) // 2], "B": perm[len(perm) // 2 :]}
+
+
 def find_qm9(data_dir: str | Path | None = None) -> tuple[str, Path]:
     """Locate QM9: ``("qm9pack", folder)`` or ``("pyg", root)``; raises DataNotFoundError if absent."""
     root = resolve_data_dir(data_dir) / "qm9"

@@ -8,12 +8,19 @@ so that readers globbing a folder for ``.cif``/``.csv`` files, like :mod:`sciDiT
       sample_00000.cif
       sample_00001.cif
       ...
-      manifest.tsv   tab-separated: index, file, formula, num_atoms, a, b, c, alpha, beta, gamma, volume, status, message
+      manifest.tsv   tab-separated: index, file, formula, num_atoms, a, b, c, alpha, beta, gamma, volume, status, message, request
 
 A decoded lattice that is not a lattice (NaN or infinite parameters, non-positive lengths, angles
 outside (0, 180), non-positive volume) or non-finite coordinates get no CIF file; the manifest
 row says why (``status`` is ``ok`` or ``invalid_lattice`` / ``invalid_coordinates`` / ``write_failed``).
 :func:`write_cif_file` writes a single multi-block CIF instead (valid crystals only).
+
+Conditional samples (token sets with ``meta['request']``, or Structures with
+``properties['request']``) carry their request as JSON with sorted keys, e.g.
+``{"elements": ["Li", "Fe"], "spacegroup": 225}``: in the manifest's ``request`` column (``{}`` for an
+unconditional sample) and, in every CIF data block (one file per crystal, or each block of a
+multi-block file), as the data item ``_scidit_request`` right after the ``data_`` line, a quoted
+string that pymatgen and ASE read past.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class ManifestRow:
     volume: float
     status: str
     message: str
+    request: str = "{}"
 
 
 def _formula(numbers: Sequence[int]) -> str:
@@ -85,12 +93,15 @@ def lattice_problem(params: Sequence[float]) -> str:
 
 def to_structure(sample: TokenSet | Structure, index: int = 0) -> tuple[Structure | None, ManifestRow]:
     """A pymatgen ``Structure`` (None if degenerate) and its manifest row, for a token set or a Structure."""
+    request = "{}"
     if isinstance(sample, Structure):
+        request = str((sample.properties or {}).get("request", request))
         lat = sample.lattice
         params, numbers, frac = [*lat.abc, *lat.angles], [s.specie.Z for s in sample], sample.frac_coords
     elif isinstance(sample, TokenSet):
         if sample.domain != Domain.CRYSTAL:
             raise SciDiTInputError(f"sample {index} is a {sample.domain.name.lower()}, not a crystal: it cannot go into a CIF")
+        request = str(sample.meta.get("request", request))
         params, numbers = sample.lattice.double().cpu().tolist(), sample.types.cpu().tolist()
         frac = sample.frac.double().cpu().numpy()
     else:
@@ -102,16 +113,24 @@ def to_structure(sample: TokenSet | Structure, index: int = 0) -> tuple[Structur
     structure = None
     if not problem:
         structure = sample if isinstance(sample, Structure) else Structure(Lattice.from_parameters(*params), numbers, frac)
+        if request != "{}":
+            structure.properties = {**(structure.properties or {}), "request": request}
         volume = float(structure.volume)
-    row = ManifestRow(index, "", _formula(numbers), len(numbers), *map(float, params), volume, status if problem else "ok", problem)
+    row = ManifestRow(index, "", _formula(numbers), len(numbers), *map(float, params), volume, status if problem else "ok", problem, request)
     return structure, row
 
 
 def cif_text(structure: Structure) -> str:
-    """P1 CIF text of a structure (pymatgen ``CifWriter``)."""
+    """P1 CIF text of a structure (pymatgen ``CifWriter``), with ``_scidit_request`` when it has a request."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return str(CifWriter(structure))
+        text = str(CifWriter(structure))
+    request = (structure.properties or {}).get("request")
+    if request is None:
+        return text
+    head, _, rest = text.partition("\n")
+    return f"{head}\n_scidit_request   '{request}'\n{rest}"
+
 
 
 def render(sample: TokenSet | Structure, index: int) -> tuple[str | None, ManifestRow]:

@@ -10,6 +10,7 @@ call's ``x1`` estimate). :func:`sample` is the one-call entry point.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 import torch
@@ -91,15 +92,20 @@ def guided_velocity(
     t: Tensor,
     mask: Tensor,
     cond: dict[str, Tensor] | None,
-    scale: float,
+    scale: float | Mapping[str, float],
     x_self_cond: Tensor | None = None,
 ) -> Tensor:
-    """Classifier-free guided velocity ``v_u + scale * (v_c - v_u)``.
+    """Classifier-free guided velocity.
 
-    The conditional and unconditional branches run as ONE forward over a doubled batch: the second
-    half gets ``drop_cond = True`` (null condition embeddings). ``scale = 1`` is the plain
-    conditional model and skips the doubling; ``scale = 0`` is the unconditional model.
+    ``scale`` a number: ``v_u + scale * (v_c - v_u)``, the unconditional branch nulling every
+    condition (``drop_cond``). ``scale`` a dict ``{name: s_k}`` (per-condition guidance):
+    ``v_c + sum_k (s_k - 1) (v_c - v_{c without k})``, where ``v_{c without k}`` nulls condition
+    ``k`` only (``cond["{k}_null"]``); with one condition this is the usual CFG on it, and all
+    ``s_k = 1`` is the plain conditional model. Every branch runs in ONE forward over a stacked
+    batch; ``scale = 1`` (or a dict of ones) skips the stacking.
     """
+    if isinstance(scale, Mapping):
+        return _per_condition_guided(model, x, t, mask, cond or {}, scale, x_self_cond)
     if scale == 1.0:
         return model(x, t, mask, cond, x_self_cond=x_self_cond)
     bsz = x.shape[0]
@@ -114,6 +120,34 @@ def guided_velocity(
     )  # [2B, N, D]
     v_c, v_u = v.chunk(2, dim=0)  # 2 x [B, N, D]
     return v_u + scale * (v_c - v_u)
+
+
+def _per_condition_guided(
+    model: VelocityModel, x: Tensor, t: Tensor, mask: Tensor, cond: dict[str, Tensor], scale: Mapping[str, float], x_self_cond: Tensor | None
+) -> Tensor:
+    """Per-condition guidance (see :func:`guided_velocity`): branch 0 conditional, branch j nulls condition k_j."""
+    guided = [(k, float(s)) for k, s in scale.items() if float(s) != 1.0]
+    missing = [k for k, _ in guided if k not in cond]
+    if missing:
+        raise ValueError(f"guidance on condition(s) {missing} that the batch does not carry")
+    if not guided:
+        return model(x, t, mask, cond, x_self_cond=x_self_cond)
+    bsz, copies = x.shape[0], len(guided) + 1
+
+    def rep(a: Tensor) -> Tensor:
+        return torch.cat([a] * copies, dim=0)  # [B, ...] -> [(K+1)B, ...]
+
+    stacked = {k: rep(c) for k, c in cond.items()}
+    for j, (k, _) in enumerate(guided, start=1):
+        null = torch.zeros(copies * bsz, dtype=torch.bool, device=x.device)  # [(K+1)B]
+        null[j * bsz : (j + 1) * bsz] = True
+        stacked[f"{k}_null"] = null | stacked[f"{k}_null"] if f"{k}_null" in stacked else null
+    v = model(rep(x), rep(t), rep(mask), stacked, x_self_cond=None if x_self_cond is None else rep(x_self_cond))  # [(K+1)B, N, D]
+    v_c, *v_without = v.chunk(copies, dim=0)  # (K+1) x [B, N, D]
+    out = v_c
+    for (_, s), v_k in zip(guided, v_without):
+        out = out + (s - 1.0) * (v_c - v_k)
+    return out
 
 
 class SelfConditioning:
@@ -138,7 +172,7 @@ def model_velocity(
     mask: Tensor,
     cond: dict[str, Tensor] | None = None,
     *,
-    cfg_scale: float = 1.0,
+    cfg_scale: float | Mapping[str, float] = 1.0,
     self_condition: bool = False,
 ) -> VelocityFn:
     """A solver-ready ``v(x, t)`` for ``model`` on the token sets of ``mask``, with guidance and self-conditioning."""

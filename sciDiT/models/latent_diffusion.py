@@ -3,11 +3,12 @@
 Training maps a token batch to normalised per-token latents ``x1`` (the VAE's posterior means,
 standardised per dimension) and regresses the DiT's velocity with flow matching. Generation draws
 set sizes from each domain's training histogram, integrates the flow ODE from noise with
-classifier-free guidance on the domain, and decodes with the VAE into a :class:`TokenBatch`.
+classifier-free guidance (on the domain, or per condition), and decodes with the VAE into a :class:`TokenBatch`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -100,7 +101,8 @@ class LatentDiffusion(nn.Module):
         dit: nn.Module | None = None,
         steps: int = 100,
         method: str = "euler",
-        cfg_scale: float = 1.0,
+        cfg_scale: float | Mapping[str, float] = 1.0,
+        cond: Mapping[str, Tensor] | None = None,
         self_condition: bool = True,
         coherent_elements: bool = False,
         graph_decoder: GraphDecoder | None = None,
@@ -109,7 +111,9 @@ class LatentDiffusion(nn.Module):
         """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]``.
 
         ``x0 [B, N, L]``: the source noise (drawn from ``generator`` when None); ``dit``: the network
-        to integrate (e.g. the EMA copy); ``coherent_elements``: decode each crystal's types as one
+        to integrate (e.g. the EMA copy); ``cond``: condition tensors beside the domain (absent
+        conditions get their null embedding); ``cfg_scale``: one guidance scale on all conditions, or
+        ``{name: scale}`` per condition (:func:`sciDiT.flow.guided_velocity`); ``coherent_elements``: decode each crystal's types as one
         element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
         False (default) or when the checkpoint has no prior; ``graph_decoder``: how molecules' bonds are
         decoded from the pair probabilities (argmax when None; see :meth:`AllAtomVAE.decode_graph`).
@@ -121,7 +125,8 @@ class LatentDiffusion(nn.Module):
         mask = torch.arange(n_max, device=device)[None, :] < num_tokens.to(device)[:, None]  # [B, N]
         domain = domain.to(device)
         x0 = sample_noise(mask, self.vae.latent_dim, generator=generator) if x0 is None else x0.to(device)  # [B, N, L]
-        velocity = model_velocity(dit.eval(), mask, {"domain": domain}, cfg_scale=cfg_scale,
+        cond = {"domain": domain, **{k: v.to(device) for k, v in (cond or {}).items()}}
+        velocity = model_velocity(dit.eval(), mask, cond, cfg_scale=cfg_scale,
                                   self_condition=self_condition and dit.self_condition)
         x1 = integrate(velocity, x0, steps=steps, method=method)  # [B, N, L]
         with torch.autocast(device.type, enabled=False):

@@ -178,6 +178,13 @@ def check_train_config(cfg: DictConfig, stages: Sequence[str]) -> None:
         if not available:
             raise SciDiTInputError(f"trainer.accelerator={accelerator!r} is not available on this machine (use cpu or auto)")
     check_output_dir(cfg.paths.output_dir)
+    names = OmegaConf.select(cfg, "data.conditions", default=None)
+    dit_conditions = OmegaConf.select(cfg, "dit.dit.conditions", default=None)
+    if names or dit_conditions:
+        from sciDiT.data.conditions import check_condition_domains, check_condition_names
+
+        check_condition_names(list(names or []), OmegaConf.to_container(dit_conditions, resolve=True) if dit_conditions is not None else None)
+        check_condition_domains(list(names or []), OmegaConf.select(cfg, "data.datasets", default=None))
     if cfg.ckpt_path is not None:
         if cfg.stage == "all":
             raise SciDiTInputError("ckpt_path resumes a single stage; with stage=all rerun with the same paths.output_dir instead")

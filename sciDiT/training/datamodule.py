@@ -20,13 +20,15 @@ from torch.utils.data import ConcatDataset, DataLoader
 from sciDiT.batch import Domain, collate
 from sciDiT.data.cache import TokenSetDataset
 from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae, split_file
-from sciDiT.data.qm9 import find_qm9, load_qm9_split
+from sciDiT.data.conditions import CONDITION_KEYS, ConditionCollate, ConditionedDataset, condition_stats, condition_values
+from sciDiT.data.paths import resolve_cache_dir
+from sciDiT.data.qm9 import QM9_SIZE, edm_property_halves, find_qm9, load_qm9_split, qm9_split
 from sciDiT.data.sampler import BucketBatchSampler, ResumableDataLoader, rank_and_world_size
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.composition import MAX_PRIOR_TOKENS, num_elements_counts
 
 DATASET_NAMES = ("qm9", *CDVAE_FOLDERS)
-SPEC_KEYS = {"name", "max_train", "max_val", "max_test", "limit"}
+SPEC_KEYS = {"name", "max_train", "max_val", "max_test", "limit", "edm_half"}
 SPLITS_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
@@ -34,7 +36,10 @@ def dataset_specs(datasets: Sequence[Any] | Mapping[str, Any]) -> list[dict[str,
     """Normalise the ``datasets`` argument to a list of ``{name, max_train, max_val, max_test, limit}``.
 
     Accepts a list of names or of dicts with a ``name`` key, or a dict ``{name: {max_train: ...}}``.
-    ``max_<split>``: a seeded random subset of that split; ``limit``: read only the first source rows.
+    ``max_<split>``: a seeded random subset of that split; ``limit``: read only the first source rows;
+    ``edm_half`` (QM9 only): ``A`` or ``B``, train on that half of the train split only
+    (:func:`sciDiT.data.qm9.edm_property_halves`: EDM's protocol trains the generator on B and the
+    property predictor that scores it on A).
     """
     if isinstance(datasets, Mapping):
         items = [{"name": name, **dict(opts or {})} for name, opts in datasets.items()]
@@ -48,6 +53,8 @@ def dataset_specs(datasets: Sequence[Any] | Mapping[str, Any]) -> list[dict[str,
             raise SciDiTInputError(f"unknown keys {sorted(unknown)} in data.datasets entry {spec} (allowed: {sorted(SPEC_KEYS)})")
         if spec.get("name") not in DATASET_NAMES:
             raise SciDiTInputError(f"unknown dataset {spec.get('name')!r} in data.datasets (expected one of {', '.join(DATASET_NAMES)})")
+        if spec.get("edm_half") is not None and (spec["name"] != "qm9" or spec["edm_half"] not in ("A", "B")):
+            raise SciDiTInputError(f"data.datasets entry {spec}: edm_half must be A or B, and only for qm9")
     return items
 
 
@@ -61,6 +68,9 @@ class TokenSetDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes; ``parse_workers``: processes parsing CIFs on first load.
         seed: seeds the subsets and the per-epoch shuffling.
         bucket_batches: batches per size-sorted bucket of the sampler.
+        conditions: condition keys each batch carries in ``cond`` (:mod:`sciDiT.data.conditions`:
+            ``gap``, ``spacegroup``, ``elements``, ...), standardised by training-split statistics
+            (:meth:`condition_stats`); a set without a value gets ``{key}_null`` = True.
     """
 
     def __init__(
@@ -74,6 +84,7 @@ class TokenSetDataModule(L.LightningDataModule):
         seed: int = 42,
         bucket_batches: int = 32,
         parse_workers: int = 2,
+        conditions: Sequence[str] = (),
     ):
         super().__init__()
         self.specs = dataset_specs(datasets)
@@ -81,7 +92,13 @@ class TokenSetDataModule(L.LightningDataModule):
         self.batch_size, self.max_tokens = batch_size, max_tokens
         self.num_workers, self.seed = num_workers, seed
         self.bucket_batches, self.parse_workers = bucket_batches, parse_workers
+        unknown = [c for c in conditions if c not in CONDITION_KEYS]
+        if unknown:
+            raise SciDiTInputError(f"data.conditions: unknown condition(s) {unknown}; known: {', '.join(CONDITION_KEYS)}")
+        self.conditions = list(conditions)
+        self._stats: dict[str, dict[str, Any]] | None = None
         self.splits: dict[str, list[TokenSetDataset]] = {}
+        self.values: dict[str, list[dict[str, np.ndarray]]] = {}  # per split, per dataset: raw condition values per item
 
     # -- loading ----------------------------------------------------------------------------------
     def load_split(self, spec: dict[str, Any], split: str) -> TokenSetDataset:
@@ -89,6 +106,12 @@ class TokenSetDataModule(L.LightningDataModule):
         name, limit = spec["name"], spec.get("limit")
         if name == "qm9":
             data = load_qm9_split(split, self.data_dir, self.cache_dir, limit=limit)
+            if split == "train" and spec.get("edm_half") is not None:
+                n_store = len(data.store["offsets"]) - 1
+                n_total = QM9_SIZE if limit is not None else n_store  # as load_qm9_split splits
+                rows = qm9_split(n_total)["train"]
+                rows = rows[rows < n_store]  # the train rows load_qm9_split kept, in its order
+                data = data.subset(np.flatnonzero(np.isin(rows, edm_property_halves(n_total)[spec["edm_half"]])))
         else:
             data = load_cdvae(name, split, self.data_dir, self.cache_dir, limit=limit, workers=self.parse_workers)
         k = spec.get(f"max_{split}")
@@ -108,6 +131,24 @@ class TokenSetDataModule(L.LightningDataModule):
         for split in splits:
             if split not in self.splits:
                 self.splits[split] = [self.load_split(spec, split) for spec in self.specs]
+                self.values[split] = [self.load_values(spec, split, data) for spec, data in zip(self.specs, self.splits[split])]
+
+    def load_values(self, spec: dict[str, Any], split: str, data: TokenSetDataset) -> dict[str, np.ndarray]:
+        """Raw values of ``self.conditions`` for every item of one dataset's split (NaN where unknown)."""
+        if not self.conditions:
+            return {}
+        if spec["name"] == "qm9":
+            layout, source = find_qm9(self.data_dir)
+        else:
+            layout, source = "cdvae", split_file(spec["name"], split, self.data_dir)
+        return condition_values(data, self.conditions, source, layout, resolve_cache_dir(self.cache_dir), spec.get("limit"))
+
+    def condition_stats(self) -> dict[str, dict[str, Any]]:
+        """Statistics of each condition over the training split only (plain data, stored in the DiT checkpoint)."""
+        if self._stats is None:
+            self.setup("fit")
+            self._stats = condition_stats(self.conditions, list(zip(self.splits["train"], self.values["train"])))
+        return self._stats
 
     def atom_count_histogram(self) -> dict[Domain, torch.Tensor]:
         """Per domain, how many training sets have n tokens (index n), for sampling set sizes at generation."""
@@ -139,6 +180,11 @@ class TokenSetDataModule(L.LightningDataModule):
         """
         self.setup(next(stage for stage, s in SPLITS_OF_STAGE.items() if split in s))
         parts = self.splits[split]
+        collate_fn = collate
+        datasets: list[Any] = parts
+        if self.conditions:
+            collate_fn = ConditionCollate(self.condition_stats())
+            datasets = [ConditionedDataset(p, v, "elements" in self.conditions) for p, v in zip(parts, self.values[split])]
         rank, world_size = self._rank_world()
         sampler = BucketBatchSampler(
             np.concatenate([p.num_tokens for p in parts]),
@@ -152,9 +198,9 @@ class TokenSetDataModule(L.LightningDataModule):
         )
         loader_class = ResumableDataLoader if split == "train" else DataLoader
         return loader_class(
-            ConcatDataset(parts),
+            ConcatDataset(datasets),
             batch_sampler=sampler,
-            collate_fn=collate,
+            collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

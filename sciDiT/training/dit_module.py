@@ -1,7 +1,8 @@
 """Lightning glue for the latent DiT stage: frozen VAE in, EMA of DiT weights, flow-matching loss.
 
 The maths lives in :mod:`sciDiT.models.latent_diffusion`; this module wires it to a Trainer and
-keeps the checkpoint self-contained (VAE weights, latent statistics, set-size histograms, EMA), so
+keeps the checkpoint self-contained (VAE weights, latent statistics, set-size histograms, EMA and,
+for a conditional model, the training statistics of its conditions under ``condition_stats``), so
 ``sciDiT.sample`` needs nothing but the DiT checkpoint.
 """
 
@@ -15,11 +16,14 @@ import torch
 
 from sciDiT.batch import Domain, TokenBatch
 from sciDiT.checkpoint import load_checkpoint, require_stage
+from sciDiT.data.conditions import check_condition_names
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.training.compile import compile_module
 from sciDiT.training.ema import EMA
 from sciDiT.training.optim import adamw_for, build_optimizer
+
+CONDITION_STATS_KEY = "condition_stats"  # checkpoint entry: {key: statistics} of sciDiT.data.conditions.condition_stats
 
 
 class DiTModule(L.LightningModule):
@@ -47,6 +51,7 @@ class DiTModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = LatentDiffusion(vae, dit)
         self.ema = EMA(self.model.dit, decay=ema_decay)
+        self.condition_stats: dict[str, dict[str, Any]] = {}  # training statistics of the data's conditions (checkpointed)
 
     def configure_model(self) -> None:
         """``compile=True``: torch.compile the trained DiT in place (dynamic shapes; eager with a warning where unavailable)."""
@@ -61,11 +66,22 @@ class DiTModule(L.LightningModule):
             load_vae_state(self.model.vae, load_vae_checkpoint(self.hparams.vae_ckpt)[0], self.hparams.vae_ckpt)
 
     def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        names = list(getattr(datamodule, "conditions", []))
+        check_condition_names(names, self.hparams.dit.get("conditions"))
+        if names and not self.condition_stats:
+            self.condition_stats = datamodule.condition_stats()
         if bool(self.model.prepared):  # resumed, or already prepared
             return
-        datamodule = self.trainer.datamodule
         batches = [b.to(self.device) for b in itertools.islice(datamodule.train_dataloader(), self.hparams.stats_batches)]
         self.model.prepare(batches, datamodule.atom_count_histogram(), datamodule.element_count_histogram())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.condition_stats:
+            checkpoint[CONDITION_STATS_KEY] = self.condition_stats  # plain numbers, strings and lists
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.condition_stats = dict(checkpoint.get(CONDITION_STATS_KEY, {}))
 
     # -- training -----------------------------------------------------------------------------------
     def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
