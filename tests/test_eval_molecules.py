@@ -219,7 +219,7 @@ def test_sdf_with_decoded_bonds_is_scored_on_them(qm9_sdf, tmp_path):
     written = [ts.meta.pop("written") for ts in sets]
     assert written[0].GetProp("bond_source") == "decoded" and written[0].GetNumBonds() == true[0].GetNumBonds()
     m = evaluate_molecules(sets, openbabel=False, written=written).metrics
-    assert m["headline_file_bonds"] == 1.0 and m["file_bonds_decoded"] == 1.0
+    assert m["headline_file_bonds"] == 1.0 and m["file_bonds_decoded"] == 1.0 and m["file_bonds_decoded_constrained"] == 0.0
     assert m["validity"] == m["validity_file_bonds"] == m["validity_file_bonds_connected"] == 1.0
     assert m["validity_perceived"] < 0.5
     # perfect coordinates but a written graph with one bond removed (two radicals): invalid as written
