@@ -16,6 +16,7 @@ from sciDiT.perturbation.baselines import Additive, LinearGeneEmbedding
 from sciDiT.perturbation.model import PerturbationFlow, SciDiTPredictor
 from sciDiT.tokenizers.cell import CellTokenizer
 from sciDiT.training.cell_datamodule import collate_cells, covariate_codes, tokenize_cells
+from sciDiT.training.guards import NonFiniteTrainingError
 
 
 def _batch(adata: ad.AnnData):
@@ -182,3 +183,19 @@ def test_a_cell_without_expressed_genes_is_a_clear_error(cells):
     tok = CellTokenizer.from_anndata(cells)
     with pytest.raises(SciDiTInputError, match=bad.obs_names[1]):
         tokenize_cells(bad, tok, covariate_codes(bad, "bio_rep", ["rep_1", "rep_2"]))
+
+
+@pytest.mark.parametrize("stage", ["vae", "dit"])
+def test_fit_stops_on_nan_naming_stage_and_step_and_keeps_the_last_good_weights(cells, tmp_path, stage):
+    """lr=1e6 blows the weights up within the first steps, after which every loss is NaN: fit stops after
+    ``non_finite_patience`` skipped steps in a row (long before its 20 steps) with one line, and no NaN reaches the weights."""
+    predictor = SciDiTPredictor(vae=TINY_CELL_VAE, dit=TINY_CELL_DIT, vae_steps=2 if stage == "dit" else 20, dit_steps=20, batch_size=32, seed=0,
+                                module_kwargs={stage: {"lr": 1e6, "warmup_steps": 0}}, non_finite_patience=3)
+    with pytest.raises(NonFiniteTrainingError, match=rf"^SciDiTPredictor.fit: cell_{stage} stage stopped at step \d: .* 3 consecutive steps") as info:
+        predictor.fit(cells, work_dir=tmp_path)
+    assert "\n" not in str(info.value)
+    if stage == "vae":
+        assert predictor.module is None  # the predictor stays untrained
+    else:
+        weights = predictor.module.model.dit.state_dict()
+        assert all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point())

@@ -390,6 +390,7 @@ class SciDiTPredictor:
         steps: int = 20,
         seed: int = 0,
         module_kwargs: dict[str, dict[str, Any]] | None = None,
+        non_finite_patience: int = 3,
     ):
         from sciDiT.training.cell_module import DEFAULT_DIT, DEFAULT_VAE
 
@@ -398,6 +399,7 @@ class SciDiTPredictor:
         self.vae_steps, self.dit_steps, self.batch_size, self.covariate_key = vae_steps, dit_steps, batch_size, covariate_key
         self.cfg_scale, self.steps, self.seed = cfg_scale, steps, seed
         self.module_kwargs = module_kwargs or {}
+        self.non_finite_patience = non_finite_patience
         self.module = None
 
     # -- training -----------------------------------------------------------------------------------
@@ -405,6 +407,11 @@ class SciDiTPredictor:
         """Train VAE then DiT on ``train`` (``vae_steps`` / ``dit_steps`` optimiser steps on CPU or GPU).
 
         ``extra_targets``: genes to be predictable as (unseen) targets beyond those perturbed in ``train``.
+        Never trains on NaN: a step with a non-finite loss or gradient is skipped, and
+        ``non_finite_patience`` of them in a row stop ``fit`` with a one-line
+        :class:`~sciDiT.training.guards.NonFiniteTrainingError` naming the stage and step. A stopped
+        VAE stage leaves the predictor as it was; a stopped DiT stage leaves it with the DiT weights of
+        the last good step.
         """
         import tempfile
 
@@ -412,21 +419,29 @@ class SciDiTPredictor:
 
         from sciDiT.training.cell_datamodule import CellDataModule
         from sciDiT.training.cell_module import CellDiTModule, CellVAEModule
+        from sciDiT.training.guards import NonFiniteGuard, NonFiniteTrainingError
 
+        guard = NonFiniteGuard(self.non_finite_patience)  # checks the patience before any work
         L.seed_everything(self.seed, workers=True, verbose=False)
         work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="scidit_cells_"))
         data = CellDataModule(split_data=train, covariate_key=self.covariate_key, batch_size=self.batch_size, seed=self.seed, extra_targets=extra_targets)
 
-        def trainer(steps: int) -> L.Trainer:
-            return L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             limit_val_batches=0, gradient_clip_val=1.0, default_root_dir=str(work), accelerator="auto", devices=1)
+        def fit_stage(module: L.LightningModule, steps: int) -> None:
+            guard.bad_steps = []
+            trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                limit_val_batches=0, gradient_clip_val=1.0, default_root_dir=str(work), accelerator="auto", devices=1,
+                                callbacks=[guard], use_distributed_sampler=False)
+            try:
+                trainer.fit(module, datamodule=data)
+            except NonFiniteTrainingError as err:
+                raise NonFiniteTrainingError(f"SciDiTPredictor.fit: {module.checkpoint_stage} stage {err}") from None
 
         vae_module = CellVAEModule(self.vae_cfg, **self.module_kwargs.get("vae", {}))
-        trainer(self.vae_steps).fit(vae_module, datamodule=data)
+        fit_stage(vae_module, self.vae_steps)
         vae_ckpt = work / "vae.ckpt"
         torch.save({"state_dict": vae_module.state_dict(), "hyper_parameters": to_plain(dict(vae_module.hparams))}, vae_ckpt)
         self.module = CellDiTModule(self.vae_cfg, self.dit_cfg, vae_ckpt=str(vae_ckpt), **self.module_kwargs.get("dit", {}))
-        trainer(self.dit_steps).fit(self.module, datamodule=data)
+        fit_stage(self.module, self.dit_steps)
         return self
 
     def save(self, path: str | Path) -> Path:
