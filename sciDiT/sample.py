@@ -63,6 +63,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "cfg_scale": (float, 1.0, "classifier-free guidance scale on the domain (1 = none)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
+    "reproducible": (_bool, False, "each sample in a batch of its own: bit-identical output for a seed, whatever batch_size (slower)"),
     "device": (str, "cpu", "torch device, e.g. cpu or cuda"),
     "use_ema": (_bool, True, "sample with the EMA weights"),
     "compile": (_bool, False, "torch.compile the DiT"),
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"],
             cfg_scale=opts["cfg_scale"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
+            reproducible=opts["reproducible"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

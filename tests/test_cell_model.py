@@ -167,6 +167,17 @@ def test_same_seed_same_predictions(tiny_predictor, cells):
     assert list(drawn.obs["control_cell"]) != list(a.obs["control_cell"][a.obs["perturbation"] == "STAT1"])  # another seed, other cells
 
 
+def test_reproducible_predictions_are_bit_identical_for_any_batch_size(tiny_predictor, cells):
+    """predict(reproducible=True): each control cell encoded and transported alone, so batch sizes 1, 3, 7 and two runs
+    give the same bits, cells drawn with replacement included."""
+    control = cells[cells.obs["perturbation"] == "control"].copy()
+    runs = [tiny_predictor.predict(control, ["STAT1", "IFNGR1+JAK2"], n_cells=50, batch_size=b, reproducible=True) for b in (1, 3, 7, 7)]
+    for run in runs[1:]:
+        assert np.array_equal(run.X, runs[0].X) and np.array_equal(run.layers["shift"], runs[0].layers["shift"])
+        assert list(run.obs["control_cell"]) == list(runs[0].obs["control_cell"])
+        assert all(np.array_equal(run.varm[k].to_numpy(), runs[0].varm[k].to_numpy()) for k in ("predicted_shift", "predicted_lfc"))
+
+
 def test_unfitted_predictor_and_bad_checkpoint_are_clear_errors(cells, tmp_path):
     with pytest.raises(SciDiTInputError, match="not trained"):
         SciDiTPredictor().predict(cells, ["STAT1"])

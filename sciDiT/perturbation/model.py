@@ -475,8 +475,15 @@ class SciDiTPredictor:
             raise SciDiTInputError("the predictor is not trained: call fit(train) or SciDiTPredictor.load(checkpoint)")
 
     # -- prediction ---------------------------------------------------------------------------------
-    def predict(self, control: ad.AnnData, perturbations: Sequence[str], n_cells: int | None = None, batch_size: int = 1024) -> ad.AnnData:
-        """Generated cells for each perturbation, one per control cell (or ``n_cells`` drawn from them).
+    def predict(self, control: ad.AnnData, perturbations: Sequence[str], n_cells: int | None = None, batch_size: int = 1024,
+                reproducible: bool = False) -> ad.AnnData:
+        """Generated cells for each perturbation, one per control cell (or ``n_cells`` drawn from them, seeded by ``seed``).
+
+        Transport is deterministic (no noise), but batched results agree across ``batch_size`` up to
+        float rounding only (a matrix product's last bits depend on its number of rows);
+        ``reproducible=True`` encodes and transports each control cell in a batch of its own, so the
+        output is bit-identical for a given seed whatever ``batch_size`` (on the same machine, software
+        and thread count; ``batch_size`` is then unused, one forward pass per cell and step).
 
         Returns AnnData (cells x the model's genes): ``X`` = log-normalised expression (source cell +
         decoded shift), ``layers['shift']`` = each cell's decoded shift, ``obs['perturbation']`` (canonical
@@ -512,8 +519,9 @@ class SciDiTPredictor:
         device = next(flow.parameters()).device
         blocks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {label: [] for label in labels}
         with module.ema.swapped(flow.dit):
-            for start in range(0, rows.size, batch_size):
-                chunk = rows[start : start + batch_size]
+            step = 1 if reproducible else batch_size
+            for start in range(0, rows.size, step):
+                chunk = rows[start : start + step]
                 batch = collate_cells([cells[i] for i in chunk]).to(device)
                 x0 = flow.latents(batch)  # the control cells are encoded once for all perturbations
                 for label in labels:
