@@ -89,11 +89,12 @@ def test_reproducible_sampling_is_bit_identical_for_any_batch_size_and_n(gen, do
 
 
 def test_reproducible_files_are_byte_identical_for_any_batch_size(ckpt, tmp_path):
-    """CLI reproducible=true: batch sizes 1, 3 and 7 write byte-identical SDF files and CIF folders."""
+    """CLI reproducible=true: batch sizes 1, 3 and 7 write byte-identical SDF files and CIF folders (in float32;
+    the API test above runs bf16=auto, which is bf16 on a bf16-native CPU)."""
     for domain, name in (("molecule", "m.sdf"), ("crystal", "x")):
         for batch_size in (1, 3, 7):
             out = tmp_path / str(batch_size) / name
-            args = [f"ckpt={ckpt}", f"domain={domain}", "n=8", f"out={out}", "steps=2", "seed=5", f"batch_size={batch_size}", "reproducible=true", "progress=false"]
+            args = [f"ckpt={ckpt}", f"domain={domain}", "n=8", f"out={out}", "steps=2", "seed=5", f"batch_size={batch_size}", "reproducible=true", "bf16=false", "progress=false"]
             assert main(args) == 0
         files = sorted(p.relative_to(tmp_path / "1") for p in (tmp_path / "1").rglob("*") if p.is_file())
         assert files and all((tmp_path / "1" / f).read_bytes() == (tmp_path / b / f).read_bytes() for f in files for b in ("3", "7"))
