@@ -12,9 +12,10 @@ Determinism: sample ``i`` draws its set size and its initial noise from its own 
 by ``(seed, i)`` (:func:`sample_seed`), so its inputs depend on nothing else: not on ``n``, not on
 ``batch_size``, not on its batch companions. Batches are formed from samples sorted by size, which
 keeps padding small; the sampling loop itself is batched tensor work only (no per-sample Python).
-Batched results then agree across batch sizes up to float rounding only (~1e-6 A): a matrix product's
-last bits depend on how many rows it has and where a row sits among them, and padding changes the
-attention's reduction lengths. ``reproducible=True`` integrates and decodes each sample in a batch of
+Batched results then agree across batch sizes up to float rounding only: a matrix product's last bits
+depend on how many rows it has and where a row sits among them, and padding changes the attention's
+reduction lengths; a trained model's ODE can grow those bits into visibly different samples (most of
+all under bf16). ``reproducible=True`` integrates and decodes each sample in a batch of
 its own (shape ``[1, n_i]``, no padding), so the computation of sample ``i`` is the same call whatever
 the batch size or the other samples, and the output is bit-identical for a given seed on the same
 machine, software and thread count (one forward pass per sample and step instead of per batch; chunks
