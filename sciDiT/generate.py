@@ -8,11 +8,18 @@
     gen.export(gen.generate_token_sets("molecule", n=1000), "molecules.sdf")
 
 The checkpoint is self-contained (VAE weights, latent statistics, set-size histograms, EMA DiT).
-Determinism: set sizes and the initial noise of every sample are drawn up front from one seeded CPU
-generator, noise in sample order, so sample ``i`` depends only on the seed and its own size, not on
-``batch_size`` or on how samples are grouped into batches (up to float rounding). Batches are formed
-from samples sorted by size, which keeps padding small; the sampling loop itself is batched tensor
-work only (no per-sample Python).
+Determinism: sample ``i`` draws its set size and its initial noise from its own CPU generator, seeded
+by ``(seed, i)`` (:func:`sample_seed`), so its inputs depend on nothing else: not on ``n``, not on
+``batch_size``, not on its batch companions. Batches are formed from samples sorted by size, which
+keeps padding small; the sampling loop itself is batched tensor work only (no per-sample Python).
+Batched results then agree across batch sizes up to float rounding only: a matrix product's last bits
+depend on how many rows it has and where a row sits among them, and padding changes the attention's
+reduction lengths; a trained model's ODE can grow those bits into visibly different samples (most of
+all under bf16). ``reproducible=True`` integrates and decodes each sample in a batch of
+its own (shape ``[1, n_i]``, no padding), so the computation of sample ``i`` is the same call whatever
+the batch size or the other samples, and the output is bit-identical for a given seed on the same
+machine, software and thread count (one forward pass per sample and step instead of per batch; chunks
+of a fixed shape are not enough: measured in experiments/reproducible_sampling/README.md).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pymatgen.core import Structure
 from rdkit import Chem
@@ -86,11 +94,11 @@ class Generator:
         self._compiled: dict[bool, nn.Module] = {}
 
     # -- inputs ---------------------------------------------------------------------------------
-    def set_sizes(self, domain: Domain, n: int, num_atoms: int | Sequence[int] | None, generator: torch.Generator) -> Tensor:
-        """``[n]`` atom counts: drawn from the training histogram of ``domain``, or the user's."""
+    def set_sizes(self, domain: Domain, n: int, num_atoms: int | Sequence[int] | None, generators: Sequence[torch.Generator]) -> Tensor:
+        """``[n]`` atom counts: drawn from the training histogram of ``domain`` (sample ``i`` from ``generators[i]``), or the user's."""
         if num_atoms is None:
             try:
-                return self.model.sample_set_sizes(domain, n, generator)
+                return torch.cat([self.model.sample_set_sizes(domain, 1, g) for g in generators])
             except ValueError as err:
                 raise SciDiTInputError(str(err)) from err
         sizes = torch.full((n,), int(num_atoms)) if isinstance(num_atoms, int) else torch.as_tensor(list(num_atoms), dtype=torch.long)
@@ -130,6 +138,7 @@ class Generator:
         condition: Mapping[str, Any] | None = None,
         guidance: Mapping[str, float] | None = None,
         allow_extrapolation: bool = False,
+        reproducible: bool = False,
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -143,7 +152,8 @@ class Generator:
         ``composition`` (crystals): ``argmax`` decodes each atom alone; ``coherent`` chooses each
         crystal's element set jointly under the training prior on the number of elements
         (:mod:`sciDiT.models.composition`; fixes the element count, not SMACT validity:
-        experiments/crystal_composition/README.md).
+        experiments/crystal_composition/README.md). ``reproducible``: each sample in a batch of its own,
+        bit-identical for a given seed whatever ``batch_size`` or ``n`` (module docstring; ``batch_size`` is then unused).
         ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable
         order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
         atom has its exact valence (:mod:`sciDiT.tokenizers.valence`; ``decoded_constrained``, or the
@@ -183,17 +193,19 @@ class Generator:
             num_atoms = request[SIZE_KEY]
         scale = _guidance(guidance, request, cfg_scale)
         names = [k for k in request if k != SIZE_KEY]
-        gen = torch.Generator().manual_seed(_check_seed(seed))
-        sizes = self.set_sizes(dom, n, num_atoms, gen)  # [n]
+        seed = _check_seed(seed)
+        gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: sizes, then noise
+        sizes = self.set_sizes(dom, n, num_atoms, gens)  # [n]
         latent_dim = self.model.vae.latent_dim
-        noise = torch.randn(int(sizes.sum()), latent_dim, generator=gen)  # [sum sizes, L], in sample order
+        noise = torch.cat([torch.randn(int(k), latent_dim, generator=g) for k, g in zip(sizes, gens)])  # [sum sizes, L], in sample order
         offsets = torch.cumsum(sizes, 0) - sizes  # [n] first noise row of each sample
         order = torch.argsort(sizes, stable=True)  # batches of similar sizes: little padding
+        batches = torch.arange(n).split(1) if reproducible else order.split(batch_size)
         dit = self._dit(use_ema, compile)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         out: list[TokenSet | None] = [None] * n
         with tqdm(total=n, desc=f"sampling {dom.name.lower()}s", unit="set", disable=not progress) as bar:
-            for idx in order.split(batch_size):
+            for idx in batches:
                 n_max = int(sizes[idx].max())
                 arange = torch.arange(n_max)
                 mask = arange[None, :] < sizes[idx, None]  # [b, N]
@@ -281,6 +293,12 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise SciDiTInputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The 64-bit seed of sample ``index``'s generator under ``seed`` (NumPy's SeedSequence: well mixed, stable across versions)."""
+    low, high = np.random.SeedSequence([seed % 2**64, index]).generate_state(2, np.uint32)
+    return int(low) | int(high) << 32
 
 
 def _check_seed(seed: int) -> int:

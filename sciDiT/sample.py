@@ -75,6 +75,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "cfg_scale": (float, 1.0, "classifier-free guidance scale on all conditions at once: the domain and any request (1 = none; per condition: guidance.KEY)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
+    "reproducible": (_bool, False, "each sample in a batch of its own: bit-identical output for a seed, whatever batch_size (slower)"),
     "device": (str, "cpu", "torch device, e.g. cpu or cuda"),
     "use_ema": (_bool, True, "sample with the EMA weights"),
     "compile": (_bool, False, "torch.compile the DiT"),
@@ -187,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
             bond_decoding=opts["bond_decoding"],
             condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
+            reproducible=opts["reproducible"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

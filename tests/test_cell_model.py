@@ -16,6 +16,7 @@ from sciDiT.perturbation.baselines import Additive, LinearGeneEmbedding
 from sciDiT.perturbation.model import PerturbationFlow, SciDiTPredictor
 from sciDiT.tokenizers.cell import CellTokenizer
 from sciDiT.training.cell_datamodule import collate_cells, covariate_codes, tokenize_cells
+from sciDiT.training.guards import NonFiniteTrainingError
 
 
 def _batch(adata: ad.AnnData):
@@ -166,6 +167,17 @@ def test_same_seed_same_predictions(tiny_predictor, cells):
     assert list(drawn.obs["control_cell"]) != list(a.obs["control_cell"][a.obs["perturbation"] == "STAT1"])  # another seed, other cells
 
 
+def test_reproducible_predictions_are_bit_identical_for_any_batch_size(tiny_predictor, cells):
+    """predict(reproducible=True): each control cell encoded and transported alone, so batch sizes 1, 3, 7 and two runs
+    give the same bits, cells drawn with replacement included."""
+    control = cells[cells.obs["perturbation"] == "control"].copy()
+    runs = [tiny_predictor.predict(control, ["STAT1", "IFNGR1+JAK2"], n_cells=50, batch_size=b, reproducible=True) for b in (1, 3, 7, 7)]
+    for run in runs[1:]:
+        assert np.array_equal(run.X, runs[0].X) and np.array_equal(run.layers["shift"], runs[0].layers["shift"])
+        assert list(run.obs["control_cell"]) == list(runs[0].obs["control_cell"])
+        assert all(np.array_equal(run.varm[k].to_numpy(), runs[0].varm[k].to_numpy()) for k in ("predicted_shift", "predicted_lfc"))
+
+
 def test_unfitted_predictor_and_bad_checkpoint_are_clear_errors(cells, tmp_path):
     with pytest.raises(SciDiTInputError, match="not trained"):
         SciDiTPredictor().predict(cells, ["STAT1"])
@@ -182,3 +194,19 @@ def test_a_cell_without_expressed_genes_is_a_clear_error(cells):
     tok = CellTokenizer.from_anndata(cells)
     with pytest.raises(SciDiTInputError, match=bad.obs_names[1]):
         tokenize_cells(bad, tok, covariate_codes(bad, "bio_rep", ["rep_1", "rep_2"]))
+
+
+@pytest.mark.parametrize("stage", ["vae", "dit"])
+def test_fit_stops_on_nan_naming_stage_and_step_and_keeps_the_last_good_weights(cells, tmp_path, stage):
+    """lr=1e6 blows the weights up within the first steps, after which every loss is NaN: fit stops after
+    ``non_finite_patience`` skipped steps in a row (long before its 20 steps) with one line, and no NaN reaches the weights."""
+    predictor = SciDiTPredictor(vae=TINY_CELL_VAE, dit=TINY_CELL_DIT, vae_steps=2 if stage == "dit" else 20, dit_steps=20, batch_size=32, seed=0,
+                                module_kwargs={stage: {"lr": 1e6, "warmup_steps": 0}}, non_finite_patience=3)
+    with pytest.raises(NonFiniteTrainingError, match=rf"^SciDiTPredictor.fit: cell_{stage} stage stopped at step \d: .* 3 consecutive steps") as info:
+        predictor.fit(cells, work_dir=tmp_path)
+    assert "\n" not in str(info.value)
+    if stage == "vae":
+        assert predictor.module is None  # the predictor stays untrained
+    else:
+        weights = predictor.module.model.dit.state_dict()
+        assert all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point())

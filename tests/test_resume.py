@@ -194,3 +194,59 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(data_dir, cache_di
     resumed = _fit(tmp_path / "b", data_dir, cache_dir, steps, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# -- the cell stages' loader ------------------------------------------------------------------------------
+def test_cell_train_loader_resumes_with_the_remaining_batches_of_its_epoch(cells):
+    from sciDiT.training.cell_datamodule import CellDataModule
+
+    def loader():
+        data = CellDataModule(split_data=cells, batch_size=16, seed=3)
+        data.setup("fit")
+        return data.train_dataloader()
+
+    full = loader()
+    full.load_state_dict({"epoch": 1, "position": 0})
+    epoch1 = [b.cond["row"].tolist() for b in full]
+    assert len(epoch1) == len(cells) * 95 // 100 // 16 and all(len(rows) == 16 for rows in epoch1)  # shuffled full batches, short one dropped
+    it = iter(full)
+    taken = [next(it).cond["row"].tolist() for _ in range(2)]
+    state = full.state_dict()
+    assert state == {"epoch": 1, "position": 2} and taken == epoch1[:2]
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [b.cond["row"].tolist() for b in resumed] == epoch1[2:]
+    resumed.batch_sampler.set_epoch(2)
+    assert [b.cond["row"].tolist() for b in resumed] != epoch1  # another epoch, another order
+
+
+def _fit_cells(out: Path, cells, max_steps: int, extra: list | None = None, ckpt_path: str | None = None):
+    from conftest import TINY_CELL_VAE
+    from sciDiT.training.cell_datamodule import CellDataModule
+    from sciDiT.training.cell_module import CellVAEModule
+
+    L.seed_everything(0)
+    datamodule = CellDataModule(split_data=cells, batch_size=16, seed=0)
+    module = CellVAEModule(TINY_CELL_VAE, warmup_steps=2)
+    checkpoint = LastAndBestCheckpoint(dirpath=out, monitor="val/loss", save_last=True, save_top_k=1)
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, val_check_interval=3, check_val_every_n_epoch=None, limit_val_batches=1,
+                        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+                        callbacks=[checkpoint, RNGState(), *(extra or [])])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    assert len(trainer.train_dataloader) < max_steps - 3  # the checkpoint of step 6 lies inside the second epoch
+    return module
+
+
+def test_interrupted_cell_stage_resumes_mid_epoch_to_the_uninterrupted_weights(cells, tmp_path):
+    """Epochs of 5 batches: the step-6 checkpoint holds (epoch 1, position 1); restarting the epoch would train on other batches."""
+    steps = 9
+    reference = _fit_cells(tmp_path / "a", cells, steps)
+    with pytest.raises(_Killed):
+        _fit_cells(tmp_path / "b", cells, steps, extra=[_Interrupt(at=7)])
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 6
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "position": 1}]
+    resumed = _fit_cells(tmp_path / "b", cells, steps, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

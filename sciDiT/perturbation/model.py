@@ -390,6 +390,7 @@ class SciDiTPredictor:
         steps: int = 20,
         seed: int = 0,
         module_kwargs: dict[str, dict[str, Any]] | None = None,
+        non_finite_patience: int = 3,
     ):
         from sciDiT.training.cell_module import DEFAULT_DIT, DEFAULT_VAE
 
@@ -398,6 +399,7 @@ class SciDiTPredictor:
         self.vae_steps, self.dit_steps, self.batch_size, self.covariate_key = vae_steps, dit_steps, batch_size, covariate_key
         self.cfg_scale, self.steps, self.seed = cfg_scale, steps, seed
         self.module_kwargs = module_kwargs or {}
+        self.non_finite_patience = non_finite_patience
         self.module = None
 
     # -- training -----------------------------------------------------------------------------------
@@ -405,6 +407,11 @@ class SciDiTPredictor:
         """Train VAE then DiT on ``train`` (``vae_steps`` / ``dit_steps`` optimiser steps on CPU or GPU).
 
         ``extra_targets``: genes to be predictable as (unseen) targets beyond those perturbed in ``train``.
+        Never trains on NaN: a step with a non-finite loss or gradient is skipped, and
+        ``non_finite_patience`` of them in a row stop ``fit`` with a one-line
+        :class:`~sciDiT.training.guards.NonFiniteTrainingError` naming the stage and step. A stopped
+        VAE stage leaves the predictor as it was; a stopped DiT stage leaves it with the DiT weights of
+        the last good step.
         """
         import tempfile
 
@@ -412,21 +419,29 @@ class SciDiTPredictor:
 
         from sciDiT.training.cell_datamodule import CellDataModule
         from sciDiT.training.cell_module import CellDiTModule, CellVAEModule
+        from sciDiT.training.guards import NonFiniteGuard, NonFiniteTrainingError
 
+        guard = NonFiniteGuard(self.non_finite_patience)  # checks the patience before any work
         L.seed_everything(self.seed, workers=True, verbose=False)
         work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="scidit_cells_"))
         data = CellDataModule(split_data=train, covariate_key=self.covariate_key, batch_size=self.batch_size, seed=self.seed, extra_targets=extra_targets)
 
-        def trainer(steps: int) -> L.Trainer:
-            return L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             limit_val_batches=0, gradient_clip_val=1.0, default_root_dir=str(work), accelerator="auto", devices=1)
+        def fit_stage(module: L.LightningModule, steps: int) -> None:
+            guard.bad_steps = []
+            trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                limit_val_batches=0, gradient_clip_val=1.0, default_root_dir=str(work), accelerator="auto", devices=1,
+                                callbacks=[guard], use_distributed_sampler=False)
+            try:
+                trainer.fit(module, datamodule=data)
+            except NonFiniteTrainingError as err:
+                raise NonFiniteTrainingError(f"SciDiTPredictor.fit: {module.checkpoint_stage} stage {err}") from None
 
         vae_module = CellVAEModule(self.vae_cfg, **self.module_kwargs.get("vae", {}))
-        trainer(self.vae_steps).fit(vae_module, datamodule=data)
+        fit_stage(vae_module, self.vae_steps)
         vae_ckpt = work / "vae.ckpt"
         torch.save({"state_dict": vae_module.state_dict(), "hyper_parameters": to_plain(dict(vae_module.hparams))}, vae_ckpt)
         self.module = CellDiTModule(self.vae_cfg, self.dit_cfg, vae_ckpt=str(vae_ckpt), **self.module_kwargs.get("dit", {}))
-        trainer(self.dit_steps).fit(self.module, datamodule=data)
+        fit_stage(self.module, self.dit_steps)
         return self
 
     def save(self, path: str | Path) -> Path:
@@ -460,8 +475,15 @@ class SciDiTPredictor:
             raise SciDiTInputError("the predictor is not trained: call fit(train) or SciDiTPredictor.load(checkpoint)")
 
     # -- prediction ---------------------------------------------------------------------------------
-    def predict(self, control: ad.AnnData, perturbations: Sequence[str], n_cells: int | None = None, batch_size: int = 1024) -> ad.AnnData:
-        """Generated cells for each perturbation, one per control cell (or ``n_cells`` drawn from them).
+    def predict(self, control: ad.AnnData, perturbations: Sequence[str], n_cells: int | None = None, batch_size: int = 1024,
+                reproducible: bool = False) -> ad.AnnData:
+        """Generated cells for each perturbation, one per control cell (or ``n_cells`` drawn from them, seeded by ``seed``).
+
+        Transport is deterministic (no noise), but batched results agree across ``batch_size`` up to
+        float rounding only (a matrix product's last bits depend on its number of rows);
+        ``reproducible=True`` encodes and transports each control cell in a batch of its own, so the
+        output is bit-identical for a given seed whatever ``batch_size`` (on the same machine, software
+        and thread count; ``batch_size`` is then unused, one forward pass per cell and step).
 
         Returns AnnData (cells x the model's genes): ``X`` = log-normalised expression (source cell +
         decoded shift), ``layers['shift']`` = each cell's decoded shift, ``obs['perturbation']`` (canonical
@@ -497,8 +519,9 @@ class SciDiTPredictor:
         device = next(flow.parameters()).device
         blocks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {label: [] for label in labels}
         with module.ema.swapped(flow.dit):
-            for start in range(0, rows.size, batch_size):
-                chunk = rows[start : start + batch_size]
+            step = 1 if reproducible else batch_size
+            for start in range(0, rows.size, step):
+                chunk = rows[start : start + step]
                 batch = collate_cells([cells[i] for i in chunk]).to(device)
                 x0 = flow.latents(batch)  # the control cells are encoded once for all perturbations
                 for label in labels:

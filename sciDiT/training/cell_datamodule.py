@@ -6,7 +6,8 @@ perturbation token set (``perturbation [B, M]`` gene ids, ``perturbation_mask [B
 covariate class (``covariate [B]``). :class:`CellDataModule` builds the train / val / test sets
 from a split of :mod:`sciDiT.perturbation.splits` (or from AnnData given directly, for the
 prediction API); ``control_dataloader`` yields the training control cells, which the DiT stage
-uses as the source of its flow.
+uses as the source of its flow. The train loader is resumable (:class:`~sciDiT.data.sampler.ResumableDataLoader`):
+checkpoints hold its epoch and position, so a resumed cell stage continues its epoch where it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from sciDiT.batch import TokenBatch, TokenSet, collate
 from sciDiT.data.paths import resolve_data_dir
+from sciDiT.data.sampler import BucketBatchSampler, ResumableDataLoader, rank_and_world_size
 from sciDiT.data.perturbseq import CONTROL, PERTURBATION_KEY, load_papalexi, target_genes
 from sciDiT.errors import SciDiTInputError
 from sciDiT.perturbation.splits import PerturbationSplit, random_cells_split, replicate_split, unseen_target_split
@@ -142,25 +144,32 @@ class CellDataModule(L.LightningDataModule):
             raise SciDiTInputError("the training cells contain no control cells (the flow's source)")
 
     # -- loaders ------------------------------------------------------------------------------------
-    def _loader(self, sets: list[TokenSet], shuffle: bool) -> DataLoader:
-        return DataLoader(sets, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_cells, num_workers=self.num_workers, drop_last=shuffle and len(sets) > self.batch_size)
+    def _loader(self, sets: list[TokenSet]) -> DataLoader:
+        """Every cell of ``sets`` once, in order (evaluation, caching)."""
+        return DataLoader(sets, batch_size=self.batch_size, shuffle=False, collate_fn=collate_cells, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_sets, shuffle=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled batches of ``batch_size`` training cells (seeded by ``seed`` and the epoch; a final short batch dropped),
+        from a :class:`ResumableDataLoader`, so a resumed stage sees the rest of its epoch. One batch per bucket:
+        cells are not grouped by size (each batch is sorted by expressed genes, nothing else changes); sharded over DDP ranks."""
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else rank_and_world_size(None, None)
+        sampler = BucketBatchSampler([s.num_tokens for s in self.train_sets], batch_size=self.batch_size, shuffle=True, seed=self.seed, bucket_batches=1,
+                                     drop_last=len(self.train_sets) > self.batch_size, rank=rank, world_size=world_size)
+        return ResumableDataLoader(self.train_sets, batch_sampler=sampler, collate_fn=collate_cells, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_sets, shuffle=False)
+        return self._loader(self.val_sets)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_sets, shuffle=False)
+        return self._loader(self.test_sets)
 
     def train_cells_dataloader(self) -> DataLoader:
         """Every training cell (val cells included) once, in row order (for caching frozen-encoder latents)."""
-        return self._loader(sorted(self.train_sets + self.val_sets, key=lambda s: s.meta["row"]), shuffle=False)
+        return self._loader(sorted(self.train_sets + self.val_sets, key=lambda s: s.meta["row"]))
 
     def control_dataloader(self) -> DataLoader:
         """Every training control cell once (the DiT stage encodes them as its flow's source)."""
-        return self._loader(self.control_sets, shuffle=False)
+        return self._loader(self.control_sets)
 
     def model_info(self) -> dict:
         """What a model checkpoint must carry to rebuild the tokenizer and covariate coding."""
