@@ -20,6 +20,8 @@ xtb=1           molecules: GFN2-xTB gaps of the gap-requested samples (tblite; s
 xtb_calibration=P  molecules: JSON ``{"slope", "intercept"}`` from ``experiments/inverse_design/calibrate_xtb.py``
 unconditional=P crystals: unconditional samples for the space-group base rate (default: the samples here
                 that request no space group)
+chgnet_references=P  crystals, with chgnet=1: JSON of elemental reference energies
+                (``experiments/inverse_design/fit_chgnet_references.py``) for a CHGNet formation energy
 regressor=0     crystals: skip the composition regressor of formation energy / band gap (fitted on
                 MP-20 train from ``data_dir`` when a sample requests one; default on)
 ==============  ==============================================================================
@@ -41,8 +43,8 @@ from pathlib import Path
 from sciDiT.errors import SciDiTInputError
 
 FLAGS = ("posebusters", "coverage", "chgnet", "openbabel", "condition", "xtb", "regressor")
-CONDITION_KEYS = ("predictor", "xtb", "xtb_calibration", "unconditional", "regressor")
-KEYS = ("molecules", "crystals", "reference", "out", "ref_limit", "data_dir", "cache_dir", "predictor", "xtb_calibration", "unconditional", *FLAGS)
+CONDITION_KEYS = ("predictor", "xtb", "xtb_calibration", "unconditional", "regressor", "chgnet_references")
+KEYS = ("molecules", "crystals", "reference", "out", "ref_limit", "data_dir", "cache_dir", "predictor", "xtb_calibration", "unconditional", "chgnet_references", *FLAGS)
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -64,7 +66,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         if given:
             raise SciDiTInputError(f"{given[0]}= scores requests: it needs condition=true")
     kind = "molecules" if "molecules" in args else "crystals"
-    wrong = [k for k in (("unconditional", "regressor") if kind == "molecules" else ("predictor", "xtb", "xtb_calibration")) if k in args]
+    wrong = [k for k in (("unconditional", "regressor", "chgnet_references") if kind == "molecules" else ("predictor", "xtb", "xtb_calibration")) if k in args]
     if wrong:
         raise SciDiTInputError(f"{wrong[0]}= does not apply to {kind}")
     return args
@@ -153,15 +155,35 @@ def _condition_inputs(args: dict[str, str]):
     predictors = [load_predictor(f) for f in predictor_files(args["predictor"])] if "predictor" in args else []
     calibration = None
     if "xtb_calibration" in args:
-        path = Path(args["xtb_calibration"])
+        raw = _json_file(args["xtb_calibration"], "xTB calibration")
         try:
-            calibration = json.loads(path.read_text())
-            calibration = {"slope": float(calibration["slope"]), "intercept": float(calibration["intercept"])}
-        except OSError as err:
-            raise SciDiTInputError(f"cannot read the xTB calibration ({err.strerror or type(err).__name__})", path) from None
+            calibration = {"slope": float(raw["slope"]), "intercept": float(raw["intercept"])}
         except (ValueError, KeyError, TypeError) as err:
-            raise SciDiTInputError(f"not an xTB calibration JSON with numeric slope and intercept ({type(err).__name__}: {err})", path) from None
+            raise SciDiTInputError(f"not an xTB calibration JSON with numeric slope and intercept ({type(err).__name__}: {err})",
+                                   args["xtb_calibration"]) from None
     return predictors, calibration
+
+
+def _json_file(path: str, what: str):
+    """A small JSON input file's contents; one-line errors when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as err:
+        raise SciDiTInputError(f"cannot read the {what} ({err.strerror or type(err).__name__})", path) from None
+    except ValueError as err:
+        raise SciDiTInputError(f"the {what} is not JSON ({err})", path) from None
+
+
+def _chgnet_references(args: dict[str, str]) -> dict[str, float] | None:
+    if "chgnet_references" not in args:
+        return None
+    if not _flag(args, "chgnet", False):
+        raise SciDiTInputError("chgnet_references= turns CHGNet energies into formation energies: it needs chgnet=true")
+    raw = _json_file(args["chgnet_references"], "CHGNet reference energies")
+    refs = raw.get("references_ev_per_atom") if isinstance(raw, dict) else None
+    if not isinstance(refs, dict) or not all(isinstance(v, (int, float)) for v in refs.values()):
+        raise SciDiTInputError("not a CHGNet reference file: expected references_ev_per_atom {element: eV/atom}", args["chgnet_references"])
+    return {str(k): float(v) for k, v in refs.items()}
 
 
 def run_crystals(args: dict[str, str]):
@@ -186,12 +208,13 @@ def run_crystals(args: dict[str, str]):
         from sciDiT.evaluation.conditional import CRYSTAL_KEYS, requests_of
 
         requests = requests_of(sets, CRYSTAL_KEYS, _unwritten_requests(args["crystals"], sets))
+        references = _chgnet_references(args)
     ev = evaluate_crystals(
         sets, train, test, with_coverage=_flag(args, "coverage", False), with_chgnet=_flag(args, "chgnet", False), cache_dir=resolve_cache_dir(args.get("cache_dir")),
         unwritten=unwritten,
     )
     if requests is not None:
-        ev.metrics.update(_crystal_conditions(args, sets, unwritten, requests))
+        ev.metrics.update(_crystal_conditions(args, sets, unwritten, requests, references))
     return ev
 
 
@@ -210,7 +233,7 @@ def _unwritten_requests(path: str, sets) -> list[tuple[str | None, str]]:
     return [(text, f"{where} row {i}") for i, (status, text) in enumerate(zip(rows["status"], rows[REQUEST])) if status != "ok"]
 
 
-def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], requests: list[dict]) -> dict[str, float]:
+def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], requests: list[dict], references: dict[str, float] | None) -> dict[str, float]:
     from sciDiT.evaluation.conditional import crystal_condition_metrics
     from sciDiT.evaluation.crystals import to_structure
     from sciDiT.evaluation.io import read_crystals
@@ -228,7 +251,8 @@ def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], reques
         train = read_mp20_targets(split_file("mp20", "train", args.get("data_dir")))
         test = read_mp20_targets(split_file("mp20", "test", args.get("data_dir")))
         regressor = CompositionRegressor().fit(train, test)
-    return crystal_condition_metrics(structures, formulas, requests, unconditional, regressor, chgnet=_flag(args, "chgnet", False))
+    return crystal_condition_metrics(structures, formulas, requests, unconditional, regressor, chgnet=_flag(args, "chgnet", False),
+                                     chgnet_references=references)
 
 
 def _has_cifs(folder: Path) -> bool:

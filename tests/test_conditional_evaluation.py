@@ -190,3 +190,26 @@ def test_sdf_record_request_property_survives_export(tmp_path):
     sdf = _sdf_with_requests(tmp_path / "s.sdf", sets, [{"gap": 6.5}])
     mol = next(iter(Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False)))
     assert json.loads(mol.GetProp("request")) == {"gap": 6.5}
+
+
+def test_formation_energy_from_references_closed_form():
+    from pymatgen.core import Composition
+
+    from sciDiT.evaluation.conditional import formation_energy_from_references
+
+    refs = {"Na": -1.0, "Cl": -2.0}
+    out = formation_energy_from_references([Composition("NaCl"), Composition("NaCl2"), Composition("KCl")], np.array([-3.0, -4.0, -3.0]), refs)
+    assert out[0] == pytest.approx(-3.0 + 1.5) and out[1] == pytest.approx(-4.0 - (-1.0 / 3 - 4.0 / 3)) and np.isnan(out[2])
+
+
+def test_cif_block_request_item_and_comment(tmp_path):
+    from sciDiT.evaluation.io import read_crystals
+    from sciDiT.export import write_cif_file
+
+    path = tmp_path / "two.cif"
+    write_cif_file([rock_salt(), cesium_chloride()], path)
+    blocks = path.read_text().split("data_")
+    text = "data_" + blocks[1] + "_scidit_request '{\"spacegroup\":225}'\n" + "data_" + blocks[2] + '# request: {"elements":["Cs","Cl"]}\n'
+    path.write_text(text)
+    sets = read_crystals(path)
+    assert requests_of(sets, ("spacegroup", "elements")) == [{"spacegroup": 225}, {"elements": ["Cs", "Cl"]}]

@@ -18,7 +18,9 @@ denominators, or are counted under ``n_*`` names where no value can be given):
   base rate (how often unconditional samples land in the requested group); exact element-set hit
   rate; formation energy / band gap MAE of a composition regressor fitted on MP-20 train
   (:mod:`sciDiT.evaluation.composition_model`); optionally CHGNet energy per atom after relaxation,
-  a proxy (total energy, not formation energy), compared with the requests by rank only.
+  a proxy (total energy, not formation energy), compared with the requests by rank; with elemental
+  reference energies fitted on MP-20 train (``experiments/inverse_design/fit_chgnet_references.py``)
+  it becomes a formation energy, scored by MAE.
 """
 
 from __future__ import annotations
@@ -199,6 +201,20 @@ def chgnet_energies(structures: Sequence, relax_steps: int = 50) -> np.ndarray:
     return np.array(out)
 
 
+def formation_energy_from_references(compositions: Sequence, energy_per_atom: np.ndarray, references: dict[str, float]) -> np.ndarray:
+    """``E - sum_el x_el mu_el`` (eV/atom) per crystal; NaN where an element has no reference energy.
+
+    ``references``: element -> reference energy per atom, e.g. fitted by
+    ``experiments/inverse_design/fit_chgnet_references.py``.
+    """
+    out = np.full(len(compositions), np.nan)
+    for i, comp in enumerate(compositions):
+        frac = comp.fractional_composition
+        if all(el.symbol in references for el in frac.elements):
+            out[i] = float(energy_per_atom[i]) - sum(float(x) * references[el.symbol] for el, x in frac.items())
+    return out
+
+
 def crystal_condition_metrics(
     structures: Sequence,
     formulas: Sequence[str],
@@ -207,6 +223,7 @@ def crystal_condition_metrics(
     regressor=None,
     chgnet: bool = False,
     chgnet_max: int = 100,
+    chgnet_references: dict[str, float] | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
     """Space-group match / base rate, element-set hits, regressor MAEs and the CHGNet proxy.
@@ -214,7 +231,8 @@ def crystal_condition_metrics(
     ``structures``: pymatgen Structures aligned with ``requests`` (None for samples without one, e.g.
     a degenerate lattice: a miss); ``formulas``: each sample's formula (known even without a structure);
     ``unconditional``: structures of unconditional samples for the base rate (default: the samples
-    here that request no space group).
+    here that request no space group); ``chgnet_references``: elemental reference energies that turn
+    the CHGNet energy of each relaxed sample into a formation energy (``mae_formation_energy_ev_chgnet``).
     """
     m: dict[str, float] = {"n_conditional": float(sum(bool(r) for r in requests))}
     sg_rows = [i for i, r in enumerate(requests) if "spacegroup" in r]
@@ -265,4 +283,10 @@ def crystal_condition_metrics(
             m["n_chgnet_scored"] = float(len(have))
             m["chgnet_energy_per_atom_mean_ev"] = float(energy.mean())
             m["formation_energy_spearman_chgnet_energy_proxy"] = _spearman(target[: len(have)], energy)
+            if chgnet_references is not None:
+                derived = formation_energy_from_references([structures[i].composition for i in have], energy, chgnet_references)
+                known = np.isfinite(derived)
+                m["n_unscorable_chgnet_references"] = float((~known).sum())
+                if known.any():
+                    m["mae_formation_energy_ev_chgnet"] = float(np.abs(derived[known] - target[: len(have)][known]).mean())
     return m
