@@ -145,6 +145,9 @@ def run_molecules(args: dict[str, str]):
 
         valid = np.array([s is not None for s in ev.smiles], dtype=bool)
         ev.metrics.update(molecule_condition_metrics(sets, requests, predictors, valid, xtb=_flag(args, "xtb", False), xtb_calibration=calibration))
+        scored = {p[0] for p in predictors} | {"num_atoms"}
+        for key in sorted({k for r in requests for k in r} - scored):
+            print(f"note: {int(ev.metrics[f'n_requested_{key}'])} sample(s) request {key} but no predictor= scores it")
     return ev
 
 

@@ -115,6 +115,7 @@ def molecule_condition_metrics(
     m: dict[str, float] = {"n_conditional": float(sum(bool(r) for r in requests))}
     ok = np.array([scorable(ts) for ts in sets], dtype=bool)
     counted = Counter(k for r in requests for k in r)
+    m.update({f"n_requested_{k}": float(counted[k]) for k in MOLECULE_KEYS if counted[k]})  # also keys no predictor scores
     for key, model, _, info in predictors:
         rows = np.array([i for i, r in enumerate(requests) if key in r], dtype=int)
         if not len(rows):
@@ -122,7 +123,6 @@ def molecule_condition_metrics(
         unit, scale = MAE_UNITS[key]
         name = f"mae_{key.lower()}_{unit}"
         scored = rows[ok[rows]]
-        m[f"n_requested_{key}"] = float(len(rows))
         m[f"n_unscorable_{key}"] = float(len(rows) - len(scored))
         pred = predict(model, [sets[i] for i in scored])
         target = np.array([float(requests[i][key]) for i in scored])
