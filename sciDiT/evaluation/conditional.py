@@ -174,8 +174,11 @@ def detect_spacegroup(structure, symprec: float) -> int | None:
     """International space-group number of a pymatgen Structure (None when spglib finds no cell)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+    from sciDiT.evaluation.molecules import quiet_c_output
+
     try:
-        return int(SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=ANGLE_TOLERANCE).get_space_group_number())
+        with quiet_c_output():  # spglib prints its failed searches on the C level
+            return int(SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=ANGLE_TOLERANCE).get_space_group_number())
     except (TypeError, ValueError):  # spglib returns no dataset for some distorted or overlapping cells
         return None
 
