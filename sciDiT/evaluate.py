@@ -212,12 +212,13 @@ def run_crystals(args: dict[str, str]):
 
         requests = requests_of(sets, CRYSTAL_KEYS, _unwritten_requests(args["crystals"], sets))
         references = _chgnet_references(args)
+        regressor = _composition_regressor(args, requests)
     ev = evaluate_crystals(
         sets, train, test, with_coverage=_flag(args, "coverage", False), with_chgnet=_flag(args, "chgnet", False), cache_dir=resolve_cache_dir(args.get("cache_dir")),
         unwritten=unwritten,
     )
     if requests is not None:
-        ev.metrics.update(_crystal_conditions(args, sets, unwritten, requests, references))
+        ev.metrics.update(_crystal_conditions(args, sets, unwritten, requests, references, regressor))
     return ev
 
 
@@ -228,15 +229,28 @@ def _unwritten_requests(path: str, sets) -> list[tuple[str | None, str]]:
     rows = read_manifest(path)
     if rows is None or REQUEST not in rows.columns:
         return []
-    by_file = dict(zip(rows["file"], rows[REQUEST]))
-    for ts in sets:
-        if REQUEST not in ts.meta and by_file.get(ts.meta.get("file")):
-            ts.meta[REQUEST] = by_file[ts.meta["file"]]
     where = str(Path(path) / MANIFEST)
+    by_file = {f: (text, f"{where} row {i}") for i, (f, text) in enumerate(zip(rows["file"], rows[REQUEST])) if f}
+    for ts in sets:
+        if REQUEST not in ts.meta and by_file.get(ts.meta.get("file"), ("",))[0]:
+            ts.meta[REQUEST], ts.meta["request_where"] = by_file[ts.meta["file"]]
     return [(text, f"{where} row {i}") for i, (status, text) in enumerate(zip(rows["status"], rows[REQUEST])) if status != "ok"]
 
 
-def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], requests: list[dict], references: dict[str, float] | None) -> dict[str, float]:
+def _composition_regressor(args: dict[str, str], requests: list[dict]):
+    """The MP-20 composition regressor when a sample requests a formation energy or band gap (and regressor= is on)."""
+    if not _flag(args, "regressor", True) or not any("formation_energy" in r or "band_gap" in r for r in requests):
+        return None
+    from sciDiT.data.cdvae import split_file
+    from sciDiT.evaluation.composition_model import CompositionRegressor, read_mp20_targets
+
+    train = read_mp20_targets(split_file("mp20", "train", args.get("data_dir")))
+    test = read_mp20_targets(split_file("mp20", "test", args.get("data_dir")))
+    return CompositionRegressor().fit(train, test)
+
+
+def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], requests: list[dict], references: dict[str, float] | None,
+                        regressor) -> dict[str, float]:
     from sciDiT.evaluation.conditional import crystal_condition_metrics
     from sciDiT.evaluation.crystals import to_structure
     from sciDiT.evaluation.io import read_crystals
@@ -246,14 +260,6 @@ def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], reques
     unconditional = None
     if "unconditional" in args:
         unconditional = [to_structure(ts) for ts in read_crystals(args["unconditional"])]
-    regressor = None
-    if _flag(args, "regressor", True) and any("formation_energy" in r or "band_gap" in r for r in requests):
-        from sciDiT.data.cdvae import split_file
-        from sciDiT.evaluation.composition_model import CompositionRegressor, read_mp20_targets
-
-        train = read_mp20_targets(split_file("mp20", "train", args.get("data_dir")))
-        test = read_mp20_targets(split_file("mp20", "test", args.get("data_dir")))
-        regressor = CompositionRegressor().fit(train, test)
     return crystal_condition_metrics(structures, formulas, requests, unconditional, regressor, chgnet=_flag(args, "chgnet", False),
                                      chgnet_references=references)
 

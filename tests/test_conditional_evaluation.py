@@ -213,3 +213,15 @@ def test_cif_block_request_item_and_comment(tmp_path):
     path.write_text(text)
     sets = read_crystals(path)
     assert requests_of(sets, ("spacegroup", "elements")) == [{"spacegroup": 225}, {"elements": ["Cs", "Cl"]}]
+
+
+def test_cli_manifest_unknown_key_names_the_row(tmp_path, capsys):
+    folder = tmp_path / "crystals"
+    write_cif_folder([rock_salt(), cesium_chloride()], folder)
+    manifest = pd.read_csv(folder / MANIFEST, sep="\t", dtype=str, keep_default_na=False)
+    manifest["request"] = ['{"spacegroup":225}', '{"space_group":221}']
+    manifest.to_csv(folder / MANIFEST, sep="\t", index=False)
+    out = tmp_path / "r.json"
+    assert main([f"crystals={folder}", "condition=true", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{MANIFEST} row 1" in err and "unknown condition key 'space_group'" in err and err.count("\n") == 1 and not out.exists()

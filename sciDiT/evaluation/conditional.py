@@ -66,11 +66,11 @@ def parse_request(text: str | None, where: str, keys: Sequence[str]) -> dict:
 
 
 def requests_of(sets: Sequence[TokenSet], keys: Sequence[str], extra: Sequence[tuple[str | None, str]] = ()) -> list[dict]:
-    """The parsed request of each set (``meta['request']``), then of each ``(text, where)`` in ``extra``.
+    """The parsed request of each set (``meta['request']``, errors naming ``meta['request_where']`` or its source), then of each ``(text, where)`` in ``extra``.
 
     Raises when no sample carries a request at all: condition scoring is meaningless then.
     """
-    texts = [(ts.meta.get("request"), ts.meta.get("source", f"sample {i}")) for i, ts in enumerate(sets)] + list(extra)
+    texts = [(ts.meta.get("request"), ts.meta.get("request_where") or ts.meta.get("source", f"sample {i}")) for i, ts in enumerate(sets)] + list(extra)
     requests = [parse_request(text, where, keys) for text, where in texts]
     if not any(requests):
         where = texts[0][1].split("#")[0] if texts else None
