@@ -20,7 +20,6 @@ import json
 import time
 
 import numpy as np
-from pymatgen.core import Composition
 
 from sciDiT.data.cdvae import load_cdvae, read_split_csv, split_file
 from sciDiT.evaluation.conditional import formation_energy_from_references

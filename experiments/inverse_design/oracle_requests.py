@@ -18,7 +18,6 @@ import json
 
 import numpy as np
 import pandas as pd
-from rdkit import Chem
 
 from sciDiT.data.cdvae import load_cdvae, read_split_csv, split_file
 from sciDiT.data.qm9 import QM9_PROPERTIES, load_qm9, load_qm9_properties, qm9_split

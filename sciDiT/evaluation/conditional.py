@@ -28,11 +28,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sciDiT.batch import TokenSet
 from sciDiT.errors import SciDiTInputError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+    from sciDiT.evaluation.composition_model import CompositionRegressor
 
 MOLECULE_KEYS = ("alpha", "gap", "homo", "lumo", "mu", "Cv", "num_atoms")
 CRYSTAL_KEYS = ("spacegroup", "formation_energy", "band_gap", "elements")
@@ -170,7 +176,7 @@ def xtb_metrics(sets: Sequence[TokenSet], requests: Sequence[dict], calibration:
 
 
 # -- crystals -----------------------------------------------------------------------------------
-def detect_spacegroup(structure, symprec: float) -> int | None:
+def detect_spacegroup(structure: Structure, symprec: float) -> int | None:
     """International space-group number of a pymatgen Structure (None when spglib finds no cell)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -188,7 +194,7 @@ def element_set_hit(elements: Sequence[str], requested: Sequence[str]) -> bool:
     return set(elements) == set(requested)
 
 
-def chgnet_energies(structures: Sequence, relax_steps: int = 50) -> np.ndarray:
+def chgnet_energies(structures: Sequence[Structure], relax_steps: int = 50) -> np.ndarray:
     """CHGNet energy per atom (eV) of each structure after ``relax_steps`` FIRE steps (a proxy, not a formation energy)."""
     import warnings
 
@@ -219,11 +225,11 @@ def formation_energy_from_references(compositions: Sequence, energy_per_atom: np
 
 
 def crystal_condition_metrics(
-    structures: Sequence,
+    structures: Sequence[Structure | None],
     formulas: Sequence[str],
     requests: Sequence[dict],
-    unconditional: Sequence | None = None,
-    regressor=None,
+    unconditional: Sequence[Structure | None] | None = None,
+    regressor: CompositionRegressor | None = None,
     chgnet: bool = False,
     chgnet_max: int = 100,
     chgnet_references: dict[str, float] | None = None,
