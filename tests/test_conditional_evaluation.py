@@ -225,3 +225,15 @@ def test_cli_manifest_unknown_key_names_the_row(tmp_path, capsys):
     assert main([f"crystals={folder}", "condition=true", f"out={out}"]) == 2
     err = capsys.readouterr().err
     assert f"{MANIFEST} row 1" in err and "unknown condition key 'space_group'" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_qm9_properties_in_user_units():
+    from sciDiT.data.qm9 import QM9_SIZE, load_qm9_properties
+
+    props = load_qm9_properties(("gap", "homo", "alpha", "mu", "Cv"))
+    assert len(props) == QM9_SIZE
+    methane = props.loc[1]  # QM9 index 1 is CH4: gap 0.5048 Ha, HOMO -0.3877 Ha, alpha 13.21 Bohr^3, mu 0 D, Cv 6.469
+    assert methane["gap"] == pytest.approx(0.5048 * 27.211386) and methane["homo"] == pytest.approx(-0.3877 * 27.211386)
+    assert (methane["alpha"], methane["mu"], methane["Cv"]) == (13.21, 0.0, 6.469)
+    with pytest.raises(ValueError, match="unknown QM9 property 'U0'"):
+        load_qm9_properties(("U0",))
