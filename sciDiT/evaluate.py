@@ -253,13 +253,13 @@ def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], reques
                         regressor) -> dict[str, float]:
     from sciDiT.evaluation.conditional import crystal_condition_metrics
     from sciDiT.evaluation.crystals import to_structure
-    from sciDiT.evaluation.io import read_crystals
+    from sciDiT.evaluation.io import read_crystals, unwritten_crystals
 
     structures = [to_structure(ts) for ts in sets] + [None] * len(unwritten)
     formulas = [s.composition.reduced_formula if s is not None else "" for s in structures[: len(sets)]] + list(unwritten)
     unconditional = None
-    if "unconditional" in args:
-        unconditional = [to_structure(ts) for ts in read_crystals(args["unconditional"])]
+    if "unconditional" in args:  # samples without a CIF (degenerate lattice) land in no group but count
+        unconditional = [to_structure(ts) for ts in read_crystals(args["unconditional"])] + [None] * len(unwritten_crystals(args["unconditional"]))
     return crystal_condition_metrics(structures, formulas, requests, unconditional, regressor, chgnet=_flag(args, "chgnet", False),
                                      chgnet_references=references)
 
@@ -352,8 +352,9 @@ CONDITION_NOTE = (
     "over every scorable sample that requested the key, on its raw atoms; `*_valid` over the strictly valid ones; `*_ubound` "
     "shuffles the requests among the samples; `*_predictor_qm9_test` (lower bound) and `*_atoms_baseline_qm9_test` come from "
     "the predictor's checkpoint. `spacegroup_match_rate` is at symprec 0.01 (strict; `*_symprec0.1` lenient), beside "
-    "`spacegroup_base_rate`, the rate at which unconditional samples land in the requested group. CHGNet figures are total "
-    "energy per atom after relaxation: a proxy, not a formation energy.")
+    "`spacegroup_base_rate`, the rate at which unconditional samples land in the requested group. `chgnet_energy_per_atom_mean_ev` "
+    "and its Spearman use CHGNet's total energy per atom after relaxation (a proxy, not a formation energy); "
+    "`mae_formation_energy_ev_chgnet` subtracts elemental reference energies fitted on MP-20 train.")
 
 
 def _is_plots_folder(folder: Path) -> bool:

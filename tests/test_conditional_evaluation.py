@@ -65,10 +65,11 @@ def test_spacegroup_of_rock_salt_and_match_against_base_rate():
     assert detect_spacegroup(cesium_chloride(), 0.01) == 221
     structures = [rock_salt(), rock_salt(), None]  # the third sample has no structure (degenerate lattice): a miss
     requests = [{"spacegroup": 225}, {"spacegroup": 221}, {"spacegroup": 225}]
-    m = crystal_condition_metrics(structures, ["NaCl", "NaCl", "NaCl"], requests, unconditional=[rock_salt(), cesium_chloride(), cesium_chloride()])
+    unconditional = [rock_salt(), cesium_chloride(), cesium_chloride(), None]  # None: an unconditional sample without a structure
+    m = crystal_condition_metrics(structures, ["NaCl", "NaCl", "NaCl"], requests, unconditional=unconditional)
     assert m["spacegroup_match_rate"] == pytest.approx(1 / 3) and m["spacegroup_match_rate_symprec0.1"] == pytest.approx(1 / 3)
     assert m["spacegroup_match_rate_sg225"] == 0.5 and m["spacegroup_match_rate_sg221"] == 0.0
-    assert m["spacegroup_base_rate"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 3) / 3)
+    assert m["spacegroup_base_rate"] == pytest.approx((1 / 4 + 2 / 4 + 1 / 4) / 3) and m["n_unconditional_for_base_rate"] == 4
 
 
 def test_composition_hits_are_exact_element_sets():

@@ -240,14 +240,13 @@ def crystal_condition_metrics(
     ``structures``: pymatgen Structures aligned with ``requests`` (None for samples without one, e.g.
     a degenerate lattice: a miss); ``formulas``: each sample's formula (known even without a structure);
     ``unconditional``: structures of unconditional samples for the base rate (default: the samples
-    here that request no space group); ``chgnet_references``: elemental reference energies that turn
+    here that request no space group; None entries land in no group but count); ``chgnet_references``: elemental reference energies that turn
     the CHGNet energy of each relaxed sample into a formation energy (``mae_formation_energy_ev_chgnet``).
     """
     m: dict[str, float] = {"n_conditional": float(sum(bool(r) for r in requests))}
     sg_rows = [i for i, r in enumerate(requests) if "spacegroup" in r]
     if sg_rows:
         base_pool = [s for s, r in zip(structures, requests) if "spacegroup" not in r] if unconditional is None else list(unconditional)
-        base_pool = [s for s in base_pool if s is not None]
         m["n_requested_spacegroup"] = float(len(sg_rows))
         m["n_unconditional_for_base_rate"] = float(len(base_pool))
         for j, prec in enumerate(SYMPRECS):
@@ -257,7 +256,7 @@ def crystal_condition_metrics(
             hits = np.array([f == w for f, w in zip(found, want)])
             m[f"spacegroup_match_rate{suffix}"] = float(hits.mean())
             if base_pool:
-                base = Counter(detect_spacegroup(s, prec) for s in base_pool)
+                base = Counter(detect_spacegroup(s, prec) if s is not None else None for s in base_pool)  # None: no structure, no group
                 m[f"spacegroup_base_rate{suffix}"] = float(np.mean([base[w] / len(base_pool) for w in want]))
             if j == 0:
                 for group in sorted(set(want)):
