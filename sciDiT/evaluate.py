@@ -12,6 +12,18 @@ posebusters=1   PoseBusters checks (slow, molecules);  coverage=1  COV-R/COV-P (
 chgnet=1        CHGNet stability proxy (slow, crystals);  openbabel=0  skip the OpenBabel path
 ref_limit=N     reference sets used for distributions / coverage (default 5000 molecules, 1000 crystals)
 data_dir=P      data folder (default: ``$SCIDIT_DATA_DIR`` or ``./data``)
+condition=1     also score each sample against its request (read from the files: SD property / manifest
+                column / CIF item ``request``); see :mod:`sciDiT.evaluation.conditional`
+predictor=P     molecules: a QM9 property predictor checkpoint, or a folder of them (one per property,
+                ``experiments/inverse_design/train_property_predictor.py``)
+xtb=1           molecules: GFN2-xTB gaps of the gap-requested samples (tblite; seconds per molecule)
+xtb_calibration=P  molecules: JSON ``{"slope", "intercept"}`` from ``experiments/inverse_design/calibrate_xtb.py``
+unconditional=P crystals: unconditional samples for the space-group base rate (default: the samples here
+                that request no space group)
+chgnet_references=P  crystals, with chgnet=1: JSON of elemental reference energies
+                (``experiments/inverse_design/fit_chgnet_references.py``) for a CHGNet formation energy
+regressor=0     crystals: skip the composition regressor of formation energy / band gap (fitted on
+                MP-20 train from ``data_dir`` when a sample requests one; default on)
 ==============  ==============================================================================
 
 The JSON holds flat keys (``validity``, ``uniqueness``, ``novelty``, ...). Molecule validity is strict
@@ -30,8 +42,9 @@ from pathlib import Path
 
 from sciDiT.errors import SciDiTInputError
 
-FLAGS = ("posebusters", "coverage", "chgnet", "openbabel")
-KEYS = ("molecules", "crystals", "reference", "out", "ref_limit", "data_dir", "cache_dir", *FLAGS)
+FLAGS = ("posebusters", "coverage", "chgnet", "openbabel", "condition", "xtb", "regressor")
+CONDITION_KEYS = ("predictor", "xtb", "xtb_calibration", "unconditional", "regressor", "chgnet_references")
+KEYS = ("molecules", "crystals", "reference", "out", "ref_limit", "data_dir", "cache_dir", "predictor", "xtb_calibration", "unconditional", "chgnet_references", *FLAGS)
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -48,6 +61,14 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         if args.get(flag, "0").lower() not in ("0", "1", "true", "false", "yes", "no"):
             raise SciDiTInputError(f"{flag} must be true or false, got {args[flag]!r}")
     _int(args, "ref_limit", 1)
+    if not _flag(args, "condition", False):
+        given = [k for k in CONDITION_KEYS if k in args]
+        if given:
+            raise SciDiTInputError(f"{given[0]}= scores requests: it needs condition=true")
+    kind = "molecules" if "molecules" in args else "crystals"
+    wrong = [k for k in (("unconditional", "regressor", "chgnet_references") if kind == "molecules" else ("predictor", "xtb", "xtb_calibration")) if k in args]
+    if wrong:
+        raise SciDiTInputError(f"{wrong[0]}= does not apply to {kind}")
     return args
 
 
@@ -110,7 +131,62 @@ def run_molecules(args: dict[str, str]):
         ref_mols = (rdkit_molecule(ts, hueckel_retry=True) for ts in ref_sets)
         ref_smiles = [s for s in (canonical_smiles(m) for m in ref_mols if m is not None) if s]
         ref_sets = ref_sets[:limit]
-    return evaluate_molecules(sets, ref_smiles, ref_sets, openbabel=_flag(args, "openbabel", True), posebusters=_flag(args, "posebusters", False), written=written)
+    requests = None
+    if _flag(args, "condition", False):  # read and checked before any scoring: bad input fails at once
+        from sciDiT.evaluation.conditional import MOLECULE_KEYS, requests_of
+
+        requests = requests_of(sets, MOLECULE_KEYS)
+        predictors, calibration = _condition_inputs(args)
+    ev = evaluate_molecules(sets, ref_smiles, ref_sets, openbabel=_flag(args, "openbabel", True), posebusters=_flag(args, "posebusters", False), written=written)
+    if requests is not None:
+        import numpy as np
+
+        from sciDiT.evaluation.conditional import molecule_condition_metrics
+
+        valid = np.array([s is not None for s in ev.smiles], dtype=bool)
+        ev.metrics.update(molecule_condition_metrics(sets, requests, predictors, valid, xtb=_flag(args, "xtb", False), xtb_calibration=calibration))
+        scored = {p[0] for p in predictors} | {"num_atoms"}
+        for key in sorted({k for r in requests for k in r} - scored):
+            print(f"note: {int(ev.metrics[f'n_requested_{key}'])} sample(s) request {key} but no predictor= scores it")
+    return ev
+
+
+def _condition_inputs(args: dict[str, str]):
+    """The property predictors and the xTB calibration named by the arguments, read before any scoring."""
+    from sciDiT.evaluation.property_predictor import load_predictor, predictor_files
+
+    predictors = [load_predictor(f) for f in predictor_files(args["predictor"])] if "predictor" in args else []
+    calibration = None
+    if "xtb_calibration" in args:
+        raw = _json_file(args["xtb_calibration"], "xTB calibration")
+        try:
+            calibration = {"slope": float(raw["slope"]), "intercept": float(raw["intercept"])}
+        except (ValueError, KeyError, TypeError) as err:
+            raise SciDiTInputError(f"not an xTB calibration JSON with numeric slope and intercept ({type(err).__name__}: {err})",
+                                   args["xtb_calibration"]) from None
+    return predictors, calibration
+
+
+def _json_file(path: str, what: str):
+    """A small JSON input file's contents; one-line errors when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as err:
+        raise SciDiTInputError(f"cannot read the {what} ({err.strerror or type(err).__name__})", path) from None
+    except ValueError as err:
+        raise SciDiTInputError(f"the {what} is not JSON ({err})", path) from None
+
+
+def _chgnet_references(args: dict[str, str]) -> dict[str, float] | None:
+    if "chgnet_references" not in args:
+        return None
+    if not _flag(args, "chgnet", False):
+        raise SciDiTInputError("chgnet_references= turns CHGNet energies into formation energies: it needs chgnet=true")
+    raw = _json_file(args["chgnet_references"], "CHGNet reference energies")
+    refs = raw.get("references_ev_per_atom") if isinstance(raw, dict) else None
+    if not isinstance(refs, dict) or not all(isinstance(v, (int, float)) for v in refs.values()):
+        raise SciDiTInputError("not a CHGNet reference file: expected references_ev_per_atom {element: eV/atom}", args["chgnet_references"])
+    return {str(k): float(v) for k, v in refs.items()}
 
 
 def run_crystals(args: dict[str, str]):
@@ -130,10 +206,62 @@ def run_crystals(args: dict[str, str]):
         test = train[:limit]
     from sciDiT.data.paths import resolve_cache_dir
 
-    return evaluate_crystals(
+    requests = None
+    if _flag(args, "condition", False):
+        from sciDiT.evaluation.conditional import CRYSTAL_KEYS, requests_of
+
+        requests = requests_of(sets, CRYSTAL_KEYS, _unwritten_requests(args["crystals"], sets))
+        references = _chgnet_references(args)
+        regressor = _composition_regressor(args, requests)
+    ev = evaluate_crystals(
         sets, train, test, with_coverage=_flag(args, "coverage", False), with_chgnet=_flag(args, "chgnet", False), cache_dir=resolve_cache_dir(args.get("cache_dir")),
         unwritten=unwritten,
     )
+    if requests is not None:
+        ev.metrics.update(_crystal_conditions(args, sets, unwritten, requests, references, regressor))
+    return ev
+
+
+def _unwritten_requests(path: str, sets) -> list[tuple[str | None, str]]:
+    """Fill in each set's request from the export's manifest (column ``request``, by file), and return the unwritten rows' ones."""
+    from sciDiT.evaluation.io import MANIFEST, REQUEST, read_manifest
+
+    rows = read_manifest(path)
+    if rows is None or REQUEST not in rows.columns:
+        return []
+    where = str(Path(path) / MANIFEST)
+    by_file = {f: (text, f"{where} row {i}") for i, (f, text) in enumerate(zip(rows["file"], rows[REQUEST])) if f}
+    for ts in sets:
+        if REQUEST not in ts.meta and by_file.get(ts.meta.get("file"), ("",))[0]:
+            ts.meta[REQUEST], ts.meta["request_where"] = by_file[ts.meta["file"]]
+    return [(text, f"{where} row {i}") for i, (status, text) in enumerate(zip(rows["status"], rows[REQUEST])) if status != "ok"]
+
+
+def _composition_regressor(args: dict[str, str], requests: list[dict]):
+    """The MP-20 composition regressor when a sample requests a formation energy or band gap (and regressor= is on)."""
+    if not _flag(args, "regressor", True) or not any("formation_energy" in r or "band_gap" in r for r in requests):
+        return None
+    from sciDiT.data.cdvae import split_file
+    from sciDiT.evaluation.composition_model import CompositionRegressor, read_mp20_targets
+
+    train = read_mp20_targets(split_file("mp20", "train", args.get("data_dir")))
+    test = read_mp20_targets(split_file("mp20", "test", args.get("data_dir")))
+    return CompositionRegressor().fit(train, test)
+
+
+def _crystal_conditions(args: dict[str, str], sets, unwritten: list[str], requests: list[dict], references: dict[str, float] | None,
+                        regressor) -> dict[str, float]:
+    from sciDiT.evaluation.conditional import crystal_condition_metrics
+    from sciDiT.evaluation.crystals import to_structure
+    from sciDiT.evaluation.io import read_crystals, unwritten_crystals
+
+    structures = [to_structure(ts) for ts in sets] + [None] * len(unwritten)
+    formulas = [s.composition.reduced_formula if s is not None else "" for s in structures[: len(sets)]] + list(unwritten)
+    unconditional = None
+    if "unconditional" in args:  # samples without a CIF (degenerate lattice) land in no group but count
+        unconditional = [to_structure(ts) for ts in read_crystals(args["unconditional"])] + [None] * len(unwritten_crystals(args["unconditional"]))
+    return crystal_condition_metrics(structures, formulas, requests, unconditional, regressor, chgnet=_flag(args, "chgnet", False),
+                                     chgnet_references=references)
 
 
 def _has_cifs(folder: Path) -> bool:
@@ -219,6 +347,16 @@ def _molecule_note(metrics: dict[str, float | None]) -> str:
             "connectivity) and `validity_openbabel` is ADiT's OpenBabel path; neither is the headline.")
 
 
+CONDITION_NOTE = (
+    "Conditional figures score each sample against the request read from the file. `mae_<key>_<unit>` (EDM's protocol) is "
+    "over every scorable sample that requested the key, on its raw atoms; `*_valid` over the strictly valid ones; `*_ubound` "
+    "shuffles the requests among the samples; `*_predictor_qm9_test` (lower bound) and `*_atoms_baseline_qm9_test` come from "
+    "the predictor's checkpoint. `spacegroup_match_rate` is at symprec 0.01 (strict; `*_symprec0.1` lenient), beside "
+    "`spacegroup_base_rate`, the rate at which unconditional samples land in the requested group. `chgnet_energy_per_atom_mean_ev` "
+    "and its Spearman use CHGNet's total energy per atom after relaxation (a proxy, not a formation energy); "
+    "`mae_formation_energy_ev_chgnet` subtracts elemental reference energies fitted on MP-20 train.")
+
+
 def _is_plots_folder(folder: Path) -> bool:
     return all(p.is_file() and p.suffix == ".png" for p in folder.iterdir())
 
@@ -252,6 +390,8 @@ def write_report(kind: str, source: str, ev, out: Path) -> None:
         images = _plots_molecules(ev, tmp) if kind == "molecules" else _plots_crystals(ev, tmp)
         lines = [f"# sciDiT evaluation: {kind}", "", f"Samples: `{source}`", ""]
         lines += [_molecule_note(metrics), ""] if kind == "molecules" else []
+        if "n_conditional" in metrics:
+            lines += [CONDITION_NOTE, ""]
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in metrics.items()]
         if kind == "crystals":

@@ -24,6 +24,9 @@ from sciDiT.tokenizers import CrystalTokenizer, MoleculeTokenizer
 MOLECULE_SUFFIXES = (".sdf", ".xyz")
 CRYSTAL_SUFFIXES = (".cif", ".csv", ".csv.gz")
 _CIF_BLOCK = re.compile(r"^data_", re.MULTILINE)
+REQUEST = "request"  # SD property / manifest column / CIF item holding a sample's request as JSON (issue 13 contract)
+# a CIF block's request: a ``_scidit_request`` data item (value optionally quoted) or a ``# request: {...}`` comment line
+_CIF_REQUEST = re.compile(r"^\s*(?:_scidit_request\s+(?P<q>['\"]?)(?P<item>\{.*\})(?P=q)|#\s*request:\s*(?P<comment>\{.*\}))\s*$", re.MULTILINE)
 
 
 def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -63,8 +66,11 @@ def _read_sdf(path: Path, keep_bonds: bool = False) -> list[TokenSet]:
     for k, mol in enumerate(supplier):
         if mol is None:
             raise SciDiTInputError(f"record {k} is not a readable molfile block", path)
+        meta = {"source": f"{path.name}#{k}", **({"written": mol} if keep_bonds else {})}
+        if mol.HasProp(REQUEST):
+            meta[REQUEST] = mol.GetProp(REQUEST)
         try:
-            out.append(tok.from_rdkit(mol, meta={"source": f"{path.name}#{k}", **({"written": mol} if keep_bonds else {})}))
+            out.append(tok.from_rdkit(mol, meta=meta))
         except SciDiTInputError as err:
             raise SciDiTInputError(f"record {k}: {err}", path) from err
     return out
@@ -187,12 +193,30 @@ def read_crystals(path: str | Path, limit: int | None = None) -> list[TokenSet]:
         for k, cif in blocks:
             where = f"{f}#{k}"
             _check_cell(_cell_parameters(cif), where)  # as written: pymatgen takes |a| and rejects flat cells cryptically
-            ts = tok.from_cif(cif, meta={"source": f"{f.name}#{k}"}, where=where)
+            meta = {"source": f"{f.name}#{k}", "file": f.name}
+            found = _CIF_REQUEST.search(cif) if isinstance(cif, str) else None
+            if found:
+                meta[REQUEST] = found.group("item") or found.group("comment")
+            ts = tok.from_cif(cif, meta=meta, where=where)
             _check_cell(ts.lattice.tolist(), where)
             sets.append(ts)
     if not sets:
         raise SciDiTInputError("no crystals found", path)
     return sets
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame | None:
+    """The ``manifest.tsv`` rows of a sciDiT export folder (all columns as text), or None when ``path`` has none."""
+    manifest = Path(path) / MANIFEST
+    if not Path(path).is_dir() or not manifest.is_file():
+        return None
+    try:
+        rows = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    except (ValueError, OSError) as err:
+        raise SciDiTInputError(f"unreadable manifest: {str(err).splitlines()[0]}", manifest) from None
+    if not {"status", "formula", "file"} <= set(rows.columns):
+        raise SciDiTInputError("manifest lacks the status/formula/file columns of a sciDiT export", manifest)
+    return rows
 
 
 def unwritten_crystals(path: str | Path) -> list[str]:
@@ -201,15 +225,10 @@ def unwritten_crystals(path: str | Path) -> list[str]:
     Those are generated crystals with a degenerate lattice or non-finite coordinates; evaluation
     counts them as invalid samples rather than letting them leave the denominator.
     """
-    manifest = Path(path) / MANIFEST
-    if not Path(path).is_dir() or not manifest.is_file():
+    rows = read_manifest(path)
+    if rows is None:
         return []
-    try:
-        rows = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
-    except (ValueError, OSError) as err:
-        raise SciDiTInputError(f"unreadable manifest: {str(err).splitlines()[0]}", manifest) from None
-    if not {"status", "formula", "file"} <= set(rows.columns):
-        raise SciDiTInputError("manifest lacks the status/formula/file columns of a sciDiT export", manifest)
+    manifest = Path(path) / MANIFEST
     missing = [f for f in rows.loc[rows["status"] == "ok", "file"] if not (Path(path) / f).is_file()]
     if missing:
         raise SciDiTInputError(f"manifest lists {len(missing)} CIF file(s) that are not in the folder, e.g. {missing[0]}", manifest)

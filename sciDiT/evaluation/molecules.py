@@ -129,8 +129,8 @@ def edm_bond_lengths(ts: TokenSet) -> dict[str, np.ndarray]:
 
 # -- bond perception and SMILES ------------------------------------------------------------------
 @contextmanager
-def _quiet_c_output():
-    """Silence C-level stdout/stderr (YAeHMOP, used by RDKit's Hueckel bond perception, prints warnings)."""
+def quiet_c_output():
+    """Silence C-level stdout/stderr (YAeHMOP in RDKit's Hueckel bond perception and spglib print warnings)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -179,7 +179,7 @@ def rdkit_molecule(ts: TokenSet, hueckel_retry: bool = False) -> Chem.Mol | None
         mol = Chem.Mol(base)
         try:
             if hueckel:
-                with _quiet_c_output():
+                with quiet_c_output():
                     rdDetermineBonds.DetermineBonds(mol, charge=0, useHueckel=True)
             else:
                 rdDetermineBonds.DetermineBonds(mol, charge=0)
