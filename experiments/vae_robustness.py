@@ -7,7 +7,9 @@ atoms), the units the DiT works in, so sigma 0.1 is a DiT error of a tenth of a 
 each sigma: strict validity on the decoded graph (RDKit sanitization of the molecule as written,
 no radicals), the same and one fragment, strict validity on bonds perceived from the decoded
 coordinates (``DetermineBonds`` at charge 0, no retry), whole graph equal to the truth, and the
-RMS error of the true bonds' lengths (A). A VAE-only figure: it needs no DiT, so decoder recipes can
+RMS error of the true bonds' lengths (A); and the strict validity and graph equality of the
+valence-constrained decoding of the same pair probabilities (``bond_decoding=constrained``,
+:mod:`sciDiT.tokenizers.valence`), a separately named figure. A VAE-only figure: it needs no DiT, so decoder recipes can
 be compared before a DiT is trained on them. Prints one JSON object.
 """
 
@@ -26,6 +28,7 @@ from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.data import load_qm9_split
 from sciDiT.evaluation.molecules import rdkit_molecule, strict_sanitized
 from sciDiT.tokenizers import MoleculeTokenizer
+from sciDiT.tokenizers.valence import constrained_graph_decoder
 from sciDiT.training.vae_module import VAEModule
 
 BATCH = 128
@@ -40,18 +43,25 @@ def bond_length_rmse(decoded: list[TokenSet], truth: list[TokenSet]) -> float:
     return float(np.sqrt(np.mean(np.concatenate(err) ** 2)))
 
 
-def scores(decoded: list[TokenSet], truth: list[TokenSet]) -> dict[str, float]:
+def _same_graph(d: TokenSet, t: TokenSet) -> bool:
+    return torch.equal(d.types, t.types) and torch.equal(d.bonds, t.bonds) and torch.equal(d.charges, t.charges)
+
+
+def scores(decoded: list[TokenSet], constrained: list[TokenSet], truth: list[TokenSet]) -> dict[str, float]:
     tok = MoleculeTokenizer()
     with BlockLogs():
         written = [strict_sanitized(tok.to_rdkit(d, bonds=True)) for d in decoded]
+        written_c = [strict_sanitized(tok.to_rdkit(d, bonds=True)) if d.meta["graph_source"] == "decoded_constrained" else None
+                     for d in constrained]
         perceived = [rdkit_molecule(d) for d in decoded]
-    same = [torch.equal(d.types, t.types) and torch.equal(d.bonds, t.bonds) and torch.equal(d.charges, t.charges)
-            for d, t in zip(decoded, truth)]
     return {
         "valid_decoded_bonds": float(np.mean([m is not None for m in written])),
         "valid_connected_decoded_bonds": float(np.mean([m is not None and len(GetMolFrags(m)) == 1 for m in written])),
+        "graph_equal": float(np.mean([_same_graph(d, t) for d, t in zip(decoded, truth)])),
+        "valid_constrained_bonds": float(np.mean([m is not None for m in written_c])),
+        "valid_connected_constrained_bonds": float(np.mean([m is not None and len(GetMolFrags(m)) == 1 for m in written_c])),
+        "graph_equal_constrained": float(np.mean([_same_graph(d, t) for d, t in zip(constrained, truth)])),
         "valid_perceived_bonds": float(np.mean([m is not None for m in perceived])),
-        "graph_equal": float(np.mean(same)),
         "bond_length_rmse_A": bond_length_rmse(decoded, truth),
     }
 
@@ -79,11 +89,12 @@ def main() -> None:
     mean, std = atoms.mean(0), atoms.std(0)  # [L] standardisation, as the DiT's latent statistics
     report = {"ckpt": args.ckpt, "n": len(truth), "step": ckpt.get("global_step")}
     for sigma in args.sigmas:
-        decoded = []
+        decoded, constrained = [], []
         for mu, b in zip(mus, batches):
             z = mu + sigma * std * torch.randn(mu.shape, generator=g) * b.mask[..., None]  # [B, N, L]
             decoded += vae.decode_to_batch(z, b.mask, b.domain).unbatch()
-        report[f"sigma_{sigma:g}"] = scores(decoded, truth)
+            constrained += vae.decode_to_batch(z, b.mask, b.domain, graph_decoder=constrained_graph_decoder()).unbatch()
+        report[f"sigma_{sigma:g}"] = scores(decoded, constrained, truth)
     print(json.dumps(report, indent=2))
 
 

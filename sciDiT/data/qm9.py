@@ -191,43 +191,24 @@ def load_qm9_split(
     return full.subset(rows)
 
 
-# Condition keys of EDM's conditional QM9 benchmark: qm9pack column and the factor to the user unit
-# (Hartree -> eV for the orbital energies; the others are already in Bohr^3, Debye, cal/(mol K)).
-HARTREE_EV = 27.211386
-QM9_PROPERTIES: dict[str, tuple[str, float]] = {
-    "alpha": ("Polarizability_bohr3", 1.0),
-    "gap": ("HOMO_LUMO_gap_au", HARTREE_EV),
-    "homo": ("HOMO_au", HARTREE_EV),
-    "lumo": ("LUMO_au", HARTREE_EV),
-    "mu": ("Dipole_debye", 1.0),
-    "Cv": ("Heatcapacity_Cv_cal_mol_K", 1.0),
-}
+QM9_PROPERTIES = ("alpha", "gap", "homo", "lumo", "mu", "Cv")  # EDM's conditional benchmark (units: sciDiT.data.conditions)
 
 
-def edm_property_halves(n: int = QM9_SIZE, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-    """EDM's protocol split of the QM9 train rows: half ``A`` trains the property predictor, half ``B`` the generator.
-
-    The train rows of :func:`qm9_split` permuted with ``np.random.default_rng(seed + 1)`` and cut at
-    ``len // 2``; the halves are disjoint and together are the train split.
-    """
-    train = qm9_split(n, seed)["train"]
-    perm = np.random.default_rng(seed + 1).permutation(train)
-    half = len(perm) // 2
-    return {"A": perm[:half], "B": perm[half:]}
-
-
-def load_qm9_properties(keys: tuple[str, ...] = tuple(QM9_PROPERTIES), data_dir: str | Path | None = None) -> pd.DataFrame:
+def load_qm9_properties(keys: tuple[str, ...] = QM9_PROPERTIES, data_dir: str | Path | None = None) -> pd.DataFrame:
     """The EDM condition properties of every QM9 molecule in user units, indexed by QM9 index (``qm9_index``).
 
-    Read from the qm9pack CSVs with only the needed columns (seconds, no parse cache).
+    Read from the qm9pack CSVs with only the needed columns (seconds, no parse cache); columns and
+    units are those of :data:`sciDiT.data.conditions.CONDITION_KEYS`.
     """
+    from sciDiT.data.conditions import CONDITION_KEYS
+
     unknown = [k for k in keys if k not in QM9_PROPERTIES]
     if unknown:
         raise SciDiTInputError(f"unknown QM9 property {unknown[0]!r} (expected one of {', '.join(QM9_PROPERTIES)})")
     layout, folder = find_qm9(data_dir)
     if layout != "qm9pack":
         raise DataNotFoundError("QM9 properties are read from the qm9pack CSVs (`pip install qm9pack`)", folder)
-    columns = [QM9_PROPERTIES[k][0] for k in keys]
+    columns = [CONDITION_KEYS[k].column for k in keys]
     frames = []
     for name in QM9PACK_FILES:
         try:
@@ -235,4 +216,4 @@ def load_qm9_properties(keys: tuple[str, ...] = tuple(QM9_PROPERTIES), data_dir:
         except ValueError as err:
             raise SciDiTInputError(f"not a qm9pack CSV: {err}", folder / name) from err
     df = pd.concat(frames).set_index("Index")
-    return pd.DataFrame({k: df[QM9_PROPERTIES[k][0]].astype(float) * QM9_PROPERTIES[k][1] for k in keys}, index=df.index)
+    return pd.DataFrame({k: df[CONDITION_KEYS[k].column].astype(float) * CONDITION_KEYS[k].scale for k in keys}, index=df.index)
