@@ -1,22 +1,44 @@
-"""The notebooks run end to end in their small mode (CI keeps them from rotting) and show their pictures."""
+"""The notebooks run end to end in their small mode through the README's own `jupyter execute` commands (from the
+project root, data paths relative to it), and show their pictures."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import subprocess
+import sys
+
 import nbformat
 import numpy as np
-from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+NOTEBOOKS = ROOT / "notebooks"
 NOTEBOOK = NOTEBOOKS / "perturbation_response.ipynb"
 
 
+def _readme_command(notebook: Path) -> list[str]:
+    """The README's `jupyter execute` command line for ``notebook``, as written (environment assignments and comment left out)."""
+    for line in README.read_text().splitlines():
+        if f"jupyter execute notebooks/{notebook.name}" in line:
+            words = line.split("#")[0].split()
+            return words[words.index("jupyter") :]
+    raise AssertionError(f"README.md has no `jupyter execute notebooks/{notebook.name}` command")
+
+
 def _execute(path: Path, timeout: int = 300) -> tuple[str, int]:
-    """Run a notebook as `jupyter execute` does (kernel in notebooks/); its printed text and its number of images."""
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    """Run the README's `jupyter execute` command for a notebook from the project root; its printed text and its number of images."""
+    command = _readme_command(path)
+    output = next(w.split("=", 1)[1] for w in command if w.startswith("--output="))
+    executed = path.parent / f"{output}.ipynb"
+    jupyter = Path(sys.executable).parent / "jupyter"  # the environment's own, as an activated venv would find it
+    try:
+        run = subprocess.run([str(jupyter), *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        assert run.returncode == 0, run.stderr[-3000:]
+        nb = nbformat.read(executed, as_version=4)
+    finally:
+        executed.unlink(missing_ok=True)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     return text, sum("image/png" in o.get("data", {}) for o in outputs)
