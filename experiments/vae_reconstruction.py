@@ -15,7 +15,6 @@ import time
 import torch
 
 from sciDiT.batch import collate
-from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.data import load_cdvae, load_qm9_split
 from sciDiT.evaluation.reconstruction import reconstruction_report
 from sciDiT.training.vae_module import VAEModule
@@ -30,11 +29,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
-    ckpt = load_checkpoint(args.ckpt, "VAE checkpoint")  # weights only: nothing in the file runs
-    require_stage(ckpt, "vae", args.ckpt)
-    module = VAEModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    model = module.model.eval()
+    model = VAEModule.from_checkpoint(args.ckpt).model  # weights only: nothing in the file runs
     gen = torch.Generator().manual_seed(args.seed)
     datasets = {"qm9": load_qm9_split("test"), "mp20": load_cdvae("mp20", "test")}
     pred, target = [], []

@@ -24,7 +24,6 @@ from rdkit.Chem import GetMolFrags
 from rdkit.rdBase import BlockLogs
 
 from sciDiT.batch import TokenSet, collate
-from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.data import load_qm9_split
 from sciDiT.evaluation.molecules import rdkit_molecule, strict_sanitized
 from sciDiT.tokenizers import MoleculeTokenizer
@@ -75,11 +74,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    ckpt = load_checkpoint(args.ckpt, "VAE checkpoint")  # weights only: nothing in the file runs
-    require_stage(ckpt, "vae", args.ckpt)
-    module = VAEModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    vae = module.model.eval()
+    vae = VAEModule.from_checkpoint(args.ckpt).model  # weights only: nothing in the file runs
     data = load_qm9_split("test")
     g = torch.Generator().manual_seed(args.seed)
     truth = [data[i] for i in torch.randperm(len(data), generator=g)[: args.n].tolist()]
@@ -87,7 +82,7 @@ def main() -> None:
     mus = [vae.encode(b)[0] for b in batches]  # [B, N, L] posterior means
     atoms = torch.cat([mu[b.mask] for mu, b in zip(mus, batches)])  # [atoms, L]
     mean, std = atoms.mean(0), atoms.std(0)  # [L] standardisation, as the DiT's latent statistics
-    report = {"ckpt": args.ckpt, "n": len(truth), "step": ckpt.get("global_step")}
+    report = {"ckpt": args.ckpt, "n": len(truth)}
     for sigma in args.sigmas:
         decoded, constrained = [], []
         for mu, b in zip(mus, batches):

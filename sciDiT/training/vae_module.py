@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from sciDiT.batch import TokenBatch, TokenSet
+from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.models.vae import AllAtomVAE
 from sciDiT.training.augment import augment, corrupt
 from sciDiT.training.optim import adamw_for, build_optimizer
@@ -42,6 +43,15 @@ class VAEModule(L.LightningModule):
         self.loss_weights = {"types": 1.0, "pos": 1.0, "frac": 10.0, "lattice": 1.0, "kl": 1e-5, "bonds": 1.0, "charges": 1.0, "dist": 0.0,
                              **(loss_weights or {})}
         self._test_pairs: list[tuple[TokenSet, TokenSet]] = []
+
+    @classmethod
+    def from_checkpoint(cls, path: str) -> "VAEModule":
+        """A VAE-stage checkpoint loaded weights-only (nothing in the file runs), in eval mode."""
+        ckpt = load_checkpoint(path, "VAE checkpoint")
+        require_stage(ckpt, "vae", path)
+        module = cls(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module.eval()
 
     # -- training -----------------------------------------------------------------------------------
     def _losses(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
