@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
-from sciDiT.data.conditions import SIZE_KEY, encode_conditions, request_json, validate_request
+from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, validate_request
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
@@ -192,7 +192,7 @@ class Generator:
                 raise SciDiTInputError("give num_atoms or condition.num_atoms, not both")
             num_atoms = request[SIZE_KEY]
         scale = _guidance(guidance, request, cfg_scale)
-        names = [k for k in request if k != SIZE_KEY]
+        request_cond = encode_conditions([request], self.condition_stats, [k for k in request if k != SIZE_KEY])  # one set's tensors
         seed = _check_seed(seed)
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: sizes, then noise
         sizes = self.set_sizes(dom, n, num_atoms, gens)  # [n]
@@ -212,7 +212,7 @@ class Generator:
                 x0 = torch.zeros(len(idx), n_max, latent_dim)  # [b, N, L]
                 x0[mask] = noise[(offsets[idx, None] + arange[None, :])[mask]]
                 dom_t = torch.full((len(idx),), int(dom), dtype=torch.long)  # [b]
-                cond = encode_conditions([request] * len(idx), self.condition_stats, names)
+                cond = {k: v.expand(len(idx), *v.shape[1:]) for k, v in request_cond.items()}  # the same request for every set
                 with autocast:
                     decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=scale, cond=cond,
                                                   self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
@@ -280,12 +280,7 @@ def _guidance(guidance: Mapping[str, float] | None, request: Mapping[str, Any], 
     for key, value in guidance.items():
         if key != "domain" and (key not in request or key == SIZE_KEY):
             raise SciDiTInputError(f"guidance.{key}: only requested conditions (or domain) can be guided; requested: {', '.join(request) or 'none'}")
-        try:
-            out[key] = float(value)
-        except (TypeError, ValueError):
-            out[key] = math.nan
-        if not math.isfinite(out[key]) or isinstance(value, bool):
-            raise SciDiTInputError(f"guidance.{key} must be a finite number, got {value!r}")
+        out[key] = finite_number(f"guidance.{key}", value)
     return out
 
 

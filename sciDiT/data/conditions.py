@@ -302,13 +302,14 @@ def describe_keys() -> list[str]:
     return lines + [f"{SIZE_KEY:<16} {'both':<8} atoms per sample (sizes the sets)"]
 
 
-def _number(key: str, value: Any, unit: str) -> float:
+def finite_number(name: str, value: Any, unit: str = "") -> float:
+    """``value`` as a finite float (not a bool); one-line error naming ``name`` (e.g. ``condition.gap``) otherwise."""
     try:
         x = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
         x = None
     if x is None or not math.isfinite(x):
-        raise SciDiTInputError(f"condition.{key} must be a finite number{f' ({unit})' if unit else ''}, got {value!r}")
+        raise SciDiTInputError(f"{name} must be a finite number{f' ({unit})' if unit else ''}, got {value!r}")
     return x
 
 
@@ -347,13 +348,13 @@ def validate_request(request: Mapping[str, Any] | None, domain: Domain, stats: M
             raise SciDiTInputError(f"condition.{key}: this checkpoint was not trained with it (its conditions: {trained})")
         st = stats[key]
         if info.kind == "vector":
-            x = _number(key, value, info.unit)
+            x = finite_number(f"condition.{key}", value, info.unit)
             if not allow_extrapolation and not st["min"] <= x <= st["max"]:
                 raise SciDiTInputError(f"condition.{key}={x:g} {info.unit} is outside the training range "
                                        f"[{st['min']:g}, {st['max']:g}] {info.unit}{flag}")
             out[key] = x
         elif info.kind == "class":
-            x = _number(key, value, info.unit)
+            x = finite_number(f"condition.{key}", value, info.unit)
             if x != int(x) or not 1 <= x <= NUM_SPACEGROUPS:
                 raise SciDiTInputError(f"condition.{key} must be an integer space-group number in 1..{NUM_SPACEGROUPS}, got {value!r}")
             if not allow_extrapolation and int(x) not in st["seen"]:

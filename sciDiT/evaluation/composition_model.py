@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition
 
+from sciDiT.data.conditions import CONDITION_KEYS
 from sciDiT.errors import SciDiTInputError
 
 MAX_Z = 94
-TARGETS = {"formation_energy": "formation_energy_per_atom", "band_gap": "band_gap"}
+TARGETS = {k: CONDITION_KEYS[k].column for k in ("formation_energy", "band_gap")}  # user key -> MP-20 CSV column
 
 
 def composition_features(formulas: Sequence[str | Composition]) -> np.ndarray:

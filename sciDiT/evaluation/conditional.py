@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sciDiT.batch import TokenSet
+from sciDiT.batch import Domain, TokenSet
+from sciDiT.data.conditions import CONDITION_KEYS, SIZE_KEY
 from sciDiT.errors import SciDiTInputError
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ if TYPE_CHECKING:
 
     from sciDiT.evaluation.composition_model import CompositionRegressor
 
-MOLECULE_KEYS = ("alpha", "gap", "homo", "lumo", "mu", "Cv", "num_atoms")
-CRYSTAL_KEYS = ("spacegroup", "formation_energy", "band_gap", "elements")
+# request keys a file may carry per domain: the condition registry's, plus the set size
+MOLECULE_KEYS = (*(k for k, c in CONDITION_KEYS.items() if c.domain == Domain.MOLECULE), SIZE_KEY)
+CRYSTAL_KEYS = (*(k for k, c in CONDITION_KEYS.items() if c.domain == Domain.CRYSTAL), SIZE_KEY)
 # name suffix and factor from the request unit (eV for the orbital energies) to the reported MAE unit
 MAE_UNITS = {"alpha": ("bohr3", 1.0), "gap": ("mev", 1000.0), "homo": ("mev", 1000.0), "lumo": ("mev", 1000.0),
              "mu": ("debye", 1.0), "Cv": ("cal_mol_k", 1.0)}
