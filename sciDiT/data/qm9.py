@@ -194,13 +194,14 @@ def load_qm9_split(
 QM9_PROPERTIES = ("alpha", "gap", "homo", "lumo", "mu", "Cv")  # EDM's conditional benchmark (units: sciDiT.data.conditions)
 
 
-def load_qm9_properties(keys: tuple[str, ...] = QM9_PROPERTIES, data_dir: str | Path | None = None) -> pd.DataFrame:
+def load_qm9_properties(keys: tuple[str, ...] = QM9_PROPERTIES, data_dir: str | Path | None = None,
+                        cache_dir: str | Path | None = None) -> pd.DataFrame:
     """The EDM condition properties of every QM9 molecule in user units, indexed by QM9 index (``qm9_index``).
 
-    Read from the qm9pack CSVs with only the needed columns (seconds, no parse cache); columns and
-    units are those of :data:`sciDiT.data.conditions.CONDITION_KEYS`.
+    The table the conditional training reads (:func:`sciDiT.data.conditions.qm9_property_table`:
+    only the property columns of the qm9pack CSVs, cached; the structure parse cache is not touched).
     """
-    from sciDiT.data.conditions import CONDITION_KEYS
+    from sciDiT.data.conditions import qm9_property_table
 
     unknown = [k for k in keys if k not in QM9_PROPERTIES]
     if unknown:
@@ -208,12 +209,5 @@ def load_qm9_properties(keys: tuple[str, ...] = QM9_PROPERTIES, data_dir: str | 
     layout, folder = find_qm9(data_dir)
     if layout != "qm9pack":
         raise DataNotFoundError("QM9 properties are read from the qm9pack CSVs (`pip install qm9pack`)", folder)
-    columns = [CONDITION_KEYS[k].column for k in keys]
-    frames = []
-    for name in QM9PACK_FILES:
-        try:
-            frames.append(pd.read_csv(folder / name, usecols=["Index", *columns]))
-        except ValueError as err:
-            raise SciDiTInputError(f"not a qm9pack CSV: {err}", folder / name) from err
-    df = pd.concat(frames).set_index("Index")
-    return pd.DataFrame({k: df[CONDITION_KEYS[k].column].astype(float) * CONDITION_KEYS[k].scale for k in keys}, index=df.index)
+    table = qm9_property_table(folder, resolve_cache_dir(cache_dir))
+    return pd.DataFrame({k: table[k] for k in keys}, index=pd.Index(table["qm9_index"], name="Index"))
