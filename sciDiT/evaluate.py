@@ -338,8 +338,8 @@ def _plots_crystals(ev, folder: Path) -> list[str]:
 def _molecule_note(metrics: dict[str, float | None]) -> str:
     """One paragraph that says which bonds the headline molecule validity is scored on."""
     if metrics.get("headline_file_bonds"):
-        basis = (f"on the bonds written in the file ({100 * (metrics.get('file_bonds_decoded') or 0):.1f}% of records with "
-                 "`bond_source` = `decoded`); `*_perceived` re-perceives bonds from the coordinates alone")
+        shares = ", ".join(f"{100 * (metrics.get('file_bonds_' + src) or 0):.1f}% `{src}`" for src in ("decoded", "decoded_constrained", "decoded_joint"))
+        basis = f"on the bonds written in the file (`bond_source` of the records: {shares}); `*_perceived` re-perceives bonds from the coordinates alone"
     else:
         basis = "on bonds perceived from the coordinates (the file carries none); `*_perceived` is the same figure"
     return ("Headline `validity` is strict (RDKit sanitization, no radical electrons, no fallback; perception at charge 0) "

@@ -47,7 +47,7 @@ from sciDiT.export.cif import to_structure
 from sciDiT.flow import SOLVERS
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.pretrained import pretrained_path, restore_ema
-from sciDiT.tokenizers.valence import constrained_graph_decoder
+from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
@@ -55,7 +55,7 @@ from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
 COMPOSITIONS = ("argmax", "coherent")  # how crystal atom types are decoded (generate_token_sets)
-BOND_DECODINGS = ("argmax", "constrained")  # how molecules' bond orders are decoded (generate_token_sets)
+BOND_DECODINGS = ("argmax", "constrained", "joint")  # how molecules' bond orders are decoded (generate_token_sets)
 
 
 def parse_domain(domain: str | Domain) -> Domain:
@@ -135,6 +135,7 @@ class Generator:
         bf16: bool | str = "auto",
         composition: str = "argmax",
         bond_decoding: str = "argmax",
+        bond_min_prob: float = 1e-2,
         condition: Mapping[str, Any] | None = None,
         guidance: Mapping[str, float] | None = None,
         allow_extrapolation: bool = False,
@@ -157,7 +158,11 @@ class Generator:
         ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable
         order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
         atom has its exact valence (:mod:`sciDiT.tokenizers.valence`; ``decoded_constrained``, or the
-        argmax graph where none exists). Scores of the two are separate figures, never mixed.
+        argmax graph where none exists); ``joint`` chooses elements, formal charges and bonds together:
+        the most probable neutral, closed-shell (and, where one exists, connected) molecule under the
+        decoder's distributions (``decoded_joint``). Scores of each are separate figures, never mixed.
+        ``bond_min_prob``: both valence rules choose only elements, charges and bonds to which the
+        decoder gives at least this probability (lower admits more graphs that the geometry does not support).
 
         ``condition``: a request such as ``{"gap": 6.5}`` (eV) or ``{"spacegroup": 225, "elements":
         ["Li", "Fe", "P", "O"]}`` (keys and units: :mod:`sciDiT.data.conditions`; ``num_atoms`` there
@@ -181,7 +186,10 @@ class Generator:
             raise SciDiTInputError(f"composition={composition!r} is not one of {', '.join(COMPOSITIONS)}")
         if bond_decoding not in BOND_DECODINGS:
             raise SciDiTInputError(f"bond_decoding={bond_decoding!r} is not one of {', '.join(BOND_DECODINGS)}")
-        graph_decoder = constrained_graph_decoder() if bond_decoding == "constrained" and dom == Domain.MOLECULE else None
+        if not 0.0 < bond_min_prob < 1.0:
+            raise SciDiTInputError(f"bond_min_prob must lie in (0, 1), got {bond_min_prob}")
+        graph_decoder = (ValenceGraphDecoder(joint=bond_decoding == "joint", min_prob=bond_min_prob)
+                         if bond_decoding != "argmax" and dom == Domain.MOLECULE else None)
         coherent = composition == "coherent" and dom == Domain.CRYSTAL
         if coherent and self.model.element_log_prior(dom) is None:
             raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "

@@ -53,8 +53,8 @@ def _composition(text: str) -> str:
 
 
 def _bond_decoding(text: str) -> str:
-    if text not in ("argmax", "constrained"):
-        raise ValueError("expected argmax or constrained")
+    if text not in ("argmax", "constrained", "joint"):  # sciDiT.generate.BOND_DECODINGS, not imported before parsing
+        raise ValueError("expected argmax, constrained or joint")
     return text
 
 
@@ -82,7 +82,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
     "composition": (_composition, "argmax", "crystal types: argmax (per atom) or coherent (one element set per crystal, prior from training)"),
-    "bond_decoding": (_bond_decoding, "argmax", "molecules: argmax bond order per pair, or constrained (most probable graph with exact valences)"),
+    "bond_decoding": (_bond_decoding, "argmax", "molecules: argmax bond order per pair, constrained (most probable graph with exact valences) "
+                      "or joint (elements, charges and bonds chosen together: neutral, closed shell, connected where possible)"),
+    "bond_min_prob": (float, 1e-2, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen"),
     "allow_extrapolation": (_bool, False, "admit condition values outside the training range (and unseen space groups / elements)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
@@ -186,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"],
             cfg_scale=opts["cfg_scale"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
-            bond_decoding=opts["bond_decoding"],
+            bond_decoding=opts["bond_decoding"], bond_min_prob=opts["bond_min_prob"],
             condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
             reproducible=opts["reproducible"],
         )

@@ -7,8 +7,9 @@ atom carries radical electrons. Bonds come from one of two sources, never mixed 
 * ``*_file_bonds`` - the bonds as the SD file wrote them (a model's decoded graph when the SD property
   ``bond_source`` is ``decoded``); reported when the file carries bonds. ``file_bonds_decoded`` is the
   share of records whose ``bond_source`` is ``decoded`` (argmax per pair), ``file_bonds_decoded_constrained``
-  of those decoded under exact valences (``bond_decoding=constrained``): a file of the latter scores
-  the constrained decoder, a separately named figure whenever results are reported.
+  of those decoded under exact valences (``bond_decoding=constrained``) and ``file_bonds_decoded_joint`` of
+  those whose elements, charges and bonds were decoded together (``bond_decoding=joint``): a file of
+  either scores that decoder, a separately named figure whenever results are reported.
 * ``*_perceived`` - bonds and orders perceived from the coordinates alone with RDKit
   ``rdDetermineBonds.DetermineBonds`` (covalent-radius connectivity, total charge 0), one attempt.
 * ``validity`` / ``validity_connected`` / ``uniqueness`` / ``novelty`` - the headline: the
@@ -366,6 +367,7 @@ def evaluate_molecules(
         sources = [m.GetProp("bond_source") if m is not None and m.HasProp("bond_source") else "" for m in written]
         metrics["file_bonds_decoded"] = float(np.mean([s == "decoded" for s in sources]))
         metrics["file_bonds_decoded_constrained"] = float(np.mean([s == "decoded_constrained" for s in sources]))
+        metrics["file_bonds_decoded_joint"] = float(np.mean([s == "decoded_joint" for s in sources]))
         metrics.update(_rates(from_file, reference, "_file_bonds"))
     metrics.update(_rates(perceived, reference, "_perceived"))
     metrics.update(_rates([rdkit_molecule(ts, hueckel_retry=True) for ts in sets], None, "_rdkit_hueckel_retry", diversity=False))

@@ -13,7 +13,9 @@ SD properties of each record:
 =================  ==================================================================
 sample_index       position of the molecule in the generated set (0-based)
 num_atoms          number of atoms
-bond_source        ``decoded`` (the graph decoded with the sample) | ``perceived`` (from coordinates);
+bond_source        ``decoded`` (the graph decoded with the sample: argmax per pair) | ``decoded_constrained`` /
+                   ``decoded_joint`` (valence-constrained decoding, :mod:`sciDiT.tokenizers.valence`) |
+                   ``perceived`` (from coordinates);
                    for dataset molecules the graph's origin (``smiles``, ``perceived``)
 bond_perception    ``bond_orders`` | ``connectivity_only`` | ``failed`` | ``none`` (``none``: not perceived)
 sanitized          ``1`` if RDKit sanitization succeeds on the bonds as written, else ``0``

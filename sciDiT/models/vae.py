@@ -14,8 +14,8 @@ output heads -> losses -> weight initialisation -> size registry.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,26 @@ from sciDiT.models.composition import coherent_types
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
 
+class GraphDecoder(Protocol):
+    """How molecules' graphs are decoded (e.g. :class:`sciDiT.tokenizers.valence.ValenceGraphDecoder`).
+
+    Called per molecule with element log-probabilities [n, K], charge log-probabilities [n, C] (class =
+    charge + ``charge_offset``) and bond-order log-probabilities [n, n, 4]; returns (types [n], charges [n],
+    orders [n, n]) or None. ``source`` names its graphs in ``meta["graph_source"]``.
+    """
+
+    @property
+    def source(self) -> str: ...
+
+    def __call__(self, type_log_probs: Tensor, charge_log_probs: Tensor, log_probs: Tensor,
+                 charge_offset: int) -> tuple[Tensor, Tensor, Tensor] | None: ...
+
+
 #################################################################################
 #                     Feature maps (normalisation of inputs/targets)            #
 #################################################################################
 
 POS_SCALE = 2.0  # Angstrom per unit of normalised position
-GraphDecoder = Callable[[Tensor, Tensor, Tensor], "Tensor | None"]  # (types [n], charges [n], bond log-probs [n, n, 4]) -> orders [n, n]
 LOCAL_CUTOFF = 2.0  # Angstrom: pairs of a molecule closer than this get the distance loss (bonds, H-X-H pairs)
 LENGTH_SCALE = 5.0  # Angstrom: lattice lengths are normalised as log(a / LENGTH_SCALE)
 ANGLE_SCALE = 30.0  # degrees per unit of normalised lattice angle
@@ -223,21 +237,22 @@ class AllAtomVAE(nn.Module):
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
         bonds, charges, meta = None, None, []
         if self.bond_head is not None:
-            bonds, charges, meta = self.decode_graph(h, mask, domain, pos, types, graph_decoder)
+            types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, types, type_logits.log_softmax(-1), graph_decoder)
         return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
                           mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges, meta=meta)
 
     @torch.no_grad()
-    def decode_graph(self, h: Tensor, mask: Tensor, domain: Tensor, pos: Tensor, types: Tensor,
-                     graph_decoder: GraphDecoder | None = None) -> tuple[Tensor, Tensor, list[dict[str, str]]]:
-        """Graph of molecules: bond orders [B, N, N] (NO_GRAPH off molecules, padding, diagonal), charges [B, N],
-        and per-set meta ``{"graph_source": ...}``.
+    def decode_graph(self, h: Tensor, mask: Tensor, domain: Tensor, pos: Tensor, types: Tensor, type_log_probs: Tensor,
+                     graph_decoder: GraphDecoder | None = None) -> tuple[Tensor, Tensor, Tensor, list[dict[str, str]]]:
+        """Graph of molecules: types [B, N], bond orders [B, N, N] (NO_GRAPH off molecules, padding, diagonal),
+        charges [B, N], and per-set meta ``{"graph_source": ...}``.
 
         ``h`` [B, N, D] are the decoder states, ``pos`` [B, N, 3] the decoded positions in Angstrom,
-        ``types`` [B, N] the decoded elements. Each pair's order is its argmax (``graph_source``
-        ``decoded``); with ``graph_decoder`` (types [n], charges [n], log-probabilities [n, n, 4] ->
-        orders [n, n] or None) a molecule gets that decoder's graph (``decoded_constrained``) and keeps
-        the argmax graph where it returns None. The logits are symmetric, so is the matrix.
+        ``types`` [B, N] the decoded elements, ``type_log_probs`` [B, N, K] their distributions. Each
+        pair's order is its argmax (``graph_source`` ``decoded``); with ``graph_decoder`` (see
+        :class:`GraphDecoder`) a molecule gets that decoder's elements, charges and orders
+        (``graph_decoder.source``) and keeps the argmax graph where it returns None. The logits are
+        symmetric, so is the matrix.
         """
         bond_logits, charge_logits = self.graph_logits(h, pos)  # [B, N, N, 4], [B, N, 3]
         is_mol = ((domain == Domain.MOLECULE)[:, None] & mask).float()  # [B, N]
@@ -246,15 +261,18 @@ class AllAtomVAE(nn.Module):
         charges = (charge_logits.float().argmax(-1) - CHARGE_OFFSET) * is_mol.long()  # [B, N]
         meta = [{"graph_source": "decoded"} if d == Domain.MOLECULE else {} for d in domain.tolist()]
         if graph_decoder is not None:
+            types = types.clone()
             log_probs = bond_logits.float().log_softmax(-1)  # [B, N, N, 4]
+            charge_log_probs = charge_logits.float().log_softmax(-1)  # [B, N, 3]
             for b in torch.nonzero(domain == Domain.MOLECULE).flatten().tolist():
                 m = mask[b]
-                orders = graph_decoder(types[b][m].cpu(), charges[b][m].cpu(), log_probs[b][m][:, m].cpu())  # [n, n] or None
-                if orders is not None:
+                graph = graph_decoder(type_log_probs[b][m].cpu(), charge_log_probs[b][m].cpu(), log_probs[b][m][:, m].cpu(), CHARGE_OFFSET)
+                if graph is not None:
                     idx = torch.nonzero(m).flatten()
-                    bonds[b, idx[:, None], idx[None, :]] = orders.to(bonds) + NO_GRAPH * torch.eye(len(idx), dtype=bonds.dtype, device=bonds.device)
-                    meta[b] = {"graph_source": "decoded_constrained"}
-        return bonds, charges, meta
+                    types[b, idx], charges[b, idx] = graph[0].to(types), graph[1].to(charges)
+                    bonds[b, idx[:, None], idx[None, :]] = graph[2].to(bonds) + NO_GRAPH * torch.eye(len(idx), dtype=bonds.dtype, device=bonds.device)
+                    meta[b] = {"graph_source": graph_decoder.source}
+        return types, bonds, charges, meta
 
     @torch.no_grad()
     def reconstruct(self, batch: TokenBatch) -> TokenBatch:

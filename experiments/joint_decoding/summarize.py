@@ -1,0 +1,70 @@
+"""Table of the bond-decoding study (experiments/joint_decoding/run.sh): one column per decoding.
+
+Reads ``<dir>/<name>.json`` (``python -m sciDiT.evaluate``) and ``<dir>/<name>.sdf``, and counts, per
+decoding, the atoms whose element differs from the argmax decoding of the same sample (same seed,
+same positions): how far the valence rule moved the composition away from the decoder's first choice.
+
+    python experiments/joint_decoding/summarize.py outputs/joint_decoding --argmax argmax
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem, RDLogger
+
+ROWS = [
+    ("validity", "strict validity on the written bonds (headline)"),
+    ("validity_connected", "strict valid and connected"),
+    ("uniqueness", "uniqueness (over valid)"),
+    ("novelty", "novelty (over valid)"),
+    ("validity_openbabel", "OpenBabel path from coordinates (ADiT's metric)"),
+    ("validity_perceived", "strict validity, bonds perceived from coordinates"),
+    ("atom_stability", "EDM atom stability (coordinates)"),
+    ("molecule_stability", "EDM molecule stability (coordinates)"),
+    ("pb_bond_lengths", "PoseBusters bond lengths (over valid)"),
+    ("pb_bond_angles", "PoseBusters bond angles (over valid)"),
+    ("pb_internal_steric_clash", "PoseBusters internal steric clash (over valid)"),
+    ("pb_all", "PoseBusters all checks (over valid)"),
+]
+
+
+def elements(path: Path) -> dict[int, list[int]]:
+    """sample_index -> atomic numbers of each record of an SD file."""
+    RDLogger.DisableLog("rdApp.*")
+    out = {}
+    for mol in Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False):
+        if mol is not None:
+            out[int(mol.GetProp("sample_index"))] = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--argmax", default="argmax", help="name of the argmax decoding's files")
+    args = parser.parse_args()
+    names = sorted(p.stem for p in args.folder.glob("*.json"))
+    names.sort(key=lambda n: (n != args.argmax, n))
+    reports = {n: json.loads((args.folder / f"{n}.json").read_text()) for n in names}
+    base = elements(args.folder / f"{args.argmax}.sdf")
+    print("| figure | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for key, label in ROWS:
+        cells = [reports[n].get(key) for n in names]
+        print(f"| {label} | " + " | ".join("-" if c is None or c != c else f"{100 * c:.1f}%" for c in cells) + " |")
+    changed_atoms, changed_mols = [], []
+    for n in names:
+        other = elements(args.folder / f"{n}.sdf")
+        diffs = [sum(a != b for a, b in zip(base[i], other[i])) for i in base if i in other]
+        changed_atoms.append(np.sum(diffs) / max(1, sum(len(base[i]) for i in base if i in other)))
+        changed_mols.append(np.mean([d > 0 for d in diffs]))
+    print("| atoms with another element than argmax | " + " | ".join(f"{100 * c:.2f}%" for c in changed_atoms) + " |")
+    print("| molecules with any element changed | " + " | ".join(f"{100 * c:.1f}%" for c in changed_mols) + " |")
+
+
+if __name__ == "__main__":
+    main()
