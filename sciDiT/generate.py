@@ -134,7 +134,7 @@ class Generator:
         compile: bool = False,
         bf16: bool | str = "auto",
         composition: str = "argmax",
-        bond_decoding: str = "argmax",
+        bond_decoding: str = "joint",
         bond_min_prob: float = 1e-2,
         condition: Mapping[str, Any] | None = None,
         guidance: Mapping[str, float] | None = None,
@@ -160,7 +160,8 @@ class Generator:
         atom has its exact valence (:mod:`sciDiT.tokenizers.valence`; ``decoded_constrained``, or the
         argmax graph where none exists); ``joint`` chooses elements, formal charges and bonds together:
         the most probable neutral, closed-shell (and, where one exists, connected) molecule under the
-        decoder's distributions (``decoded_joint``). Scores of each are separate figures, never mixed.
+        decoder's distributions (``decoded_joint``; the default, and the argmax graph where none
+        exists). Scores of each are separate figures, never mixed.
         ``bond_min_prob``: both valence rules choose only elements, charges and bonds to which the
         decoder gives at least this probability (lower admits more graphs that the geometry does not support).
 

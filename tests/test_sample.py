@@ -188,7 +188,7 @@ def test_cli_writes_decoded_bonds_and_relaxes_on_request(ckpt, tmp_path):
     sdf = tmp_path / "relaxed.sdf"
     assert main([f"ckpt={ckpt}", "domain=molecule", "n=6", f"out={sdf}", "steps=3", "relax=true", "progress=false"]) == 0
     mols = list(Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False))
-    assert len(mols) == 6 and all(m.GetProp("bond_source") == "decoded" for m in mols)
+    assert len(mols) == 6 and all(m.GetProp("bond_source") in ("decoded", "decoded_joint") for m in mols)  # joint by default
     # relaxed exactly when the decoded graph sanitizes (an untrained head may decode no sanitizable graph at all)
     assert all(m.GetIntProp("relaxed") <= m.GetIntProp("sanitized") for m in mols)
 

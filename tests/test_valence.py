@@ -145,7 +145,7 @@ def test_generator_bond_decoding_changes_only_the_bonds(tiny_dit_ckpt):
 
     gen = load_generator(tiny_dit_ckpt)
     sets = gen.generate_token_sets("molecule", n=4, steps=2, seed=0, progress=False, bond_decoding="constrained")
-    argmax = gen.generate_token_sets("molecule", n=4, steps=2, seed=0, progress=False)
+    argmax = gen.generate_token_sets("molecule", n=4, steps=2, seed=0, progress=False, bond_decoding="argmax")
     joint = gen.generate_token_sets("molecule", n=4, steps=2, seed=0, progress=False, bond_decoding="joint")
     for s, a, j in zip(sets, argmax, joint):
         assert torch.equal(s.types, a.types) and torch.equal(s.pos, a.pos) and torch.equal(j.pos, a.pos)

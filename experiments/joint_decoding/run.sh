@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Issue 10: bond decodings of one model's samples (the same 1,000 molecules, seed 0, decoded five ways),
-# scored offline with PoseBusters, then summarised. Run from the project root, one thread per job:
-#   bash experiments/joint_decoding/run.sh CKPT OUT_DIR
+# Issue 10: bond decodings of one model's samples (the same N molecules, seed 0, decoded six ways),
+# scored offline, then summarised; PoseBusters (slow: ~1 s per valid molecule here) on the first
+# PB_N molecules of the joint decoding, raw and relaxed. Run from the project root, one thread per job:
+#   bash experiments/joint_decoding/run.sh CKPT OUT_DIR [N [PB_N]]
 set -euo pipefail
 ckpt=${1:?DiT checkpoint}
 out=${2:?output folder}
+n=${3:-1000}
+pb_n=${4:-300}
 mkdir -p "$out"
 export SCIDIT_DATA_DIR=${SCIDIT_DATA_DIR:-../shared/data} OMP_NUM_THREADS=1
 runs=("argmax bond_decoding=argmax" "constrained bond_decoding=constrained" "joint bond_decoding=joint"
@@ -13,7 +16,14 @@ runs=("argmax bond_decoding=argmax" "constrained bond_decoding=constrained" "joi
 for run in "${runs[@]}"; do
   read -r name args <<< "$run"
   # shellcheck disable=SC2086  # args is a list of key=value words
-  python -m sciDiT.sample ckpt="$ckpt" domain=molecule n=1000 seed=0 out="$out/$name.sdf" progress=false $args
-  python -m sciDiT.evaluate molecules="$out/$name.sdf" reference=qm9 posebusters=true out="$out/$name.json"
+  python -m sciDiT.sample ckpt="$ckpt" domain=molecule n="$n" seed=0 out="$out/$name.sdf" progress=false $args
+  python -m sciDiT.evaluate molecules="$out/$name.sdf" reference=qm9 out="$out/$name.json"
+done
+mkdir -p "$out/posebusters"
+for name in joint joint_relaxed; do
+  python -m sciDiT.sample ckpt="$ckpt" domain=molecule n="$pb_n" seed=0 out="$out/posebusters/$name.sdf" progress=false bond_decoding=joint \
+    relax=$([[ $name == joint_relaxed ]] && echo true || echo false)
+  python -m sciDiT.evaluate molecules="$out/posebusters/$name.sdf" reference=qm9 posebusters=true out="$out/posebusters/$name.json"
 done
 python experiments/joint_decoding/summarize.py "$out" --argmax argmax
+python experiments/joint_decoding/summarize.py "$out/posebusters" --argmax joint

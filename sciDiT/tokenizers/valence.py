@@ -7,15 +7,17 @@ formal charge, as a small integer programme (HiGHS through :func:`scipy.optimize
 a decoding rule for the model's own distribution, like a constrained beam search, not a repair of
 the coordinates: pairs the head gives less than ``min_prob`` of being bonded are never bonded.
 
-Two rules, both exact for their objective:
+Two rules, both exact for their objective (a programme that needs more than :data:`NODE_LIMIT`
+branch-and-bound nodes gives None, as an infeasible one does):
 
 - :func:`constrained_bond_orders` (``bond_decoding=constrained``): atoms fixed to their argmax
   element and charge, only the bonds are chosen. A composition with an odd number of electrons has
   no such graph (None).
 - :func:`joint_graph` (``bond_decoding=joint``): element, formal charge and bonds are chosen
   together, maximising ``sum_a log p_a(element) + log p_a(charge) + sum_ij log p_ij(order)`` over
-  neutral, closed-shell, connected graphs. Every atom's element and charge are drawn from those
-  its heads give at least ``min_prob``, so a molecule whose argmax composition cannot be closed shell
+  neutral, closed-shell, connected graphs. Every atom's element (one of its :data:`MAX_ELEMENTS` most
+  probable) and charge are drawn from those its heads give at least ``min_prob``, so a molecule whose
+  argmax composition cannot be closed shell
   is decoded to the most probable one that can, when the decoder's own distribution has one.
   When no connected graph exists, the most probable disconnected one is taken (the evaluator's
   "connected" figure shows it).
@@ -43,7 +45,8 @@ VALENCE: dict[tuple[int, int], int] = {
     (17, 0): 1, (35, 0): 1, (53, 0): 1,
 }  # fmt: skip
 MAX_ORDER = 3
-TIME_LIMIT_S = 10.0  # per molecule; QM9-sized programmes solve in milliseconds
+MAX_ELEMENTS = 3  # joint rule: each atom chooses among its three most probable elements (above min_prob)
+NODE_LIMIT = 2000  # branch-and-bound nodes per molecule: a deterministic bound (a time limit would make outputs depend on load)
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, m
     integrality = np.concatenate([np.ones(n_bond + n_opt), np.zeros(n_flow)])
     upper = np.concatenate([np.ones(n_bond + n_opt), np.full(n_flow, float(n - 1))])
     result = milp(c=-gain, integrality=integrality, bounds=Bounds(0, upper), constraints=[LinearConstraint(a, lo, hi)],
-                  options={"time_limit": TIME_LIMIT_S})
+                  options={"node_limit": NODE_LIMIT})
     if result.status != 0 or result.x is None:
         return None
     x = np.rint(result.x)
@@ -159,15 +162,16 @@ def joint_graph(type_log_probs: np.ndarray, charge_log_probs: np.ndarray, log_pr
 
     ``type_log_probs [N, K]`` over atomic numbers 0..K-1, ``charge_log_probs [N, C]`` over formal
     charges ``c - charge_offset``, ``log_probs [N, N, 4]`` bond orders 0..3 per pair. Each atom may take
-    any (element, charge) with an entry in :data:`VALENCE` whose probabilities are both >= ``min_prob``,
-    and always its argmax pair when that has an entry. None when no neutral closed-shell graph exists.
+    any (element, charge) with an entry in :data:`VALENCE` whose probabilities are both >= ``min_prob``
+    (elements among its :data:`MAX_ELEMENTS` most probable), and always its argmax pair when that has an entry. None when no neutral closed-shell graph exists.
     """
     options = []
     for tlp, clp in zip(type_log_probs, charge_log_probs):
         best = (int(tlp.argmax()), int(clp.argmax()) - charge_offset)
+        top = set(np.argsort(-tlp, kind="stable")[:MAX_ELEMENTS].tolist())
         opts = [(z, q, float(tlp[z] + clp[q + charge_offset])) for (z, q) in VALENCE
                 if z < len(tlp) and 0 <= q + charge_offset < len(clp)
-                and ((z, q) == best or min(tlp[z], clp[q + charge_offset]) >= np.log(min_prob))]
+                and ((z, q) == best or z in top and min(tlp[z], clp[q + charge_offset]) >= np.log(min_prob))]
         if not opts:
             return None
         options.append(opts)
