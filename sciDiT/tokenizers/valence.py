@@ -5,10 +5,11 @@ of a ring go depends on every atom's valence. This decodes the most probable gra
 the summed log-probabilities) among those in which every atom has exactly its valence for its
 formal charge, as a small integer programme (HiGHS through :func:`scipy.optimize.milp`). It is
 a decoding rule for the model's own distribution, like a constrained beam search, not a repair of
-the coordinates: pairs the head gives less than ``min_prob`` of being bonded are never bonded.
+the coordinates: pairs the head gives less than ``min_prob`` of being bonded, or that are not among
+the :data:`MAX_PARTNERS` most probable partners of either atom, are never bonded.
 
 Two rules, both exact for their objective (a programme that needs more than :data:`NODE_LIMIT`
-branch-and-bound nodes gives None, as an infeasible one does):
+branch-and-bound nodes counts as infeasible: a deterministic bound on the work per molecule):
 
 - :func:`constrained_bond_orders` (``bond_decoding=constrained``): atoms fixed to their argmax
   element and charge, only the bonds are chosen. A composition with an odd number of electrons has
@@ -19,7 +20,9 @@ branch-and-bound nodes gives None, as an infeasible one does):
   probable) and charge are drawn from those its heads give at least ``min_prob``, so a molecule whose
   argmax composition cannot be closed shell
   is decoded to the most probable one that can, when the decoder's own distribution has one.
-  When no connected graph exists, the most probable disconnected one is taken (the evaluator's
+  Connectivity is imposed by lazy cuts (each component of a disconnected optimum must bond to the
+  rest; re-solve), which is exact once the optimum is connected; when no connected graph is found
+  within :data:`MAX_CUT_ROUNDS` rounds, the most probable disconnected one is taken (the evaluator's
   "connected" figure shows it).
 """
 
@@ -30,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
+from scipy.sparse import coo_array, csr_array
+from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 # (atomic number, formal charge) -> the number of bonds (sum of orders) of a closed-shell atom
@@ -46,7 +50,9 @@ VALENCE: dict[tuple[int, int], int] = {
 }  # fmt: skip
 MAX_ORDER = 3
 MAX_ELEMENTS = 3  # joint rule: each atom chooses among its three most probable elements (above min_prob)
-NODE_LIMIT = 2000  # branch-and-bound nodes per molecule: a deterministic bound (a time limit would make outputs depend on load)
+MAX_PARTNERS = 6  # a pair is a candidate bond only among the six most probable partners of one of its atoms
+NODE_LIMIT = 200  # branch-and-bound nodes per programme: a deterministic bound (a time limit would make outputs depend on load)
+MAX_CUT_ROUNDS = 4  # joint rule: rounds of connectivity cuts before the best disconnected graph is kept
 
 
 @dataclass(frozen=True)
@@ -59,87 +65,73 @@ class MolecularGraph:
 
 
 def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, min_prob: float,
-           neutral: bool, connected: bool) -> MolecularGraph | None:
+           neutral: bool, cuts: list[np.ndarray] = ()) -> MolecularGraph | None:
     """The integer programme behind both rules.
 
     ``options[a]``: atom ``a``'s allowed ``(atomic number, charge, log-probability)`` (each with an entry
-    in :data:`VALENCE`); ``log_probs [n, n, 4]``: orders 0..3 per pair. Variables, in this order: one
-    binary per (candidate pair, order 1..3), one binary per atom option, and with ``connected`` two
-    flows per candidate pair (a single-commodity flow from atom 0 that reaches every atom only over
-    chosen bonds).
+    in :data:`VALENCE`); ``log_probs [n, n, 4]``: orders 0..3 per pair; ``cuts``: atom sets ``[n]``
+    (bool) each of which must be bonded to the rest by at least one bond (connectivity cuts).
+    Variables: one binary per (candidate pair, order 1..3), then one binary per atom option.
     """
     n = len(options)
     i, j = np.triu_indices(n, 1)
-    candidate = 1.0 - np.exp(log_probs[i, j, 0]) >= min_prob  # pairs the head can bond
+    bond_prob = 1.0 - np.exp(log_probs[..., 0])  # [n, n]
+    np.fill_diagonal(bond_prob, -1.0)
+    rank = np.argsort(np.argsort(-bond_prob, axis=1, kind="stable"), axis=1, kind="stable")  # [n, n] partner rank per atom
+    near = (rank < MAX_PARTNERS) | (rank < MAX_PARTNERS).T
+    candidate = (bond_prob[i, j] >= min_prob) & near[i, j]  # pairs the head can bond
     i, j = i[candidate], j[candidate]
     m = len(i)
     owner = np.repeat(np.arange(n), [len(o) for o in options])  # [O] atom of each option
     flat = [opt for opts in options for opt in opts]
-    n_opt = len(flat)
-    valence = np.array([VALENCE[(z, q)] for z, q, _ in flat], dtype=float)  # [O]
-    n_bond, n_flow = m * MAX_ORDER, (2 * m if connected and n > 1 else 0)
-    n_var = n_bond + n_opt + n_flow
+    n_bond, n_opt = m * MAX_ORDER, len(flat)
     bond_var = np.arange(n_bond).reshape(m, MAX_ORDER)  # [m, 3]
     opt_var = n_bond + np.arange(n_opt)  # [O]
     orders = np.arange(1, MAX_ORDER + 1, dtype=float)  # [3]
+    pair_of = np.repeat(np.arange(m), MAX_ORDER)  # [3m] pair of each bond variable
 
-    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]] = []  # (row ids, columns, values, lower, upper) blocks
+    blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, columns, values)
+    lo: list[np.ndarray] = []
+    hi: list[np.ndarray] = []
 
-    def add(cols: np.ndarray, vals: np.ndarray, row: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-        rows.append((row, cols, vals, lo, hi))
+    def rows(count: int, lower: float, upper: float) -> int:
+        """Reserve ``count`` constraint rows with the same bounds; returns the first row's index."""
+        first = sum(len(x) for x in lo)
+        lo.append(np.full(count, lower))
+        hi.append(np.full(count, upper))
+        return first
 
-    n_rows = 0
-    # at most one order per pair
-    add(bond_var.ravel(), np.ones(n_bond), n_rows + np.repeat(np.arange(m), MAX_ORDER), np.zeros(m), np.ones(m))
-    n_rows += m
-    # exactly one option per atom
-    add(opt_var, np.ones(n_opt), n_rows + owner, np.ones(n), np.ones(n))
-    n_rows += n
-    # valence: sum of the orders of an atom's bonds = the valence of its chosen option
-    ends = np.concatenate([np.repeat(i, MAX_ORDER), np.repeat(j, MAX_ORDER)])
-    add(np.concatenate([bond_var.ravel()] * 2), np.tile(orders, 2 * m), n_rows + ends, np.zeros(n), np.zeros(n))
-    add(opt_var, -valence, n_rows + owner, np.zeros(0), np.zeros(0))
-    n_rows += n
+    r = rows(m, 0, 1)  # at most one order per pair
+    blocks.append((r + pair_of, bond_var.ravel(), np.ones(n_bond)))
+    r = rows(n, 1, 1)  # exactly one option per atom
+    blocks.append((r + owner, opt_var, np.ones(n_opt)))
+    r = rows(n, 0, 0)  # valence: the orders of an atom's bonds sum to the valence of its chosen option
+    blocks.append((r + np.concatenate([i[pair_of], j[pair_of]]), np.tile(bond_var.ravel(), 2), np.tile(orders, 2 * m)))
+    blocks.append((r + owner, opt_var, -np.array([VALENCE[(z, q)] for z, q, _ in flat], dtype=float)))
     if neutral:  # the formal charges sum to zero
-        charge = np.array([q for _, q, _ in flat], dtype=float)
-        add(opt_var, charge, np.full(n_opt, n_rows), np.zeros(1), np.zeros(1))
-        n_rows += 1
-    if n_flow:
-        fwd, bwd = n_bond + n_opt + np.arange(m), n_bond + n_opt + m + np.arange(m)  # flow i -> j, j -> i
-        cap = float(n - 1)
-        for flow in (fwd, bwd):  # flow only over a chosen bond: f - (n - 1) * sum_k x_k <= 0
-            r = n_rows + np.arange(m)
-            add(np.concatenate([flow, bond_var.ravel()]), np.concatenate([np.ones(m), np.full(n_bond, -cap)]),
-                np.concatenate([r, np.repeat(r, MAX_ORDER)]), np.full(m, -np.inf), np.zeros(m))
-            n_rows += m
-        # net inflow: every atom but the root keeps one unit, the root sends n - 1
-        net = np.full(n, 1.0)
-        net[0] = -cap
-        add(np.concatenate([fwd, bwd, fwd, bwd]), np.concatenate([np.ones(m), np.ones(m), -np.ones(m), -np.ones(m)]),
-            n_rows + np.concatenate([j, i, i, j]), net, net)
-        n_rows += n
+        blocks.append((np.full(n_opt, rows(1, 0, 0)), opt_var, np.array([q for _, q, _ in flat], dtype=float)))
+    for side in cuts:  # at least one bond leaves the atom set
+        crossing = np.flatnonzero(side[i[pair_of]] != side[j[pair_of]])  # bond variables of pairs across the cut
+        blocks.append((np.full(len(crossing), rows(1, 1, np.inf)), crossing, np.ones(len(crossing))))
 
-    r = np.concatenate([b[0] for b in rows])
-    c = np.concatenate([b[1] for b in rows])
-    v = np.concatenate([b[2] for b in rows])
-    lo = np.concatenate([b[3] for b in rows])
-    hi = np.concatenate([b[4] for b in rows])
-    a = coo_array((v, (r, c)), shape=(n_rows, n_var)).tocsr()
-    gain = np.zeros(n_var)
-    gain[:n_bond] = (log_probs[i, j, 1:] - log_probs[i, j, :1]).ravel()  # gain over "no bond"
-    gain[opt_var] = [lp for _, _, lp in flat]
-    integrality = np.concatenate([np.ones(n_bond + n_opt), np.zeros(n_flow)])
-    upper = np.concatenate([np.ones(n_bond + n_opt), np.full(n_flow, float(n - 1))])
-    result = milp(c=-gain, integrality=integrality, bounds=Bounds(0, upper), constraints=[LinearConstraint(a, lo, hi)],
-                  options={"node_limit": NODE_LIMIT})
+    a = coo_array((np.concatenate([b[2] for b in blocks]), (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))),
+                  shape=(sum(len(x) for x in lo), n_bond + n_opt)).tocsr()
+    gain = np.concatenate([(log_probs[i, j, 1:] - log_probs[i, j, :1]).ravel(), [lp for _, _, lp in flat]])  # bonds: gain over "no bond"
+    result = milp(c=-gain, integrality=np.ones(n_bond + n_opt), bounds=Bounds(0, 1),
+                  constraints=[LinearConstraint(a, np.concatenate(lo), np.concatenate(hi))], options={"node_limit": NODE_LIMIT})
     if result.status != 0 or result.x is None:
         return None
     x = np.rint(result.x)
     chosen = x[:n_bond].reshape(m, MAX_ORDER) @ orders  # [m] order of each candidate pair
     bonds = np.zeros((n, n), dtype=np.int64)
     bonds[i, j] = bonds[j, i] = chosen.astype(np.int64)
-    picked = [flat[k] for k in np.flatnonzero(x[n_bond:n_bond + n_opt])]  # one per atom, in atom order
+    picked = [flat[k] for k in np.flatnonzero(x[n_bond:])]  # one per atom, in atom order
     return MolecularGraph(np.array([z for z, _, _ in picked], dtype=np.int64), np.array([q for _, q, _ in picked], dtype=np.int64), bonds)
+
+
+def _components(orders: np.ndarray) -> np.ndarray:
+    """Component label of each atom [n] of the graph of the nonzero entries of ``orders [n, n]``."""
+    return connected_components(csr_array(orders != 0), directed=False)[1]
 
 
 def constrained_bond_orders(types: np.ndarray, charges: np.ndarray, log_probs: np.ndarray, min_prob: float = 1e-3) -> np.ndarray | None:
@@ -152,7 +144,7 @@ def constrained_bond_orders(types: np.ndarray, charges: np.ndarray, log_probs: n
     if any((int(z), int(q)) not in VALENCE for z, q in zip(types, charges)):
         return None
     options = [[(int(z), int(q), 0.0)] for z, q in zip(types, charges)]
-    graph = _solve(options, log_probs, min_prob, neutral=False, connected=False)
+    graph = _solve(options, log_probs, min_prob, neutral=False)
     return None if graph is None else graph.orders
 
 
@@ -175,8 +167,17 @@ def joint_graph(type_log_probs: np.ndarray, charge_log_probs: np.ndarray, log_pr
         if not opts:
             return None
         options.append(opts)
-    return (_solve(options, log_probs, min_prob, neutral=True, connected=True)
-            or _solve(options, log_probs, min_prob, neutral=True, connected=False))
+    best = graph = _solve(options, log_probs, min_prob, neutral=True)
+    cuts: list[np.ndarray] = []
+    for _ in range(MAX_CUT_ROUNDS):  # lazy connectivity cuts: each component of the last graph must bond to the rest
+        if graph is None:
+            return best
+        labels = _components(graph.orders)
+        if labels.max() == 0:  # connected: the best graph that satisfies every cut, so the best connected one
+            return graph
+        cuts += [labels == c for c in range(labels.max() + 1)]
+        graph = _solve(options, log_probs, min_prob, neutral=True, cuts=cuts)
+    return best
 
 
 @dataclass(frozen=True)
