@@ -68,6 +68,22 @@ def test_joint_decoding_turns_an_odd_electron_composition_into_the_most_probable
     assert joint_graph(_atom_log_probs([{6: 1.0}] + [{1: 1.0}] * 4), charges, lonely) is None
 
 
+def test_no_bond_is_longer_than_the_geometry_allows_for_the_chosen_elements():
+    # the CH3 + (70% H, 30% F) molecule of the test above, with atom 4 at 1.60 A from C: too long for
+    # C-H (1.3 x (0.76 + 0.31) = 1.39 A, RDKit's radii) but not for C-F (1.3 x (0.76 + 0.57) = 1.73 A): CH3F, not methane
+    types = _atom_log_probs([{6: 1.0}, {1: 1.0}, {1: 1.0}, {1: 1.0}, {1: 0.7, 9: 0.3}])
+    charges = np.log(np.tile([1e-6, 1.0 - 2e-6, 1e-6], (5, 1)))
+    bonds = _log_probs(5, {(0, k): [0.05, 0.95, 0, 0] for k in (1, 2, 3, 4)})
+    pos = np.array([[0.0, 0, 0], [1.09, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89], [-0.53, -0.75, -1.31]])
+    pos[4] *= 1.60 / np.linalg.norm(pos[4])
+    assert joint_graph(types, charges, bonds).types.tolist() == [6, 1, 1, 1, 1]
+    graph = joint_graph(types, charges, bonds, pos=pos)
+    assert graph.types.tolist() == [6, 1, 1, 1, 9] and graph.orders[0].tolist() == [0, 1, 1, 1, 1]
+    # bonds alone (argmax atoms): methane with that H at 1.60 A has no graph the geometry supports
+    assert constrained_bond_orders(np.array([6, 1, 1, 1, 1]), np.zeros(5, int), bonds) is not None
+    assert constrained_bond_orders(np.array([6, 1, 1, 1, 1]), np.zeros(5, int), bonds, pos=pos) is None
+
+
 def test_joint_decoding_prefers_a_connected_graph_and_keeps_the_molecule_neutral():
     # two waters O0 H1 H2, O3 H4 H5 whose H2-O3 pair the head gives 2%: the best graph is two waters,
     # but a connected one needs H2 bonded to O3: possible only as [H2O-H-OH]... which breaks valences,
@@ -119,8 +135,8 @@ def test_the_vae_puts_the_graph_decoders_orders_in_place_and_keeps_argmax_where_
     class Decoder:  # bond everything to atom 0 of the first molecule and make it an ammonium N+, give up on the second
         source = "decoded_test"
 
-        def __call__(self, type_log_probs, charge_log_probs, log_probs, charge_offset):
-            seen.append((type_log_probs.shape[0], charge_log_probs.shape[0], log_probs.shape, charge_offset))
+        def __call__(self, type_log_probs, charge_log_probs, log_probs, pos, charge_offset):
+            seen.append((type_log_probs.shape[0], charge_log_probs.shape[0], log_probs.shape, pos.shape, charge_offset))
             if len(seen) == 2:
                 return None
             n = len(type_log_probs)
@@ -130,7 +146,7 @@ def test_the_vae_puts_the_graph_decoders_orders_in_place_and_keeps_argmax_where_
 
     plain = vae.decode_to_batch(mu, batch.mask, batch.domain)
     out = vae.decode_to_batch(mu, batch.mask, batch.domain, graph_decoder=Decoder())
-    assert seen == [(3, 3, (3, 3, 4), 1), (5, 5, (5, 5, 4), 1)]  # each molecule alone, without padding
+    assert seen == [(3, 3, (3, 3, 4), (3, 3), 1), (5, 5, (5, 5, 4), (5, 3), 1)]  # each molecule alone, without padding
     assert [m["graph_source"] for m in out.meta] == ["decoded_test", "decoded"]
     assert out.bonds[0, :3, :3].tolist() == [[NO_GRAPH, 1, 1], [1, NO_GRAPH, 0], [1, 0, NO_GRAPH]]
     assert out.types[0, :3].tolist() == [7, 1, 1] and out.charges[0, :3].tolist() == [1, 0, 0]

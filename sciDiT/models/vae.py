@@ -32,14 +32,15 @@ class GraphDecoder(Protocol):
     """How molecules' graphs are decoded (e.g. :class:`sciDiT.tokenizers.valence.ValenceGraphDecoder`).
 
     Called per molecule with element log-probabilities [n, K], charge log-probabilities [n, C] (class =
-    charge + ``charge_offset``) and bond-order log-probabilities [n, n, 4]; returns (types [n], charges [n],
-    orders [n, n]) or None. ``source`` names its graphs in ``meta["graph_source"]``.
+    charge + ``charge_offset``), bond-order log-probabilities [n, n, 4] and the decoded positions [n, 3]
+    (Angstrom); returns (types [n], charges [n], orders [n, n]) or None. ``source`` names its graphs in
+    ``meta["graph_source"]``.
     """
 
     @property
     def source(self) -> str: ...
 
-    def __call__(self, type_log_probs: Tensor, charge_log_probs: Tensor, log_probs: Tensor,
+    def __call__(self, type_log_probs: Tensor, charge_log_probs: Tensor, log_probs: Tensor, pos: Tensor,
                  charge_offset: int) -> tuple[Tensor, Tensor, Tensor] | None: ...
 
 
@@ -266,7 +267,8 @@ class AllAtomVAE(nn.Module):
             charge_log_probs = charge_logits.float().log_softmax(-1)  # [B, N, 3]
             for b in torch.nonzero(domain == Domain.MOLECULE).flatten().tolist():
                 m = mask[b]
-                graph = graph_decoder(type_log_probs[b][m].cpu(), charge_log_probs[b][m].cpu(), log_probs[b][m][:, m].cpu(), CHARGE_OFFSET)
+                graph = graph_decoder(type_log_probs[b][m].cpu(), charge_log_probs[b][m].cpu(), log_probs[b][m][:, m].cpu(), pos[b][m].cpu(),
+                                      CHARGE_OFFSET)
                 if graph is not None:
                     idx = torch.nonzero(m).flatten()
                     types[b, idx], charges[b, idx] = graph[0].to(types), graph[1].to(charges)

@@ -5,8 +5,10 @@ of a ring go depends on every atom's valence. This decodes the most probable gra
 the summed log-probabilities) among those in which every atom has exactly its valence for its
 formal charge, as a small integer programme (HiGHS through :func:`scipy.optimize.milp`). It is
 a decoding rule for the model's own distribution, like a constrained beam search, not a repair of
-the coordinates: pairs the head gives less than ``min_prob`` of being bonded, or that are not among
-the :data:`MAX_PARTNERS` most probable partners of either atom, are never bonded.
+the coordinates: pairs the head gives less than ``min_prob`` of being bonded, that are not among
+the :data:`MAX_PARTNERS` most probable partners of either atom, or (given the coordinates) that are
+farther apart than :data:`COV_FACTOR` x the sum of their covalent radii (the connectivity rule of
+RDKit's ``rdDetermineBonds``), are never bonded, so the written graph is one the geometry supports.
 
 Two rules, both exact for their objective (a programme that needs more than :data:`NODE_LIMIT`
 branch-and-bound nodes counts as infeasible: a deterministic bound on the work per molecule):
@@ -35,6 +37,7 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array, csr_array
 from scipy.sparse.csgraph import connected_components
+from rdkit import Chem
 from torch import Tensor
 
 # (atomic number, formal charge) -> the number of bonds (sum of orders) of a closed-shell atom
@@ -50,9 +53,13 @@ VALENCE: dict[tuple[int, int], int] = {
 }  # fmt: skip
 MAX_ORDER = 3
 MAX_ELEMENTS = 3  # joint rule: each atom chooses among its three most probable elements (above min_prob)
+COV_FACTOR = 1.3  # a bond is at most this times the sum of the covalent radii long (rdDetermineBonds' default covFactor)
 MAX_PARTNERS = 6  # a pair is a candidate bond only among the six most probable partners of one of its atoms
 NODE_LIMIT = 200  # branch-and-bound nodes per programme: a deterministic bound (a time limit would make outputs depend on load)
 MAX_CUT_ROUNDS = 4  # joint rule: rounds of connectivity cuts before the best disconnected graph is kept
+
+
+_RCOV = {z: Chem.GetPeriodicTable().GetRcovalent(z) for z in {z for z, _ in VALENCE}}  # Angstrom
 
 
 @dataclass(frozen=True)
@@ -64,13 +71,14 @@ class MolecularGraph:
     orders: np.ndarray
 
 
-def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, min_prob: float,
+def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, dist: np.ndarray | None, min_prob: float,
            neutral: bool, cuts: list[np.ndarray] = ()) -> MolecularGraph | None:
     """The integer programme behind both rules.
 
     ``options[a]``: atom ``a``'s allowed ``(atomic number, charge, log-probability)`` (each with an entry
-    in :data:`VALENCE`); ``log_probs [n, n, 4]``: orders 0..3 per pair; ``cuts``: atom sets ``[n]``
-    (bool) each of which must be bonded to the rest by at least one bond (connectivity cuts).
+    in :data:`VALENCE`); ``log_probs [n, n, 4]``: orders 0..3 per pair; ``dist [n, n]``: interatomic
+    distances in Angstrom (None: no geometric limit); ``cuts``: atom sets ``[n]`` (bool) each of which
+    must be bonded to the rest by at least one bond (connectivity cuts).
     Variables: one binary per (candidate pair, order 1..3), then one binary per atom option.
     """
     n = len(options)
@@ -80,10 +88,14 @@ def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, m
     rank = np.argsort(np.argsort(-bond_prob, axis=1, kind="stable"), axis=1, kind="stable")  # [n, n] partner rank per atom
     near = (rank < MAX_PARTNERS) | (rank < MAX_PARTNERS).T
     candidate = (bond_prob[i, j] >= min_prob) & near[i, j]  # pairs the head can bond
+    flat = [opt for opts in options for opt in opts]
+    radius = np.array([_RCOV[z] for z, _, _ in flat])  # [O] covalent radius of each option's element
+    owner = np.repeat(np.arange(n), [len(o) for o in options])  # [O] atom of each option
+    if dist is not None:  # the geometry must support a bond for at least one element choice of each end
+        r_max = np.array([radius[owner == a].max() for a in range(n)])  # [n]
+        candidate &= dist[i, j] <= COV_FACTOR * (r_max[i] + r_max[j])
     i, j = i[candidate], j[candidate]
     m = len(i)
-    owner = np.repeat(np.arange(n), [len(o) for o in options])  # [O] atom of each option
-    flat = [opt for opts in options for opt in opts]
     n_bond, n_opt = m * MAX_ORDER, len(flat)
     bond_var = np.arange(n_bond).reshape(m, MAX_ORDER)  # [m, 3]
     opt_var = n_bond + np.arange(n_opt)  # [O]
@@ -110,6 +122,13 @@ def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, m
     blocks.append((r + owner, opt_var, -np.array([VALENCE[(z, q)] for z, q, _ in flat], dtype=float)))
     if neutral:  # the formal charges sum to zero
         blocks.append((np.full(n_opt, rows(1, 0, 0)), opt_var, np.array([q for _, q, _ in flat], dtype=float)))
+    if dist is not None:  # no bond between two element choices too far apart for it: sum_k x_k + y_a + y_b <= 2
+        first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])  # [n] first option of each atom
+        for p, (a, b) in enumerate(zip(i, j)):
+            for oa in range(first[a], first[a] + len(options[a])):
+                for ob in range(first[b], first[b] + len(options[b])):
+                    if dist[a, b] > COV_FACTOR * (radius[oa] + radius[ob]):
+                        blocks.append((np.full(MAX_ORDER + 2, rows(1, -np.inf, 2)), np.r_[bond_var[p], opt_var[[oa, ob]]], np.ones(MAX_ORDER + 2)))
     for side in cuts:  # at least one bond leaves the atom set
         crossing = np.flatnonzero(side[i[pair_of]] != side[j[pair_of]])  # bond variables of pairs across the cut
         blocks.append((np.full(len(crossing), rows(1, 1, np.inf)), crossing, np.ones(len(crossing))))
@@ -129,33 +148,43 @@ def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, m
     return MolecularGraph(np.array([z for z, _, _ in picked], dtype=np.int64), np.array([q for _, q, _ in picked], dtype=np.int64), bonds)
 
 
+def _distances(pos: np.ndarray | None) -> np.ndarray | None:
+    """[n, n] interatomic distances of ``pos [n, 3]``, or None."""
+    return None if pos is None else np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+
+
 def _components(orders: np.ndarray) -> np.ndarray:
     """Component label of each atom [n] of the graph of the nonzero entries of ``orders [n, n]``."""
     return connected_components(csr_array(orders != 0), directed=False)[1]
 
 
-def constrained_bond_orders(types: np.ndarray, charges: np.ndarray, log_probs: np.ndarray, min_prob: float = 1e-3) -> np.ndarray | None:
+def constrained_bond_orders(types: np.ndarray, charges: np.ndarray, log_probs: np.ndarray, min_prob: float = 1e-3,
+                            pos: np.ndarray | None = None) -> np.ndarray | None:
     """Bond orders ``[N, N]`` (symmetric, 0 = none) maximising the summed log-probabilities under exact valences.
 
     ``types [N]`` atomic numbers, ``charges [N]`` formal charges, ``log_probs [N, N, 4]`` the
-    log-probabilities of orders 0..3 for each pair (symmetric). None when an element/charge has no
-    entry in :data:`VALENCE` or no graph satisfies every valence.
+    log-probabilities of orders 0..3 for each pair (symmetric), ``pos [N, 3]`` (Angstrom, optional)
+    the coordinates: with them no two atoms farther apart than :data:`COV_FACTOR` x their covalent
+    radii are bonded. None when an element/charge has no entry in :data:`VALENCE` or no graph
+    satisfies every valence.
     """
     if any((int(z), int(q)) not in VALENCE for z, q in zip(types, charges)):
         return None
     options = [[(int(z), int(q), 0.0)] for z, q in zip(types, charges)]
-    graph = _solve(options, log_probs, min_prob, neutral=False)
+    graph = _solve(options, log_probs, _distances(pos), min_prob, neutral=False)
     return None if graph is None else graph.orders
 
 
 def joint_graph(type_log_probs: np.ndarray, charge_log_probs: np.ndarray, log_probs: np.ndarray, min_prob: float = 1e-2,
-                charge_offset: int = 1) -> MolecularGraph | None:
+                charge_offset: int = 1, pos: np.ndarray | None = None) -> MolecularGraph | None:
     """The most probable neutral, closed-shell graph over elements, charges and bonds; connected when one exists.
 
     ``type_log_probs [N, K]`` over atomic numbers 0..K-1, ``charge_log_probs [N, C]`` over formal
     charges ``c - charge_offset``, ``log_probs [N, N, 4]`` bond orders 0..3 per pair. Each atom may take
     any (element, charge) with an entry in :data:`VALENCE` whose probabilities are both >= ``min_prob``
-    (elements among its :data:`MAX_ELEMENTS` most probable), and always its argmax pair when that has an entry. None when no neutral closed-shell graph exists.
+    (elements among its :data:`MAX_ELEMENTS` most probable), and always its argmax pair when that has an entry.
+    With ``pos [N, 3]`` (Angstrom) no bond is longer than :data:`COV_FACTOR` x the covalent radii of
+    the elements chosen for its two atoms. None when no neutral closed-shell graph exists.
     """
     options = []
     for tlp, clp in zip(type_log_probs, charge_log_probs):
@@ -167,7 +196,8 @@ def joint_graph(type_log_probs: np.ndarray, charge_log_probs: np.ndarray, log_pr
         if not opts:
             return None
         options.append(opts)
-    best = graph = _solve(options, log_probs, min_prob, neutral=True)
+    dist = _distances(pos)
+    best = graph = _solve(options, log_probs, dist, min_prob, neutral=True)
     cuts: list[np.ndarray] = []
     for _ in range(MAX_CUT_ROUNDS):  # lazy connectivity cuts: each component of the last graph must bond to the rest
         if graph is None:
@@ -176,7 +206,7 @@ def joint_graph(type_log_probs: np.ndarray, charge_log_probs: np.ndarray, log_pr
         if labels.max() == 0:  # connected: the best graph that satisfies every cut, so the best connected one
             return graph
         cuts += [labels == c for c in range(labels.max() + 1)]
-        graph = _solve(options, log_probs, min_prob, neutral=True, cuts=cuts)
+        graph = _solve(options, log_probs, dist, min_prob, neutral=True, cuts=cuts)
     return best
 
 
@@ -196,15 +226,16 @@ class ValenceGraphDecoder:
         """The ``graph_source`` / SD ``bond_source`` of the graphs this decoder returns."""
         return "decoded_joint" if self.joint else "decoded_constrained"
 
-    def __call__(self, type_log_probs: Tensor, charge_log_probs: Tensor, log_probs: Tensor,
+    def __call__(self, type_log_probs: Tensor, charge_log_probs: Tensor, log_probs: Tensor, pos: Tensor,
                  charge_offset: int) -> tuple[Tensor, Tensor, Tensor] | None:
-        """(types [n], charges [n], orders [n, n]) of one molecule, or None (the caller keeps the argmax graph)."""
-        tlp, clp, blp = (t.double().numpy() for t in (type_log_probs, charge_log_probs, log_probs))
+        """(types [n], charges [n], orders [n, n]) of one molecule at ``pos [n, 3]`` (Angstrom), or None
+        (the caller keeps the argmax graph)."""
+        tlp, clp, blp, xyz = (t.double().numpy() for t in (type_log_probs, charge_log_probs, log_probs, pos))
         if self.joint:
-            graph = joint_graph(tlp, clp, blp, self.min_prob, charge_offset)
+            graph = joint_graph(tlp, clp, blp, self.min_prob, charge_offset, xyz)
         else:
             types, charges = tlp.argmax(-1), clp.argmax(-1) - charge_offset
-            orders = constrained_bond_orders(types, charges, blp, self.min_prob)
+            orders = constrained_bond_orders(types, charges, blp, self.min_prob, xyz)
             graph = None if orders is None else MolecularGraph(types, charges, orders)
         if graph is None:
             return None
