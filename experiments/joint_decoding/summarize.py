@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--argmax", default="argmax", help="name of the argmax decoding's files")
     args = parser.parse_args()
-    names = sorted(p.stem for p in args.folder.glob("*.json"))
+    names = sorted(p.stem for p in args.folder.glob("*.json") if p.with_suffix(".sdf").exists())  # molecule reports only
     names.sort(key=lambda n: (n != args.argmax, n))
     reports = {n: json.loads((args.folder / f"{n}.json").read_text()) for n in names}
     base, _ = read(args.folder / f"{args.argmax}.sdf")
