@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem, RDLogger
 
+from sciDiT.tokenizers.valence import COV_FACTOR
+
 ROWS = [
     ("validity", "strict validity on the written bonds (headline)"),
     ("validity_connected", "strict valid and connected"),
@@ -32,9 +34,6 @@ ROWS = [
     ("pb_internal_steric_clash", "PoseBusters internal steric clash (over valid)"),
     ("pb_all", "PoseBusters all checks (over valid)"),
 ]
-
-
-COV_FACTOR = 1.3
 
 
 def read(path: Path) -> tuple[dict[int, list[int]], float]:
@@ -63,7 +62,8 @@ def main() -> None:
     names = sorted(p.stem for p in args.folder.glob("*.json") if p.with_suffix(".sdf").exists())  # molecule reports only
     names.sort(key=lambda n: (n != args.argmax, n))
     reports = {n: json.loads((args.folder / f"{n}.json").read_text()) for n in names}
-    base, _ = read(args.folder / f"{args.argmax}.sdf")
+    files = {n: read(args.folder / f"{n}.sdf") for n in names}  # each SD file parsed once
+    base = files[args.argmax][0]
     print("| figure | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for key, label in ROWS:
@@ -71,7 +71,7 @@ def main() -> None:
         print(f"| {label} | " + " | ".join("-" if c is None or c != c else f"{100 * c:.1f}%" for c in cells) + " |")
     changed_atoms, changed_mols, long_bonds = [], [], []
     for n in names:
-        other, long_share = read(args.folder / f"{n}.sdf")
+        other, long_share = files[n]
         long_bonds.append(long_share)
         diffs = [sum(a != b for a, b in zip(base[i], other[i])) for i in base if i in other]
         changed_atoms.append(np.sum(diffs) / max(1, sum(len(base[i]) for i in base if i in other)))

@@ -106,35 +106,38 @@ def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, d
     lo: list[np.ndarray] = []
     hi: list[np.ndarray] = []
 
-    def rows(count: int, lower: float, upper: float) -> int:
-        """Reserve ``count`` constraint rows with the same bounds; returns the first row's index."""
-        first = sum(len(x) for x in lo)
+    def rows(count: int, lower: float, upper: float) -> np.ndarray:
+        """Reserve ``count`` constraint rows with the same bounds; returns their indices."""
+        first = int(sum(map(len, lo)))  # rows so far
         lo.append(np.full(count, lower))
         hi.append(np.full(count, upper))
-        return first
+        return first + np.arange(count)
 
     r = rows(m, 0, 1)  # at most one order per pair
-    blocks.append((r + pair_of, bond_var.ravel(), np.ones(n_bond)))
+    blocks.append((r[pair_of], bond_var.ravel(), np.ones(n_bond)))
     r = rows(n, 1, 1)  # exactly one option per atom
-    blocks.append((r + owner, opt_var, np.ones(n_opt)))
+    blocks.append((r[owner], opt_var, np.ones(n_opt)))
     r = rows(n, 0, 0)  # valence: the orders of an atom's bonds sum to the valence of its chosen option
-    blocks.append((r + np.concatenate([i[pair_of], j[pair_of]]), np.tile(bond_var.ravel(), 2), np.tile(orders, 2 * m)))
-    blocks.append((r + owner, opt_var, -np.array([VALENCE[(z, q)] for z, q, _ in flat], dtype=float)))
+    blocks.append((r[np.concatenate([i[pair_of], j[pair_of]])], np.tile(bond_var.ravel(), 2), np.tile(orders, 2 * m)))
+    blocks.append((r[owner], opt_var, -np.array([VALENCE[(z, q)] for z, q, _ in flat], dtype=float)))
     if neutral:  # the formal charges sum to zero
-        blocks.append((np.full(n_opt, rows(1, 0, 0)), opt_var, np.array([q for _, q, _ in flat], dtype=float)))
+        blocks.append((np.repeat(rows(1, 0, 0), n_opt), opt_var, np.array([q for _, q, _ in flat], dtype=float)))
     if dist is not None:  # no bond between two element choices too far apart for it: sum_k x_k + y_a + y_b <= 2
-        first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])  # [n] first option of each atom
-        for p, (a, b) in enumerate(zip(i, j)):
-            for oa in range(first[a], first[a] + len(options[a])):
-                for ob in range(first[b], first[b] + len(options[b])):
-                    if dist[a, b] > COV_FACTOR * (radius[oa] + radius[ob]):
-                        blocks.append((np.full(MAX_ORDER + 2, rows(1, -np.inf, 2)), np.r_[bond_var[p], opt_var[[oa, ob]]], np.ones(MAX_ORDER + 2)))
+        width = max(map(len, options))
+        slot = np.full((n, width), -1)  # [n, width] option indices of each atom, -1 padded
+        for a, opts in enumerate(options):
+            slot[a, : len(opts)] = np.flatnonzero(owner == a)
+        oa, ob = slot[i][:, :, None], slot[j][:, None, :]  # [m, width, 1], [m, 1, width]
+        too_far = (oa >= 0) & (ob >= 0) & (dist[i, j][:, None, None] > COV_FACTOR * (radius[oa] + radius[ob]))  # [m, width, width]
+        p, ka, kb = np.nonzero(too_far)  # (pair, option of i, option of j), in pair order
+        cols = np.concatenate([bond_var[p], opt_var[slot[i[p], ka]][:, None], opt_var[slot[j[p], kb]][:, None]], axis=1)  # [e, 5]
+        blocks.append((np.repeat(rows(len(p), -np.inf, 2), MAX_ORDER + 2), cols.ravel(), np.ones(cols.size)))
     for side in cuts:  # at least one bond leaves the atom set
         crossing = np.flatnonzero(side[i[pair_of]] != side[j[pair_of]])  # bond variables of pairs across the cut
-        blocks.append((np.full(len(crossing), rows(1, 1, np.inf)), crossing, np.ones(len(crossing))))
+        blocks.append((np.repeat(rows(1, 1, np.inf), len(crossing)), crossing, np.ones(len(crossing))))
 
     a = coo_array((np.concatenate([b[2] for b in blocks]), (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))),
-                  shape=(sum(len(x) for x in lo), n_bond + n_opt)).tocsr()
+                  shape=(int(sum(map(len, lo))), n_bond + n_opt)).tocsr()
     gain = np.concatenate([(log_probs[i, j, 1:] - log_probs[i, j, :1]).ravel(), [lp for _, _, lp in flat]])  # bonds: gain over "no bond"
     result = milp(c=-gain, integrality=np.ones(n_bond + n_opt), bounds=Bounds(0, 1),
                   constraints=[LinearConstraint(a, np.concatenate(lo), np.concatenate(hi))], options={"node_limit": NODE_LIMIT})
