@@ -125,3 +125,31 @@ def test_latent_noise_perturbs_the_decoder_input_only_when_asked():
     noisy = vae(batch, sample=False, latent_noise=0.5)
     torch.testing.assert_close(noisy.mu, clean.mu)  # the encoder's output is untouched
     assert not torch.allclose(noisy.pos, clean.pos)
+
+
+def test_latent_noise_per_domain_leaves_noise_free_domains_untouched():
+    from sciDiT.training.vae_module import domain_noise_table
+
+    table = domain_noise_table({"molecule": 0.5, "crystal": 0.0})
+    assert table.tolist() == [0.5, 0.0, 0.0]  # cells default to no noise
+    torch.testing.assert_close(domain_noise_table(0.2), torch.full((3,), 0.2))
+    vae = build_vae("VAE-T").eval()
+    batch = _mixed_batch()  # ethanol, NaCl, water
+    clean = vae(batch, sample=False)
+    torch.manual_seed(0)
+    noisy = vae(batch, sample=False, latent_noise=table[batch.domain])
+    torch.testing.assert_close(noisy.pos[1], clean.pos[1])  # the crystal: sigma 0, decoded exactly as without noise
+    torch.testing.assert_close(noisy.lattice[1], clean.lattice[1])
+    assert not torch.allclose(noisy.pos[0], clean.pos[0]) and not torch.allclose(noisy.pos[2], clean.pos[2])
+
+
+def test_latent_noise_config_errors_are_one_line():
+    import pytest
+
+    from sciDiT.errors import SciDiTInputError
+    from sciDiT.training.vae_module import domain_noise_table
+
+    with pytest.raises(SciDiTInputError, match="unknown domain"):
+        domain_noise_table({"rock": 0.1})
+    with pytest.raises(SciDiTInputError, match=">= 0"):
+        domain_noise_table({"molecule": -0.1})

@@ -12,8 +12,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from sciDiT.batch import TokenBatch, TokenSet
+from sciDiT.batch import Domain, TokenBatch, TokenSet
 from sciDiT.checkpoint import load_checkpoint, require_stage
+from sciDiT.errors import SciDiTInputError
 from sciDiT.models.vae import AllAtomVAE
 from sciDiT.training.augment import augment, corrupt
 from sciDiT.training.optim import adamw_for, build_optimizer
@@ -30,7 +31,7 @@ class VAEModule(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         type_mask_prob: float = 0.1,
         pos_noise: float = 0.05,
-        latent_noise: float = 0.0,
+        latent_noise: float | dict[str, float] = 0.0,
         augment_rotation: bool = True,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
@@ -40,6 +41,7 @@ class VAEModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = AllAtomVAE(**vae)
+        self.register_buffer("domain_latent_noise", domain_noise_table(latent_noise), persistent=False)
         self.loss_weights = {"types": 1.0, "pos": 1.0, "frac": 10.0, "lattice": 1.0, "kl": 1e-5, "bonds": 1.0, "charges": 1.0, "dist": 0.0,
                              **(loss_weights or {})}
         self._test_pairs: list[tuple[TokenSet, TokenSet]] = []
@@ -57,7 +59,8 @@ class VAEModule(L.LightningModule):
     def _losses(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
         target = augment(batch, rotate=self.hparams.augment_rotation) if self.training else batch
         noisy = corrupt(target, self.hparams.type_mask_prob, self.hparams.pos_noise) if self.training else target
-        out = self.model(noisy, sample=self.training, latent_noise=self.hparams.latent_noise if self.training else 0.0)
+        sigma = self.domain_latent_noise[target.domain] if self.training else 0.0  # [B] or 0
+        out = self.model(noisy, sample=self.training, latent_noise=sigma)
         terms = self.model.loss(out, target)
         terms["loss"] = sum(self.loss_weights[k] * v for k, v in terms.items())
         return terms
@@ -106,3 +109,20 @@ class VAEModule(L.LightningModule):
         return build_optimizer(self.model.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps,
                                implementation=adamw_for(self.trainer))
 
+
+def domain_noise_table(latent_noise: float | dict[str, float]) -> torch.Tensor:
+    """Decoder-input noise per domain ``[len(Domain)]`` from one sigma or ``{domain name: sigma}`` (others 0).
+
+    One error line for an unknown domain name or a negative sigma (configs are user input).
+    """
+    names = {d.name.lower(): d for d in Domain}
+    if isinstance(latent_noise, (int, float)):
+        table = {d: float(latent_noise) for d in Domain}
+    else:
+        unknown = sorted(set(latent_noise) - set(names))
+        if unknown:
+            raise SciDiTInputError(f"vae.latent_noise: unknown domain(s) {unknown}; expected some of {sorted(names)}")
+        table = {names[k]: float(v) for k, v in latent_noise.items()}
+    if any(v < 0 for v in table.values()):
+        raise SciDiTInputError(f"vae.latent_noise must be >= 0, got {latent_noise}")
+    return torch.tensor([table.get(d, 0.0) for d in Domain])
