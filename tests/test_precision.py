@@ -77,3 +77,26 @@ def test_loss_grads_ema_and_optimizer_state_stay_fp32_under_bf16_autocast() -> N
     assert states and {t.dtype for s in states for k, t in s.items() if k != "step"} == {torch.float32}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {p.dtype for p in ema.module.parameters()} == {torch.float32}
+
+
+def test_cpu_attention_runs_in_fp32_under_bf16_autocast() -> None:
+    """Autocast would run SDPA in bf16 (slow backward on CPU); sciDiT's attention computes it in fp32
+    and hands back autocast's dtype, so it equals the fp32 attention of the same bf16 inputs."""
+    import torch.nn.functional as F
+
+    from sciDiT.models.attention import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 8).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)[:, None, None, :]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, mask)
+        autocast_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert out.dtype == autocast_out.dtype == torch.bfloat16
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    torch.testing.assert_close(out, reference.bfloat16())  # fp32 maths, rounded once
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
+    x = torch.randn(2, 4, 8)  # outside autocast, fp32 inputs take SDPA unchanged
+    m = torch.ones(2, 1, 1, 4, dtype=torch.bool)
+    torch.testing.assert_close(attention(x[:, None], x[:, None], x[:, None], m), F.scaled_dot_product_attention(x[:, None], x[:, None], x[:, None], attn_mask=m))

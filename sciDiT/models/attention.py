@@ -36,9 +36,24 @@ class SetAttention(nn.Module):
         qkv = self.qkv(x).view(bsz, n, 3, self.num_heads, dim // self.num_heads)  # [B, N, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [B, H, N, Dh]
         attn_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]  # [B, 1, 1 or N, N]: True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
+        out = attention(q, k, v, attn_mask)  # [B, H, N, Dh]
         out = out.transpose(1, 2).reshape(bsz, n, dim)  # [B, N, D]
         return self.proj(out)  # [B, N, D]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+    """SDPA in the fastest precision for the device: float32 on CPU, the autocast / input precision elsewhere.
+
+    CPU autocast runs SDPA in bf16, whose fused CPU kernel is no faster forward and 4-12x slower
+    backward than float32 at DiT shapes, even with AMX (``experiments/benchmark_dit_cpu.md``); the
+    linear layers around it are where bf16 pays. The output has the dtype autocast would give it.
+    """
+    if q.device.type != "cpu" or not (torch.is_autocast_enabled("cpu") or q.dtype in (torch.bfloat16, torch.float16)):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
+    out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)  # [B, H, N, Dh]
+    return out.to(out_dtype)
 
 
 @dataclass(frozen=True)
