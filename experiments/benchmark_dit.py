@@ -12,8 +12,8 @@ self-conditioning, backward, AdamW) on real joint QM9 + MP-20 data:
 - fast candidates: the batches the trainer builds (``TokenSetDataModule``'s size-bucketed loader),
   the precision ``trainer.precision=auto`` picks, the AdamW kernel the trainer uses (fused; foreach
   under bf16-mixed with gradient clipping, which Lightning refuses for fused), and each of: padded layout, packed
-  layout (``attention_layout=packed``), torch.compile, and fp32 where bf16 was picked (to check the
-  choice). The fastest candidate is "fast"; padding is counted in the layout the model ran on.
+  layout (``attention_layout=packed``), torch.compile, fp32 where bf16 was picked (to check the
+  choice), and attention in autocast's bf16 instead of sciDiT's fp32 on CPU (to check that choice). The fastest candidate is "fast"; padding is counted in the layout the model ran on.
 
 Figures: real atoms/s (the headline ratio fast / reference), useful FLOP/s (the FLOPs the same sets
 need with no padding slot at all: the sum over sets of one set's counted FLOPs) as a fraction of
@@ -42,7 +42,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+import sciDiT.models.attention as attention_module
 
 from sciDiT.batch import TokenBatch, collate
 from sciDiT.generate import Generator
@@ -167,6 +170,19 @@ class TrainConfig:
     layout: str
     compiled: bool
     adamw: str
+    attention: str = "sciDiT"  # "sciDiT": fp32 SDPA on CPU; "autocast": SDPA in autocast's precision (bf16)
+
+
+@contextlib.contextmanager
+def attention_precision(choice: str):
+    """``autocast``: swap sciDiT's attention for plain SDPA, which CPU autocast runs in bf16 (the A/B of the fp32 choice)."""
+    original = attention_module.attention
+    if choice == "autocast":
+        attention_module.attention = lambda q, k, v, attn_mask: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    try:
+        yield
+    finally:
+        attention_module.attention = original
 
 
 def train_step(model: LatentDiffusion, opt: torch.optim.Optimizer | None, batch: TokenBatch, bf16: bool, self_condition_prob: float = 0.5) -> None:
@@ -204,10 +220,11 @@ def run_training(args, model: LatentDiffusion, data: dict[str, list[TokenBatch]]
             model.dit = compiled if cfg.compiled else eager
             opt = adamw(eager.parameters(), lr=1e-5, weight_decay=0.0, implementation=cfg.adamw)
             batches = data[cfg.batches]
-            for b in batches[:2]:  # warm-up: optimiser state, compilation (two lengths: the dynamic graph)
-                train_step(model, opt, b, cfg.bf16)
-            reset_peak(device)
-            seconds = seconds_of(lambda: [train_step(model, opt, b, cfg.bf16) for b in batches], device)
+            with attention_precision(cfg.attention):
+                for b in batches[:2]:  # warm-up: optimiser state, compilation (two lengths: the dynamic graph)
+                    train_step(model, opt, b, cfg.bf16)
+                reset_peak(device)
+                seconds = seconds_of(lambda: [train_step(model, opt, b, cfg.bf16) for b in batches], device)
             atoms = sum(int(b.mask.sum()) for b in batches)
             slots = sum((pack_sets(b.mask, eager.pack_length).index if cfg.layout == "packed" else b.mask).numel() for b in batches)
             dtype = "bf16" if cfg.bf16 else "fp32"
@@ -283,12 +300,13 @@ def report(args, train: list[dict], sample: list[dict], data: dict[str, list[Tok
         "- plain matmul reference: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in matmul.items()),
         *[f"- {n}" for n in notes],
         "",
-        f"| training config | batches | padding | precision | layout | compile | AdamW | real atoms/s | useful GFLOP/s | of matmul | {mem} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| training config | batches | padding | precision | attention | layout | compile | AdamW | real atoms/s | useful GFLOP/s | of matmul | {mem} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in train:
         c = r["config"]
-        lines.append(f"| {c.name} | {c.batches} | {r['padding']:.1%} | {r['dtype']} | {c.layout} | {'yes' if c.compiled else 'no'} | {c.adamw} | "
+        attn = "fp32" if r["dtype"] == "fp32" or (device.type == "cpu" and c.attention == "sciDiT") else r["dtype"]
+        lines.append(f"| {c.name} | {c.batches} | {r['padding']:.1%} | {r['dtype']} | {attn} | {c.layout} | {'yes' if c.compiled else 'no'} | {c.adamw} | "
                      f"{r['atoms_per_s']:.0f} | {r['useful_flops_per_s'] / 1e9:.1f} | {r['util']:.0%} | {r['mem']:.0f} |")
     lines += ["", f"| sampling config | solver | steps | CFG | network evals / molecule | precision | layout | compile | molecules/s | {mem} |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -342,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     train_configs += [TrainConfig(f"fast {layout}", "trainer", native_bf16, layout, False, opt_fast) for layout in layouts]
     if native_bf16:  # is bf16 really the faster precision for this model here?
         train_configs.append(TrainConfig("fast padded fp32", "trainer", False, "padded", False, opt_fp32))
+        if device.type == "cpu":  # and is fp32 attention inside bf16 autocast the faster choice?
+            train_configs.append(TrainConfig("fast padded, bf16 attention", "trainer", True, "padded", False, opt_fast, "autocast"))
     if with_compile:
         train_configs.append(TrainConfig("fast padded compiled", "trainer", native_bf16, "padded", True, opt_fast))
     train = run_training(args, model, data, train_configs, device, matmul)
