@@ -205,8 +205,8 @@ class AllAtomVAE(nn.Module):
         """
         mu, logvar = self.encode(batch)  # [B, N, L] x 2
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu  # [B, N, L]
-        sigma = torch.as_tensor(latent_noise, dtype=torch.float32, device=mu.device).expand(mu.shape[0])  # [B]
-        if bool((sigma > 0).any()):
+        if isinstance(latent_noise, Tensor) or latent_noise > 0:  # no device sync on a per-set tensor (zeros add nothing)
+            sigma = torch.as_tensor(latent_noise, dtype=torch.float32, device=mu.device).expand(mu.shape[0])  # [B]
             scale = mu.detach()[batch.mask].float().std(0).clamp_min(1e-6)  # [L]
             z = z + torch.randn_like(z) * (sigma[:, None, None] * scale).to(z.dtype)  # [B, N, L]
         h = self.decode_states(z, batch.mask, batch.domain)  # [B, N, D]
