@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import sciDiT.models.attention as attention_module
 
 from sciDiT.batch import TokenBatch, collate
+from sciDiT.flow import network_evaluations
 from sciDiT.generate import Generator
 from sciDiT.models.attention import pack_sets
 from sciDiT.models.dit import DIT_SIZES
@@ -312,7 +313,7 @@ def report(args, train: list[dict], sample: list[dict], data: dict[str, list[Tok
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sample:
         c = r["config"]
-        evals = c.steps * (1 if c.method == "euler" else 2) * (1 if c.cfg_scale == 1.0 else 2)
+        evals = network_evaluations(c.method, c.steps, c.cfg_scale)
         lines.append(f"| {c.name} | {c.method} | {c.steps} | {c.cfg_scale:g} | {evals} | {'bf16' if c.bf16 else 'fp32'} | {c.layout} | "
                      f"{'yes' if c.compiled else 'no'} | {r['per_s']:.3g} | {r['mem']:.0f} |")
     ref_t, ref_s = train[0], sample[0]

@@ -20,17 +20,13 @@ from rdkit.rdBase import BlockLogs
 from sciDiT.evaluation.molecules import is_single_fragment, strict_sanitized
 from sciDiT.evaluation.quick import quick_validity
 from sciDiT.export.sdf import to_molecules
+from sciDiT.flow import network_evaluations
 from sciDiT.generate import load_generator
 
 SETTINGS = [  # (method, steps, cfg); ADiT's 100 Euler steps at CFG 2 first
     ("euler", 100, 2.0), ("euler", 100, 1.0), ("euler", 50, 1.0), ("euler", 20, 1.0), ("euler", 10, 1.0),
     ("heun", 25, 1.0), ("heun", 10, 1.0), ("heun", 5, 1.0), ("midpoint", 10, 1.0),
 ]
-
-
-def evaluations(method: str, steps: int, cfg: float) -> int:
-    """Network evaluations per sample: 2 per step for the second-order solvers, x2 with CFG (two branches)."""
-    return steps * (1 if method == "euler" else 2) * (1 if cfg == 1.0 else 2)
 
 
 def main() -> None:
@@ -54,7 +50,7 @@ def main() -> None:
         xtals = gen.generate_token_sets("crystal", args.n, steps=steps, method=method, cfg_scale=cfg, seed=args.seed, progress=False)
         perceived = quick_validity(mols)["molecule/validity"]
         structural = quick_validity(xtals)["crystal/structural_validity"]
-        print(f"| {method} | {steps} | {cfg:g} | {evaluations(method, steps, cfg)} | {np.mean([v is not None for v in valid]):.3f} | "
+        print(f"| {method} | {steps} | {cfg:g} | {network_evaluations(method, steps, cfg)} | {np.mean([v is not None for v in valid]):.3f} | "
               f"{np.mean([v is not None and is_single_fragment(v) for v in valid]):.3f} | {perceived:.3f} | {structural:.3f} | {seconds:.0f} |", flush=True)
 
 

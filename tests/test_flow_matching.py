@@ -22,6 +22,7 @@ from sciDiT.flow import (
     integrate,
     interpolate,
     masked_mse,
+    network_evaluations,
     sample_noise,
     sample_time,
     target_velocity,
@@ -110,6 +111,21 @@ def test_second_order_solvers_beat_euler_at_few_steps():
     # second order: halving the step cuts Heun's error by about 4
     err8 = float((integrate(exact_velocity, x0, steps=8, method="heun") - exact).abs().max())
     assert 2.5 < err["heun"] / err8 < 6
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun"])
+def test_network_evaluations_counts_the_solver_calls(method):
+    calls = []
+
+    def counting(x: Tensor, t: Tensor) -> Tensor:
+        calls.append(1)
+        return exact_velocity(x, t)
+
+    integrate(counting, torch.zeros(2, 1, 3), steps=7, method=method)
+    assert network_evaluations(method, 7) == len(calls)
+    assert network_evaluations(method, 7, cfg_scale=2.0) == 2 * len(calls)  # guided: two branches per call
+    with pytest.raises(ValueError, match="unknown ODE solver"):
+        network_evaluations("rk45", 7)
 
 
 def test_solver_rejects_unknown_method_and_zero_steps():

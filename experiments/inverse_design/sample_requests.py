@@ -10,7 +10,7 @@ Writes, each record carrying its request (SD property / manifest column ``reques
 * ``crystals_spacegroup/`` - the ten most common MP-20 training space groups, ``--per-group`` each;
 * ``crystals_elements/`` - the ten most common MP-20 training element sets, ``--per-group`` each;
 * ``crystals_unconditional/`` - the space-group base rate.
-Molecule bonds: ``--bond-decoding`` (default joint, as sampling; the other figures are reruns with constrained / argmax).
+``--guidance``: CFG scale on each request's condition (default 1). Molecule bonds: ``--bond-decoding`` (default joint, as sampling; the other figures are reruns with constrained / argmax).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ def _renumber(sets: list) -> list:
     return sets
 
 
+def _guide(key: str, scale: float) -> dict[str, float] | None:
+    return None if scale == 1.0 else {key: scale}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="DiT-stage checkpoint of experiment=qm9_mp20_cond_cpu")
@@ -45,6 +49,8 @@ def main() -> None:
     parser.add_argument("--n-unconditional", type=int, default=400)
     parser.add_argument("--bond-decoding", default="joint", choices=("argmax", "constrained", "joint"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="classifier-free guidance on the requested condition (1 = plain conditional)")
     args = parser.parse_args()
 
     gen = load_generator(args.ckpt)
@@ -55,7 +61,7 @@ def main() -> None:
     for key in QM9_PROPERTIES:
         for k, z in enumerate(Z_VALUES):
             value = round(stats[key]["mean"] + z * stats[key]["std"], 3)
-            mols += gen.generate_token_sets("molecule", args.per_value, condition={key: value}, bond_decoding=args.bond_decoding,
+            mols += gen.generate_token_sets("molecule", args.per_value, condition={key: value}, guidance=_guide(key, args.guidance), bond_decoding=args.bond_decoding,
                                             **{**common, "seed": args.seed + 1000 * k})
     gen.export(_renumber(mols), args.out / "molecules.sdf")
     gen.export(gen.generate_token_sets("molecule", args.n_unconditional, bond_decoding=args.bond_decoding, **common),
@@ -66,11 +72,13 @@ def main() -> None:
     systems = Counter(tuple(sorted({symbol(int(z)) for z in train[i].types.tolist()})) for i in range(len(train)))
     xtals = []
     for k, (group, _) in enumerate(groups.most_common(10)):
-        xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": int(group)}, **{**common, "seed": args.seed + k})
+        xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": int(group)},
+                                         guidance=_guide("spacegroup", args.guidance), **{**common, "seed": args.seed + k})
     gen.export(_renumber(xtals), args.out / "crystals_spacegroup")
     xtals = []
     for k, (system, _) in enumerate(systems.most_common(10)):
-        xtals += gen.generate_token_sets("crystal", args.per_group, condition={"elements": list(system)}, **{**common, "seed": args.seed + k})
+        xtals += gen.generate_token_sets("crystal", args.per_group, condition={"elements": list(system)},
+                                         guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
     gen.export(_renumber(xtals), args.out / "crystals_elements")
     gen.export(gen.generate_token_sets("crystal", args.n_unconditional, **common), args.out / "crystals_unconditional")
 

@@ -21,6 +21,7 @@ from sciDiT.flow.solvers import (
     integrate,
     midpoint,
     model_velocity,
+    network_evaluations,
     sample,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "masked_mse",
     "midpoint",
     "model_velocity",
+    "network_evaluations",
     "sample",
     "sample_noise",
     "sample_time",

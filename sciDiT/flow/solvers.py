@@ -65,6 +65,18 @@ def heun(velocity_fn: VelocityFn, x0: Tensor, steps: int) -> Tensor:
 
 
 SOLVERS: dict[str, Callable[[VelocityFn, Tensor, int], Tensor]] = {"euler": euler, "midpoint": midpoint, "heun": heun}
+_EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2}
+
+
+def network_evaluations(method: str, steps: int, cfg_scale: float = 1.0) -> int:
+    """Forwards of the velocity network per sample: the cost measure for comparing samplers.
+
+    One per step for Euler, two for midpoint / Heun; guidance (``cfg_scale != 1``) doubles it, the
+    conditional and the unconditional branch (batched into one call, but twice the work).
+    """
+    if method not in SOLVERS:
+        raise ValueError(f"unknown ODE solver {method!r}; expected one of {sorted(SOLVERS)}")
+    return steps * _EVALUATIONS_PER_STEP[method] * (1 if cfg_scale == 1.0 else 2)
 
 
 def integrate(velocity_fn: VelocityFn, x0: Tensor, steps: int = 100, method: str = "euler") -> Tensor:
