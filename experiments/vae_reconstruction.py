@@ -3,7 +3,10 @@
     SCIDIT_DATA_DIR=../shared/data python experiments/vae_reconstruction.py outputs/cpu_run1/vae/checkpoints/last.ckpt --n 1000
 
 Scores a seeded random subset of each test split (QM9 from the fixed seeded split, MP-20 test) with
-the same code as the VAE stage's test step (``sciDiT.evaluation.reconstruction``).
+the same code as the VAE stage's test step (``sciDiT.evaluation.reconstruction``). Beside it,
+``crystal/spacegroup_kept_symprec<tol>``: the share of test crystals whose decoded structure keeps the
+space group spglib finds in the input (pymatgen ``SpacegroupAnalyzer``; degenerate decodes count as
+lost), the ceiling of what space-group conditioning can reach through this decoder.
 """
 
 from __future__ import annotations
@@ -14,10 +17,31 @@ import time
 
 import torch
 
-from sciDiT.batch import collate
+from sciDiT.batch import Domain, TokenSet, collate
 from sciDiT.data import load_cdvae, load_qm9_split
+from sciDiT.evaluation.conditional import detect_spacegroup
 from sciDiT.evaluation.reconstruction import reconstruction_report
+from sciDiT.tokenizers import CrystalTokenizer
 from sciDiT.training.vae_module import VAEModule
+
+SYMPRECS = (0.01, 0.1)
+
+
+def spacegroup_kept(pred: list[TokenSet], target: list[TokenSet]) -> dict[str, float]:
+    """Share of crystals whose decode has the input's space group, per symprec."""
+    tok = CrystalTokenizer()
+    pairs = [(p, t) for p, t in zip(pred, target) if t.domain == Domain.CRYSTAL]
+    out = {}
+    for symprec in SYMPRECS:
+        kept = []
+        for p, t in pairs:
+            try:
+                group = detect_spacegroup(tok.to_structure(p), symprec)
+            except Exception:  # degenerate decoded lattice: no structure, the group is lost
+                group = None
+            kept.append(group is not None and group == detect_spacegroup(tok.to_structure(t), symprec))
+        out[f"crystal/spacegroup_kept_symprec{symprec:g}"] = sum(kept) / len(kept) if kept else float("nan")
+    return out
 
 
 def main() -> None:
@@ -41,6 +65,7 @@ def main() -> None:
             pred += model.reconstruct(batch).unbatch()
             target += batch.unbatch()
     report = reconstruction_report(pred, target)
+    report.update(spacegroup_kept(pred, target))
     report["seconds"] = time.time() - start
     print(json.dumps(report, indent=2))
     if args.out:
