@@ -20,7 +20,7 @@ import torch
 from sciDiT.batch import Domain, TokenSet, collate
 from sciDiT.data import load_cdvae, load_qm9_split
 from sciDiT.evaluation.conditional import detect_spacegroup
-from sciDiT.evaluation.reconstruction import reconstruction_report
+from sciDiT.evaluation.reconstruction import reconstruction_report, safe_structure
 from sciDiT.tokenizers import CrystalTokenizer
 from sciDiT.training.vae_module import VAEModule
 
@@ -30,16 +30,11 @@ SYMPRECS = (0.01, 0.1)
 def spacegroup_kept(pred: list[TokenSet], target: list[TokenSet]) -> dict[str, float]:
     """Share of crystals whose decode has the input's space group, per symprec."""
     tok = CrystalTokenizer()
-    pairs = [(p, t) for p, t in zip(pred, target) if t.domain == Domain.CRYSTAL]
+    pairs = [(safe_structure(tok, p), tok.to_structure(t)) for p, t in zip(pred, target) if t.domain == Domain.CRYSTAL]
     out = {}
-    for symprec in SYMPRECS:
-        kept = []
-        for p, t in pairs:
-            try:
-                group = detect_spacegroup(tok.to_structure(p), symprec)
-            except Exception:  # degenerate decoded lattice: no structure, the group is lost
-                group = None
-            kept.append(group is not None and group == detect_spacegroup(tok.to_structure(t), symprec))
+    for symprec in SYMPRECS:  # a degenerate decode (None) has lost its group
+        kept = [s_pred is not None and (group := detect_spacegroup(s_true, symprec)) is not None
+                and detect_spacegroup(s_pred, symprec) == group for s_pred, s_true in pairs]
         out[f"crystal/spacegroup_kept_symprec{symprec:g}"] = sum(kept) / len(kept) if kept else float("nan")
     return out
 

@@ -137,7 +137,7 @@ def _match_structures(pair: tuple) -> float:
     return float("inf") if res is None else float(res[0])
 
 
-def _safe_structure(tok: CrystalTokenizer, ts: TokenSet):
+def safe_structure(tok: CrystalTokenizer, ts: TokenSet):
     """Decoded pymatgen structure, or None when the lattice is degenerate (a failed reconstruction)."""
     try:
         s = tok.to_structure(ts)
@@ -171,7 +171,7 @@ def crystal_reconstruction(pred: list[TokenSet], target: list[TokenSet], workers
         c, n = _type_agreement(p, t)
         correct, total = correct + c, total + n
         acc[i] = c / n if n else 0.0
-    pairs = [(_safe_structure(tok, p), tok.to_structure(t)) for p, t in zip(pred, target)]
+    pairs = [(safe_structure(tok, p), tok.to_structure(t)) for p, t in zip(pred, target)]
     rmsd = structure_rms_dists(pairs, workers)
     match = np.isfinite(rmsd)
     lat_p = np.stack([p.lattice.double().cpu().numpy() for p in pred]) if n_sets else np.zeros((0, 6))
