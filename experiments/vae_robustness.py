@@ -27,7 +27,7 @@ from sciDiT.batch import TokenSet, collate
 from sciDiT.data import load_qm9_split
 from sciDiT.evaluation.molecules import rdkit_molecule, strict_sanitized
 from sciDiT.tokenizers import MoleculeTokenizer
-from sciDiT.tokenizers.valence import constrained_graph_decoder
+from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.vae_module import VAEModule
 
 BATCH = 128
@@ -88,7 +88,7 @@ def main() -> None:
         for mu, b in zip(mus, batches):
             z = mu + sigma * std * torch.randn(mu.shape, generator=g) * b.mask[..., None]  # [B, N, L]
             decoded += vae.decode_to_batch(z, b.mask, b.domain).unbatch()
-            constrained += vae.decode_to_batch(z, b.mask, b.domain, graph_decoder=constrained_graph_decoder()).unbatch()
+            constrained += vae.decode_to_batch(z, b.mask, b.domain, graph_decoder=ValenceGraphDecoder()).unbatch()
         report[f"sigma_{sigma:g}"] = scores(decoded, constrained, truth)
     print(json.dumps(report, indent=2))
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_VAE
 
 from sciDiT.errors import SciDiTInputError
 from sciDiT.generate import load_generator
 from sciDiT.pretrained import available, export_pretrained, pretrained_path
 from sciDiT.sample import main as sample_main
+from sciDiT.training.vae_module import VAEModule
 
 
 def test_slim_export_samples_exactly_like_the_full_checkpoint(tiny_dit_ckpt, tmp_path):
@@ -45,3 +47,32 @@ def test_the_shipped_model_loads_by_name_and_generates_decoded_graphs(tmp_path):
     assert all(m.GetProp("bond_source") in ("decoded", "decoded_joint") for m in mols) and len(mols) == 3  # joint decoding by default
     assert sample_main(["pretrained=qm9_mp20_cpu", "domain=crystal", "n=2", "steps=4", f"out={tmp_path / 'x'}", "progress=false"]) == 0
     assert len(list((tmp_path / "x").glob("*.cif"))) + sum(1 for _ in open(tmp_path / "x" / "manifest.tsv")) > 1
+
+
+def _vae_ckpt(module, path) -> str:
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return str(path)
+
+
+def test_a_decoder_fine_tuned_on_the_dit_encoder_replaces_the_decoder(tiny_dit_ckpt, tmp_path):
+    full = torch.load(tiny_dit_ckpt, weights_only=True)
+    vae_state = {k.removeprefix("model.vae."): v for k, v in full["state_dict"].items() if k.startswith("model.vae.")}
+    base = VAEModule(vae=TINY_VAE)
+    base.model.load_state_dict(vae_state)
+    tuned = VAEModule(vae=TINY_VAE, init_ckpt=_vae_ckpt(base, tmp_path / "base.ckpt"), train_decoder_only=True)
+    frozen = {id(p) for p in tuned.model.encoder_modules().parameters()}
+    assert frozen and all(not p.requires_grad for p in tuned.model.encoder_modules().parameters())
+    assert all(p.requires_grad for p in tuned.model.parameters() if id(p) not in frozen)
+    assert len(tuned.trainable_parameters()) == sum(1 for p in tuned.model.parameters() if id(p) not in frozen)
+    with torch.no_grad():
+        tuned.model.pos_head.weight.add_(1.0)  # what a fine-tune changes
+    slim = export_pretrained(tiny_dit_ckpt, tmp_path / "tuned.pt", decoder=_vae_ckpt(tuned, tmp_path / "tuned.ckpt"))
+    state = torch.load(slim, weights_only=True)["state_dict"]
+    assert torch.equal(state["model.vae.pos_head.weight"], tuned.model.pos_head.weight)
+    assert torch.equal(state["model.vae.to_latent.weight"], full["state_dict"]["model.vae.to_latent.weight"])
+    assert load_generator(str(slim)).generate_token_sets("molecule", 2, steps=2, seed=0, progress=False, bf16=False)
+
+    other = VAEModule(vae=TINY_VAE)  # another encoder: its latents are not the ones the DiT samples
+    with pytest.raises(SciDiTInputError, match="encoder differs from the DiT's"):
+        export_pretrained(tiny_dit_ckpt, tmp_path / "bad.pt", decoder=_vae_ckpt(other, tmp_path / "other.ckpt"))
+    assert not (tmp_path / "bad.pt").exists()

@@ -76,6 +76,26 @@ def test_both_stages_train_test_and_resume(data_dir: Path, cache_dir: Path, tmp_
 
 
 @pytest.mark.slow
+def test_decoder_only_fine_tune_keeps_the_encoder_and_loads_weights_only(data_dir: Path, cache_dir: Path, tmp_path: Path):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    res = _train(["experiment=quickstart", *TINY_ATOMS, "stage=vae", "test=false", "trainer.max_steps=2", f"paths.output_dir={base}"], data_dir, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    init = base / "vae" / "checkpoints" / "last.ckpt"
+    res = _train(["experiment=quickstart", *TINY_ATOMS, "stage=vae", "test=false", "trainer.max_steps=2", f"paths.output_dir={tuned}",
+                  f"vae.init_ckpt={init}", "vae.train_decoder_only=true", "vae.latent_noise={molecule:[0.0,0.8],crystal:0.1}"], data_dir, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = torch.load(init, weights_only=True)["state_dict"]
+    after = torch.load(tuned / "vae" / "checkpoints" / "last.ckpt", weights_only=True)  # the noise range is plain data in the file
+    assert list(after["hyper_parameters"]["latent_noise"]["molecule"]) == [0.0, 0.8]
+    encoder = [k for k in before if k.startswith(("model.encoder.", "model.to_latent.", "model.type_embed."))]
+    assert encoder and all(torch.equal(before[k], after["state_dict"][k]) for k in encoder)
+    assert not torch.equal(before["model.pos_head.weight"], after["state_dict"]["model.pos_head.weight"])
+    res = _train(["experiment=quickstart", *TINY_ATOMS, "stage=vae", "trainer.max_steps=2", f"paths.output_dir={tmp_path / 'bad'}",
+                  f"vae.init_ckpt={tmp_path / 'missing.ckpt'}"], data_dir, cache_dir)
+    assert res.returncode == 2 and "missing.ckpt" in res.stderr and "vae.init_ckpt" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(data_dir: Path, cache_dir: Path, tmp_path: Path):
     out = tmp_path / "ddp"
     args = ["experiment=quickstart", *TINY_ATOMS, "stage=vae", "test=false", "trainer=ddp", "trainer.accelerator=cpu",

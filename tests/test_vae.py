@@ -1,5 +1,6 @@
 """The all-atom VAE: set equivariance, padding invariance, losses, decoding to physical units."""
 
+import pytest
 import torch
 from ase.build import bulk, molecule
 
@@ -130,9 +131,11 @@ def test_latent_noise_perturbs_the_decoder_input_only_when_asked():
 def test_latent_noise_per_domain_leaves_noise_free_domains_untouched():
     from sciDiT.training.vae_module import domain_noise_table
 
-    table = domain_noise_table({"molecule": 0.5, "crystal": 0.0})
-    assert table.tolist() == [0.5, 0.0, 0.0]  # cells default to no noise
-    torch.testing.assert_close(domain_noise_table(0.2), torch.full((3,), 0.2))
+    ranges = domain_noise_table({"molecule": 0.5, "crystal": 0.0})
+    assert ranges.tolist() == [[0.5, 0.5], [0.0, 0.0], [0.0, 0.0]]  # cells default to no noise
+    torch.testing.assert_close(domain_noise_table(0.2), torch.full((3, 2), 0.2))
+    assert domain_noise_table({"molecule": [0.0, 0.6]}).tolist()[0] == pytest.approx([0.0, 0.6])  # each set's sigma drawn in the range
+    table = ranges[:, 0]
     vae = build_vae("VAE-T").eval()
     batch = _mixed_batch()  # ethanol, NaCl, water
     clean = vae(batch, sample=False)
@@ -153,3 +156,7 @@ def test_latent_noise_config_errors_are_one_line():
         domain_noise_table({"rock": 0.1})
     with pytest.raises(SciDiTInputError, match=">= 0"):
         domain_noise_table({"molecule": -0.1})
+    with pytest.raises(SciDiTInputError, match="low <= high"):
+        domain_noise_table({"molecule": [0.5, 0.1]})
+    with pytest.raises(SciDiTInputError, match=r"takes a sigma or \[low, high\]"):
+        domain_noise_table({"molecule": "lots"})

@@ -27,7 +27,7 @@ from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.models.bonds import CHARGE_OFFSET
 from sciDiT.models.vae import POS_SCALE, AllAtomVAE
 from sciDiT.training.augment import augment
-from sciDiT.training.dit_module import load_vae_weights
+from sciDiT.training.dit_module import load_vae_checkpoint
 
 
 def graph_equal(vae: AllAtomVAE, sets: list, batch_size: int = 128) -> float:
@@ -44,9 +44,9 @@ def graph_equal(vae: AllAtomVAE, sets: list, batch_size: int = 128) -> float:
 def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv)
     torch.manual_seed(0)
-    vae_raw = torch.load(opts["vae_ckpt"], map_location="cpu", weights_only=True)
-    vae = AllAtomVAE(**vae_raw["hyper_parameters"]["vae"])
-    vae.load_state_dict(load_vae_weights(opts["vae_ckpt"]))
+    state, hparams = load_vae_checkpoint(opts["vae_ckpt"])
+    vae = AllAtomVAE(**hparams["vae"])
+    vae.load_state_dict(state)
     vae.eval().requires_grad_(False)
     if "head_in" in opts:  # a head refit earlier: only write it into the DiT checkpoint
         vae.bond_head.load_state_dict(torch.load(opts["head_in"], weights_only=True))

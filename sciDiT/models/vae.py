@@ -158,6 +158,12 @@ class AllAtomVAE(nn.Module):
         x = x + self.lattice_embed(lattice_to_features(batch.lattice, has_lattice))[:, None]  # [B, N, D]
         return x + self.domain_embed(batch.domain)[:, None]  # [B, N, D]
 
+    def encoder_modules(self) -> nn.ModuleList:
+        """Every module the latents depend on (embeddings, encoder blocks, latent projection): what a
+        decoder-only fine-tune freezes."""
+        return nn.ModuleList([self.type_embed, self.pos_embed, self.frac_embed, self.lattice_embed, self.domain_embed,
+                              self.encoder, self.encoder_norm, self.to_latent])
+
     def encode(self, batch: TokenBatch) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance of the per-atom latents, each [B, N, latent_dim]."""
         x = self.embed(batch)  # [B, N, D]

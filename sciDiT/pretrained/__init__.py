@@ -51,13 +51,39 @@ def restore_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**state, **ema}
 
 
-def export_pretrained(ckpt: str | Path, out: str | Path) -> Path:
-    """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` to ``out`` (atomically)."""
+def with_decoder(state: dict[str, torch.Tensor], vae_hparams: dict[str, Any], decoder_ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """A DiT module's ``state`` with the VAE decoder of VAE-stage checkpoint ``decoder_ckpt``.
+
+    Only a decoder fine-tuned on the *same* encoder fits (``vae.train_decoder_only=true``): the DiT
+    samples that encoder's latents. One line naming the file when the encoder or the sizes differ.
+    """
+    from sciDiT.models.vae import AllAtomVAE
+    from sciDiT.training.dit_module import load_vae_checkpoint
+
+    vae_state, hparams = load_vae_checkpoint(str(decoder_ckpt), what="decoder")
+    if dict(hparams["vae"]) != dict(vae_hparams):
+        raise SciDiTInputError(f"its VAE sizes {dict(hparams['vae'])} differ from the DiT checkpoint's {dict(vae_hparams)}", decoder_ckpt)
+    vae = AllAtomVAE(**vae_hparams)
+    frozen = {id(p) for p in vae.encoder_modules().parameters()}
+    encoder_keys = [k for k, p in vae.named_parameters() if id(p) in frozen]
+    changed = [k for k in encoder_keys if not torch.equal(vae_state[k], state[f"model.vae.{k}"])]
+    if changed:
+        raise SciDiTInputError(f"its encoder differs from the DiT's ({len(changed)} tensors, e.g. {changed[0]}): only a decoder "
+                               "fine-tuned with vae.train_decoder_only=true from the DiT's own VAE fits", decoder_ckpt)
+    return {**state, **{f"model.vae.{k}": v for k, v in vae_state.items()}}
+
+
+def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None) -> Path:
+    """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` to ``out`` (atomically);
+    ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`)."""
     from sciDiT.training.checkpoint import atomic_torch_save
 
     raw = load_checkpoint(ckpt, "DiT checkpoint")
     require_stage(raw, "dit", ckpt)
-    slim: dict[str, Any] = {"hyper_parameters": raw["hyper_parameters"], "state_dict": slim_state(raw["state_dict"]),
+    state = slim_state(restore_ema(raw["state_dict"]))
+    if decoder is not None:
+        state = with_decoder(state, raw["hyper_parameters"]["vae"], decoder)
+    slim: dict[str, Any] = {"hyper_parameters": raw["hyper_parameters"], "state_dict": state,
                             "global_step": int(raw.get("global_step", 0))}
     return atomic_torch_save(slim, out)
 

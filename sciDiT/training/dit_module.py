@@ -126,14 +126,14 @@ class DiTModule(L.LightningModule):
                                implementation=adamw_for(self.trainer))
 
 
-def load_vae_checkpoint(path: str, stage: str = "vae") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_vae_checkpoint(path: str, stage: str = "vae", what: str = "dit.vae_ckpt") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The VAE's state dict (keys ``model.*`` of the VAE module) and hyper-parameters from a ``stage`` checkpoint.
 
     Read without executing code (:func:`sciDiT.checkpoint.load_checkpoint`); a missing, unreadable or
-    unsafe file, or a checkpoint of another stage, is one line naming the file.
+    unsafe file, or a checkpoint of another stage, is one line naming the file and ``what`` read it.
     """
-    ckpt = load_checkpoint(path, "VAE checkpoint (dit.vae_ckpt)")
-    require_stage(ckpt, stage, path, "dit.vae_ckpt takes <output_dir>/vae/checkpoints/*.ckpt")
+    ckpt = load_checkpoint(path, f"VAE checkpoint ({what})")
+    require_stage(ckpt, stage, path, f"{what} takes <output_dir>/vae/checkpoints/*.ckpt")
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return state, dict(ckpt["hyper_parameters"])
 
