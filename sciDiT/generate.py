@@ -44,7 +44,8 @@ from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import to_structure
-from sciDiT.flow import SOLVERS
+from sciDiT.flow import DEFAULT_SDE_NOISE, SOLVERS
+from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.pretrained import pretrained_path, restore_ema
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
@@ -125,6 +126,7 @@ class Generator:
         num_atoms: int | Sequence[int] | None = None,
         steps: int = 100,
         method: str = "euler",
+        sde_noise: float = DEFAULT_SDE_NOISE,
         cfg_scale: float = 1.0,
         seed: int = 0,
         batch_size: int = 256,
@@ -144,7 +146,9 @@ class Generator:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
         ``num_atoms``: None draws sizes from the training histogram, an int fixes all, a list gives
-        each. ``steps``/``method``: ODE solver (``euler``, ``heun``, ``midpoint``); ``cfg_scale``:
+        each. ``steps``/``method``: solver (ODE: ``euler``, ``heun``, ``midpoint``; ``sde``: Euler-Maruyama
+        on the SDE with the flow's marginals, ``sde_noise`` its strength, :func:`sciDiT.flow.stochastic_euler`;
+        sample ``i``'s step noise comes from its own generator, so determinism holds as for ODEs); ``cfg_scale``:
         classifier-free guidance on the domain (1 = plain conditional). ``compile``: torch.compile
         the DiT (dynamic shapes; eager with a one-line warning where inductor is unavailable).
         ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
@@ -177,6 +181,8 @@ class Generator:
         _check_positive(n=n, steps=steps, batch_size=batch_size)
         if method not in SOLVERS:
             raise SciDiTInputError(f"method={method!r} is not one of {', '.join(SOLVERS)}")
+        if not (math.isfinite(sde_noise) and sde_noise >= 0):
+            raise SciDiTInputError(f"sde_noise must be a finite number >= 0, got {sde_noise}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
         try:
@@ -224,6 +230,7 @@ class Generator:
                 cond = {k: v.expand(len(idx), *v.shape[1:]) for k, v in request_cond.items()}  # the same request for every set
                 with autocast:
                     decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=scale, cond=cond,
+                                                  sde_noise=sde_noise, noise_fn=_step_noise(sizes[idx], [gens[i] for i in idx.tolist()], latent_dim),
                                                   self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
                                                   graph_decoder=graph_decoder)
                 decoded = decoded.to("cpu")
@@ -268,6 +275,17 @@ class Generator:
         else:
             write_cif_folder(samples, out)
         return out
+
+
+def _step_noise(sizes: Tensor, generators: Sequence[torch.Generator], latent_dim: int) -> NoiseFn:
+    """``sde`` step noise ``[b, N, L]`` for a batch: set ``j`` draws its ``sizes[j]`` rows from its own
+    generator (after its initial noise), so its draws do not depend on its batch companions."""
+    def draw() -> Tensor:
+        out = torch.zeros(len(sizes), int(sizes.max()), latent_dim)  # [b, N, L], zeros at padding
+        for j, (k, g) in enumerate(zip(sizes.tolist(), generators)):
+            out[j, :k] = torch.randn(k, latent_dim, generator=g)
+        return out
+    return draw
 
 
 def _check_finite(batch: TokenBatch) -> None:

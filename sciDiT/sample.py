@@ -70,8 +70,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "out": (str, None, "molecules: an .sdf file; crystals: a folder (or a .cif file for one multi-block CIF); required"),
     "n": (int, 1000, "number of samples"),
     "num_atoms": (_atoms, None, "atoms per sample (default: drawn from the training histogram)"),
-    "steps": (int, 100, "ODE solver steps"),
-    "method": (str, "euler", "ODE solver: euler, heun or midpoint"),
+    "steps": (int, 100, "solver steps"),
+    "method": (str, "euler", "solver: euler, heun or midpoint (ODE), or sde (stochastic, same marginals: corrects the DiT's drift)"),
+    "sde_noise": (float, 2.0, "method=sde: noise strength s, diffusion g(t)^2 = 2 s (1 - t) (0 = euler)"),
     "cfg_scale": (float, 1.0, "classifier-free guidance scale on all conditions at once: the domain and any request (1 = none; per condition: guidance.KEY)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gen = load_generator(opts["ckpt"], device=opts["device"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
-            domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"],
+            domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],
             cfg_scale=opts["cfg_scale"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
             bond_decoding=opts["bond_decoding"], bond_min_prob=opts["bond_min_prob"],

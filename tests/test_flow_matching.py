@@ -24,6 +24,7 @@ from sciDiT.flow import (
     masked_mse,
     network_evaluations,
     sample_noise,
+    stochastic_euler,
     sample_time,
     target_velocity,
     x1_from_velocity,
@@ -102,6 +103,21 @@ def test_solvers_transport_noise_to_target_gaussian(method, steps):
     torch.testing.assert_close(x.std(0), S, atol=0.05, rtol=0)
 
 
+def test_sde_has_the_flow_marginals_and_is_euler_without_noise():
+    """Euler-Maruyama on dx = [v - s (x - t v)] dt + sqrt(2 s (1 - t)) dW with the exact v lands on N(mu, s^2)
+    (the Langevin terms leave every marginal unchanged); s = 0 is Euler to the bit."""
+    gen = torch.Generator().manual_seed(4)
+    x0 = torch.randn(8192, 2, 3, generator=gen)
+    for strength in (2.0, 8.0):
+        x = integrate(exact_velocity, x0, steps=400, method="sde", sde_noise=strength,
+                      noise_fn=lambda: torch.randn(x0.shape, generator=gen)).reshape(-1, 3)
+        torch.testing.assert_close(x.mean(0), MU, atol=0.06, rtol=0)
+        torch.testing.assert_close(x.std(0), S, atol=0.06, rtol=0)
+    assert torch.equal(stochastic_euler(exact_velocity, x0, 20, sde_noise=0.0), integrate(exact_velocity, x0, 20, method="euler"))
+    with pytest.raises(ValueError, match="sde_noise must be >= 0"):
+        integrate(exact_velocity, x0, 5, method="sde", sde_noise=-1.0)
+
+
 def test_second_order_solvers_beat_euler_at_few_steps():
     x0 = torch.randn(512, 1, 3, generator=torch.Generator().manual_seed(3))
     exact = MU + S * x0  # the exact ODE map of this flow
@@ -113,7 +129,7 @@ def test_second_order_solvers_beat_euler_at_few_steps():
     assert 2.5 < err["heun"] / err8 < 6
 
 
-@pytest.mark.parametrize("method", ["euler", "midpoint", "heun"])
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "sde"])
 def test_network_evaluations_counts_the_solver_calls(method):
     calls = []
 

@@ -1,4 +1,4 @@
-"""Flow matching on padded token sets: the linear path and its loss (``path``), ODE samplers (``solvers``)."""
+"""Flow matching on padded token sets: the linear path and its loss (``path``), ODE / SDE samplers (``solvers``)."""
 
 from sciDiT.flow.path import (
     TIME_SCHEDULES,
@@ -12,6 +12,7 @@ from sciDiT.flow.path import (
     x1_from_velocity,
 )
 from sciDiT.flow.solvers import (
+    DEFAULT_SDE_NOISE,
     SOLVERS,
     SelfConditioning,
     VelocityFn,
@@ -23,9 +24,11 @@ from sciDiT.flow.solvers import (
     model_velocity,
     network_evaluations,
     sample,
+    stochastic_euler,
 )
 
 __all__ = [
+    "DEFAULT_SDE_NOISE",
     "SOLVERS",
     "TIME_SCHEDULES",
     "SelfConditioning",
@@ -44,6 +47,7 @@ __all__ = [
     "sample",
     "sample_noise",
     "sample_time",
+    "stochastic_euler",
     "target_velocity",
     "x1_from_velocity",
 ]

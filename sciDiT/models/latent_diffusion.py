@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.batch import Domain, TokenBatch
-from sciDiT.flow import flow_matching_loss, integrate, model_velocity, sample_noise
+from sciDiT.flow import DEFAULT_SDE_NOISE, flow_matching_loss, integrate, model_velocity, sample_noise
+from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.composition import MAX_ELEMENTS, MAX_PRIOR_TOKENS, num_elements_log_prior
 from sciDiT.models.dit import DiT
 from sciDiT.models.vae import AllAtomVAE, GraphDecoder
@@ -101,6 +102,8 @@ class LatentDiffusion(nn.Module):
         dit: nn.Module | None = None,
         steps: int = 100,
         method: str = "euler",
+        sde_noise: float = DEFAULT_SDE_NOISE,
+        noise_fn: NoiseFn | None = None,
         cfg_scale: float | Mapping[str, float] = 1.0,
         cond: Mapping[str, Tensor] | None = None,
         self_condition: bool = True,
@@ -111,8 +114,9 @@ class LatentDiffusion(nn.Module):
         """Decoded token sets for per-set ``domain [B]`` and sizes ``num_tokens [B]``.
 
         ``x0 [B, N, L]``: the source noise (drawn from ``generator`` when None); ``dit``: the network
-        to integrate (e.g. the EMA copy); ``cond``: condition tensors beside the domain (absent
-        conditions get their null embedding); ``cfg_scale``: one guidance scale on all conditions, or
+        to integrate (e.g. the EMA copy); ``method``, ``sde_noise``: the solver (:func:`sciDiT.flow.integrate`);
+        ``noise_fn``: draws the ``sde`` steps' noise (from ``generator`` when None); ``cond``: condition
+        tensors beside the domain (absent conditions get their null embedding); ``cfg_scale``: one guidance scale on all conditions, or
         ``{name: scale}`` per condition (:func:`sciDiT.flow.guided_velocity`); ``coherent_elements``: decode each crystal's types as one
         element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
         False (default) or when the checkpoint has no prior; ``graph_decoder``: how molecules' bonds are
@@ -128,7 +132,9 @@ class LatentDiffusion(nn.Module):
         cond = {"domain": domain, **{k: v.to(device) for k, v in (cond or {}).items()}}
         velocity = model_velocity(dit.eval(), mask, cond, cfg_scale=cfg_scale,
                                   self_condition=self_condition and dit.self_condition)
-        x1 = integrate(velocity, x0, steps=steps, method=method)  # [B, N, L]
+        if noise_fn is None:  # method="sde": each step's noise, zero at padding
+            noise_fn = lambda: sample_noise(mask, self.vae.latent_dim, generator=generator)  # noqa: E731
+        x1 = integrate(velocity, x0, steps=steps, method=method, noise_fn=noise_fn, sde_noise=sde_noise)  # [B, N, L]
         with torch.autocast(device.type, enabled=False):
             z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
