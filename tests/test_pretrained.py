@@ -26,6 +26,15 @@ def test_slim_export_samples_exactly_like_the_full_checkpoint(tiny_dit_ckpt, tmp
     assert all(torch.equal(x.pos, y.pos) and torch.equal(x.types, y.types) for x, y in zip(a, b))
 
 
+def test_slim_export_of_a_conditional_model_keeps_its_conditions(tiny_cond_ckpt, tmp_path):
+    slim = export_pretrained(tiny_cond_ckpt, tmp_path / "cond.pt")
+    full, small = load_generator(tiny_cond_ckpt), load_generator(str(slim))
+    assert small.condition_stats == full.condition_stats and "gap" in small.condition_stats
+    kwargs = dict(steps=3, seed=2, progress=False, bf16=False, condition={"gap": 6.5})
+    a, b = full.generate_token_sets("molecule", 4, **kwargs), small.generate_token_sets("molecule", 4, **kwargs)
+    assert all(torch.equal(x.pos, y.pos) and torch.equal(x.types, y.types) for x, y in zip(a, b))
+
+
 def test_unknown_pretrained_name_is_a_one_line_error():
     with pytest.raises(SciDiTInputError, match="no pretrained model 'nope'; shipped: "):
         load_generator("nope")

@@ -2,7 +2,9 @@
 # The recipe of the shipped `qm9_mp20_cpu` model and of the conditional inverse-design model, on one VAE.
 # VAE-T (crystals noise-free, molecules 0.2: experiments/dit_size) on two threads, then two DiT-T on it
 # side by side, one core each: the unconditional one (shipped: sciDiT/pretrained/qm9_mp20_cpu.md) and
-# the conditional one of experiment=qm9_mp20_cond_cpu (experiments/inverse_design/README.md).
+# the conditional one of experiment=qm9_mp20_cond_cpu (experiments/inverse_design/README.md). Last, the
+# VAE decoder alone is fine-tuned at latent noise U[0, 1] (molecules) / U[0, 0.2] (crystals) on the frozen
+# encoder (experiments/decoder_finetune) and swapped into the unconditional DiT: $out/qm9_mp20_cpu.pt.
 # Budgets are optimisation steps (DiT-T ~16 steps/s on one AMX core), so load changes wall time only.
 # Usage: bash experiments/pretrained_cpu/train.sh [output_dir] [dit_steps]
 set -euo pipefail
@@ -20,3 +22,6 @@ for arm in "uncond qm9_mp20_joint_cpu" "cond qm9_mp20_cond_cpu"; do
     > "$out/$1.log" 2>&1 &
 done
 wait
+bash experiments/decoder_finetune/run.sh "$vae_ckpt" "$out/uncond/dit/checkpoints/last.ckpt" "$out/decoder_ft" 12000 \
+  "u100x2:[0.0,1.0]:[0.0,0.2]"
+cp "$out/decoder_ft/u100x2.pt" "$out/qm9_mp20_cpu.pt"

@@ -3,8 +3,8 @@
 ``load_generator("qm9_mp20_cpu")`` and ``python -m sciDiT.sample pretrained=qm9_mp20_cpu ...`` read
 them from this folder: no download, no training. A shipped file is a slim DiT-stage checkpoint made
 by :func:`export_pretrained`: hyper-parameters, the frozen VAE, latent statistics, set-size
-histograms and the EMA DiT weights (stored as ``model.dit.*``; the raw, non-averaged weights and the
-optimiser state are dropped), loadable with ``torch.load(weights_only=True)``. The model card
+histograms, a conditional model's condition statistics and the EMA DiT weights (stored as
+``model.dit.*``; the raw, non-averaged weights and the optimiser state are dropped), loadable with ``torch.load(weights_only=True)``. The model card
 ``<name>.md`` beside it says data, steps, command and measured metrics.
 """
 
@@ -77,6 +77,7 @@ def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | N
     """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` to ``out`` (atomically);
     ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`)."""
     from sciDiT.training.checkpoint import atomic_torch_save
+    from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
     raw = load_checkpoint(ckpt, "DiT checkpoint")
     require_stage(raw, "dit", ckpt)
@@ -85,5 +86,7 @@ def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | N
         state = with_decoder(state, raw["hyper_parameters"]["vae"], decoder)
     slim: dict[str, Any] = {"hyper_parameters": raw["hyper_parameters"], "state_dict": state,
                             "global_step": int(raw.get("global_step", 0))}
+    if CONDITION_STATS_KEY in raw:  # a conditional model keeps what its requests are validated against
+        slim[CONDITION_STATS_KEY] = raw[CONDITION_STATS_KEY]
     return atomic_torch_save(slim, out)
 
