@@ -172,6 +172,7 @@ class TrainConfig:
     compiled: bool
     adamw: str
     attention: str = "sciDiT"  # "sciDiT": fp32 SDPA on CPU; "autocast": SDPA in autocast's precision (bf16)
+    checkpointing: bool = False  # DiT activation checkpointing (blocks recomputed in the backward pass)
 
 
 @contextlib.contextmanager
@@ -217,7 +218,7 @@ def run_training(args, model: LatentDiffusion, data: dict[str, list[TokenBatch]]
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
         for cfg in configs:
-            eager.attention_layout = cfg.layout
+            eager.attention_layout, eager.activation_checkpointing = cfg.layout, cfg.checkpointing
             model.dit = compiled if cfg.compiled else eager
             opt = adamw(eager.parameters(), lr=1e-5, weight_decay=0.0, implementation=cfg.adamw)
             batches = data[cfg.batches]
@@ -235,7 +236,7 @@ def run_training(args, model: LatentDiffusion, data: dict[str, list[TokenBatch]]
             if cfg.name not in best or row["seconds"] < best[cfg.name]["seconds"]:
                 best[cfg.name] = row
             print(f"[bench] train {cfg.name}: {row['atoms_per_s']:.0f} real atoms/s", flush=True)
-    model.dit, eager.attention_layout = eager, "padded"
+    model.dit, eager.attention_layout, eager.activation_checkpointing = eager, "padded", False
     return [best[c.name] for c in configs]
 
 
@@ -323,7 +324,9 @@ def report(args, train: list[dict], sample: list[dict], data: dict[str, list[Tok
         "",
         f"- **training real atoms/s, fast ({fast_t['config'].name}) / reference: {fast_t['atoms_per_s'] / ref_t['atoms_per_s']:.2f}x**",
         f"- useful FLOP/s / matmul FLOP/s of the same precision: reference {ref_t['util']:.0%} ({ref_t['dtype']}), fast {fast_t['util']:.0%} ({fast_t['dtype']})",
-        f"- peak memory, training: reference {ref_t['mem']:.0f} MiB, fast {fast_t['mem']:.0f} MiB",
+        f"- peak memory, training: reference {ref_t['mem']:.0f} MiB, fast {fast_t['mem']:.0f} MiB, "
+        + ", ".join(f"{r['config'].name} {r['mem']:.0f} MiB ({r['atoms_per_s'] / ref_t['atoms_per_s']:.2f}x the reference's atoms/s)"
+                    for r in train if r["config"].checkpointing),
         f"- **sampling molecules/s, fast ({fast_s['config'].name}) / 100 Euler steps CFG 2 fp32: {fast_s['per_s'] / ref_s['per_s']:.2f}x** "
         "(validity at this setting: see experiments/sampler_sweep.py on a trained checkpoint; not measured here)",
     ]
@@ -363,6 +366,10 @@ def main(argv: list[str] | None = None) -> None:
         train_configs.append(TrainConfig("fast padded fp32", "trainer", False, "padded", False, opt_fp32))
         if device.type == "cpu":  # and is fp32 attention inside bf16 autocast the faster choice?
             train_configs.append(TrainConfig("fast padded, bf16 attention", "trainer", True, "padded", False, opt_fast, "autocast"))
+    # the memory option: activation checkpointing, in fp32 (the memory target) and in the fast precision
+    train_configs.append(TrainConfig("fast padded fp32, checkpointing", "trainer", False, "padded", False, opt_fp32, checkpointing=True))
+    if native_bf16:
+        train_configs.append(TrainConfig("fast padded, checkpointing", "trainer", True, "padded", False, opt_fast, checkpointing=True))
     if with_compile:
         train_configs.append(TrainConfig("fast padded compiled", "trainer", native_bf16, "padded", True, opt_fast))
     train = run_training(args, model, data, train_configs, device, matmul)

@@ -93,6 +93,29 @@ def test_padding_changes_nothing_and_outputs_zero_at_padding():
     torch.testing.assert_close(alone[0], out[2, :n2], atol=1e-5, rtol=1e-5)
 
 
+def _saved_bytes_and_grads(model: DiT, x, t, mask, cond) -> tuple[int, Tensor, list[Tensor]]:
+    """Bytes autograd keeps for the backward pass, the output, and the parameter gradients of one training step."""
+    saved = []
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+        out = model(x, t, mask, cond, drop_cond=torch.zeros(x.shape[0], dtype=torch.bool))  # no random label dropout
+    out.square().sum().backward()
+    return sum(saved), out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_activation_checkpointing_keeps_outputs_and_gradients_and_saves_activations():
+    x, t, mask, cond = make_inputs(n=40)
+    plain, recomputed = make_model().train(), make_model(activation_checkpointing=True).train()
+    recomputed.load_state_dict(plain.state_dict())
+    bytes_plain, out_plain, grads_plain = _saved_bytes_and_grads(plain, x, t, mask, cond)
+    bytes_ckpt, out_ckpt, grads_ckpt = _saved_bytes_and_grads(recomputed, x, t, mask, cond)
+    torch.testing.assert_close(out_ckpt, out_plain)
+    assert len(grads_ckpt) == len(grads_plain)
+    for g_ckpt, g_plain in zip(grads_ckpt, grads_plain):
+        torch.testing.assert_close(g_ckpt, g_plain)
+    assert bytes_ckpt < 0.5 * bytes_plain  # 4 blocks: only their inputs are kept
+
+
 def test_conditions_matter_and_dropped_or_absent_means_null():
     model = make_model()
     x, t, mask, cond = make_inputs()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the GPU check of issue 10, section 5: train experiment=qm9_mp20_joint_gpu (both
-# stages, <= 10 minutes on one H100/H200 in bf16), sample 10,000 molecules and 10,000 crystals, score
+# stages and a one-minute decoder fine-tune, <= 10 minutes on one H100/H200 in bf16), sample 10,000 molecules and 10,000 crystals, score
 # them offline with python -m sciDiT.evaluate and print the table.
 #   bash experiments/gpu_qm9_mp20/run.sh [output_dir]            # on the GPU machine
 #   TINY=1 bash experiments/gpu_qm9_mp20/run.sh outputs/gpu_tiny   # the same path on CPU, seconds per stage
@@ -19,8 +19,13 @@ fi
 mkdir -p "$out"
 start=$(date +%s)
 python -m sciDiT.train experiment=qm9_mp20_joint_gpu paths.output_dir="$out" trainer.enable_progress_bar=false "${extra[@]}"
+# the decoder alone, fine-tuned on the frozen encoder at larger latent noise (experiments/decoder_finetune), one minute
+python -m sciDiT.train experiment=qm9_mp20_joint_gpu stage=vae paths.output_dir="$out/decoder_ft" trainer.enable_progress_bar=false \
+  vae.init_ckpt="$out/vae/checkpoints/last.ckpt" vae.train_decoder_only=true 'vae.latent_noise={molecule:[0.0,1.0],crystal:[0.0,0.2]}' \
+  vae.lr=2e-4 vae.warmup_steps=100 max_time.vae=00:00:01:00 "${extra[@]}"
 echo "train_seconds $(( $(date +%s) - start ))" | tee "$out/timings.txt"
-ckpt="$out/dit/checkpoints/last.ckpt"
+ckpt="$out/model.pt"
+python -m sciDiT.pretrained "$out/dit/checkpoints/last.ckpt" "$ckpt" decoder="$out/decoder_ft/vae/checkpoints/last.ckpt"
 mkdir -p "$out/samples" "$out/eval"
 for domain in molecule crystal; do
   target=$([[ $domain == molecule ]] && echo "$out/samples/molecules.sdf" || echo "$out/samples/crystals/")

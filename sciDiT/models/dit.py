@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from sciDiT.batch import Domain
 from sciDiT.models.attention import Mlp, SetAttention, pack_sets, xavier_linear_init
@@ -234,6 +235,9 @@ class DiT(nn.Module):
             into rows of ``pack_length`` slots with block-diagonal attention,
             :func:`~sciDiT.models.attention.pack_sets`): the same function, less padding work
             when set sizes in a batch differ widely. Inputs and outputs are padded either way.
+        activation_checkpointing: in training, keep only each block's input and recompute the
+            block in the backward pass (``torch.utils.checkpoint``): activation memory ~1/depth,
+            for one extra forward of the blocks. Outputs and gradients are unchanged.
     """
 
     def __init__(
@@ -249,11 +253,13 @@ class DiT(nn.Module):
         shared_embeddings: Mapping[str, nn.Module] | None = None,
         attention_layout: str = "padded",
         pack_length: int = 64,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         if attention_layout not in ATTENTION_LAYOUTS:
             raise ValueError(f"unknown attention_layout {attention_layout!r}; expected one of {ATTENTION_LAYOUTS}")
         self.attention_layout, self.pack_length = attention_layout, pack_length
+        self.activation_checkpointing = activation_checkpointing
         conditions = DEFAULT_CONDITIONS if conditions is None else conditions
         shared_embeddings = dict(shared_embeddings or {})
         unknown = sorted(set(shared_embeddings) - set(conditions))
@@ -319,8 +325,12 @@ class DiT(nn.Module):
             h, attn_mask, set_index = packing.pack(h), packing.attn_mask, packing.set_index  # [R, L, H], [R, L, L], [R, L]
         else:
             attn_mask, set_index = mask, None  # [B, N], -
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, c, attn_mask, set_index)  # [B, N, H] or [R, L, H]
+            if recompute:
+                h = checkpoint(block, h, c, attn_mask, set_index, use_reentrant=False)  # [B, N, H] or [R, L, H]
+            else:
+                h = block(h, c, attn_mask, set_index)  # [B, N, H] or [R, L, H]
         out = self.final_layer(h, c, set_index)  # [B, N, D] or [R, L, D]
         if packing is not None:
             out = packing.unpack(out, mask)  # [B, N, D]
