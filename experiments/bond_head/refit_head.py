@@ -27,7 +27,7 @@ from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.models.bonds import CHARGE_OFFSET
 from sciDiT.models.vae import POS_SCALE, AllAtomVAE
 from sciDiT.training.augment import augment
-from sciDiT.training.dit_module import load_vae_checkpoint
+from sciDiT.checkpoint import load_vae_checkpoint
 
 
 def graph_equal(vae: AllAtomVAE, sets: list, batch_size: int = 128) -> float:

@@ -58,7 +58,7 @@ def with_decoder(state: dict[str, torch.Tensor], vae_hparams: dict[str, Any], de
     samples that encoder's latents. One line naming the file when the encoder or the sizes differ.
     """
     from sciDiT.models.vae import AllAtomVAE
-    from sciDiT.training.dit_module import load_vae_checkpoint
+    from sciDiT.checkpoint import load_vae_checkpoint
 
     vae_state, hparams = load_vae_checkpoint(str(decoder_ckpt), what="decoder")
     if dict(hparams["vae"]) != dict(vae_hparams):

@@ -13,11 +13,11 @@ import lightning as L
 import torch
 
 from sciDiT.batch import TokenBatch
+from sciDiT.checkpoint import load_vae_checkpoint, load_vae_state
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.cell_vae import CellVAE
 from sciDiT.perturbation.model import PerturbationFlow
 from sciDiT.tokenizers.cell import CellTokenizer
-from sciDiT.training.dit_module import load_vae_checkpoint, load_vae_state
 from sciDiT.training.ema import EMA
 from sciDiT.training.optim import adamw_for, build_optimizer
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from sciDiT.batch import Domain, TokenBatch
-from sciDiT.checkpoint import load_checkpoint, require_stage
+from sciDiT.checkpoint import load_vae_checkpoint, load_vae_state
 from sciDiT.data.conditions import check_condition_names
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
@@ -124,23 +124,3 @@ class DiTModule(L.LightningModule):
     def configure_optimizers(self):
         return build_optimizer(self.model.dit.parameters(), self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps, self.trainer.max_steps,
                                implementation=adamw_for(self.trainer))
-
-
-def load_vae_checkpoint(path: str, stage: str = "vae", what: str = "dit.vae_ckpt") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The VAE's state dict (keys ``model.*`` of the VAE module) and hyper-parameters from a ``stage`` checkpoint.
-
-    Read without executing code (:func:`sciDiT.checkpoint.load_checkpoint`); a missing, unreadable or
-    unsafe file, or a checkpoint of another stage, is one line naming the file and ``what`` read it.
-    """
-    ckpt = load_checkpoint(path, f"VAE checkpoint ({what})")
-    require_stage(ckpt, stage, path, f"{what} takes <output_dir>/vae/checkpoints/*.ckpt")
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return state, dict(ckpt["hyper_parameters"])
-
-
-def load_vae_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Load VAE weights into ``model``; one line naming the file when they do not fit its configured size."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise SciDiTInputError(f"VAE checkpoint weights do not fit the configured VAE (model.vae): {str(err).splitlines()[0]}", path) from None

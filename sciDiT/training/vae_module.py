@@ -13,11 +13,10 @@ import lightning as L
 import torch
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
-from sciDiT.checkpoint import load_checkpoint, require_stage
+from sciDiT.checkpoint import load_checkpoint, load_vae_checkpoint, load_vae_state, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.vae import AllAtomVAE
 from sciDiT.training.augment import augment, corrupt
-from sciDiT.training.dit_module import load_vae_checkpoint, load_vae_state
 from sciDiT.training.optim import adamw_for, build_optimizer
 
 
