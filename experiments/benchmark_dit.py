@@ -118,14 +118,20 @@ def reset_peak(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
+def proc_status_mib(field: str) -> float | None:
+    """A memory field of ``/proc/self/status`` (``VmHWM``: peak RSS, ``VmRSS``: current) in MiB; None off Linux."""
+    with contextlib.suppress(OSError, StopIteration):
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{field}:"))
+        return int(line.split()[1]) / 1024
+    return None
+
+
 def peak_mib(device: torch.device) -> float:
     """Peak GPU memory allocated in the phase, or the process's peak RSS in the phase (CPU; ever, without clear_refs)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError, StopIteration):
-        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int) -> float:

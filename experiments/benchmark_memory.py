@@ -52,7 +52,7 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     model.dit.train()
     opt = adamw(model.dit.parameters(), lr=1e-5, weight_decay=0.0,
                 implementation=adamw_for(SimpleNamespace(precision="bf16-mixed" if bf16 else "32-true", gradient_clip_val=1.0)))
-    loaded = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mib()
+    loaded = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else bench.proc_status_mib("VmRSS")
     bench.reset_peak(device)
     saved: list[int] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
@@ -63,11 +63,6 @@ def measure(args: argparse.Namespace, name: str) -> dict:
         seconds = time.perf_counter() - start
     return {"name": name, "loaded_mib": loaded, "peak_mib": bench.peak_mib(device), "saved_mib_per_step": sum(saved) / len(batches) / 2**20,
             "seconds": seconds, "atoms": sum(int(b.mask.sum()) for b in batches)}
-
-
-def _rss_mib() -> float:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 def main() -> None:
@@ -91,7 +86,7 @@ def main() -> None:
     for name, (_, bf16, _) in CONFIGS.items():
         if bf16 and not native_bf16:
             continue
-        cmd = [sys.executable, __file__, "--config", name] + [a for a in sys.argv[1:]]
+        cmd = [sys.executable, __file__, "--config", name, *sys.argv[1:]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):]))
         print(f"[memory] {name}: peak {rows[-1]['peak_mib']:.0f} MiB", flush=True)

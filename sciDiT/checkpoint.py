@@ -153,13 +153,10 @@ def require_stage(ckpt: Mapping[str, Any], stage: str, path: str | Path, hint: s
     raise SciDiTInputError(f"{got}, but a {STAGE_NAMES[stage]} checkpoint is needed here{'; ' + hint if hint else ''}", path)
 
 
-# -- conversion of trusted files ------------------------------------------------------------------
-
-
 def load_vae_checkpoint(path: str, stage: str = "vae", what: str = "dit.vae_ckpt") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The VAE's state dict (keys ``model.*`` of the VAE module) and hyper-parameters from a ``stage`` checkpoint.
 
-    Read without executing code (:func:`sciDiT.checkpoint.load_checkpoint`); a missing, unreadable or
+    Read without executing code (:func:`load_checkpoint`); a missing, unreadable or
     unsafe file, or a checkpoint of another stage, is one line naming the file and ``what`` read it.
     """
     ckpt = load_checkpoint(path, f"VAE checkpoint ({what})")
@@ -174,6 +171,9 @@ def load_vae_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise SciDiTInputError(f"VAE checkpoint weights do not fit the configured VAE (model.vae): {str(err).splitlines()[0]}", path) from None
+
+
+# -- conversion of trusted files ------------------------------------------------------------------
 
 
 def to_plain(obj: Any, key: str = "checkpoint") -> Any:

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from sciDiT.batch import NO_GRAPH, collate
+from sciDiT.checkpoint import load_vae_checkpoint
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.models.bonds import CHARGE_OFFSET
 from sciDiT.models.vae import POS_SCALE, AllAtomVAE
 from sciDiT.training.augment import augment
-from sciDiT.checkpoint import load_vae_checkpoint
 
 
 def graph_equal(vae: AllAtomVAE, sets: list, batch_size: int = 128) -> float:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for the GPU check of issue 10, section 5: train experiment=qm9_mp20_joint_gpu (both
-# stages and a one-minute decoder fine-tune, <= 10 minutes on one H100/H200 in bf16), sample 10,000 molecules and 10,000 crystals, score
-# them offline with python -m sciDiT.evaluate and print the table.
+# stages and a one-minute decoder fine-tune, <= 10 minutes on one H100/H200 in bf16), sample 10,000
+# molecules and 10,000 crystals, score them offline with python -m sciDiT.evaluate and print the table.
 #   bash experiments/gpu_qm9_mp20/run.sh [output_dir]            # on the GPU machine
 #   TINY=1 bash experiments/gpu_qm9_mp20/run.sh outputs/gpu_tiny   # the same path on CPU, seconds per stage
 set -euo pipefail

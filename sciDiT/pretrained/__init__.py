@@ -4,8 +4,9 @@
 them from this folder: no download, no training. A shipped file is a slim DiT-stage checkpoint made
 by :func:`export_pretrained`: hyper-parameters, the frozen VAE, latent statistics, set-size
 histograms, a conditional model's condition statistics and the EMA DiT weights (stored as
-``model.dit.*``; the raw, non-averaged weights and the optimiser state are dropped), loadable with ``torch.load(weights_only=True)``. The model card
-``<name>.md`` beside it says data, steps, command and measured metrics.
+``model.dit.*``; the raw, non-averaged weights and the optimiser state are dropped), loadable with
+``torch.load(weights_only=True)``. The model card ``<name>.md`` beside it says data, steps, command
+and measured metrics.
 """
 
 from __future__ import annotations
