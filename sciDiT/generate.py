@@ -48,6 +48,7 @@ from sciDiT.flow import DEFAULT_SDE_NOISE, SOLVERS
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.pretrained import pretrained_path, restore_ema
+from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
@@ -55,7 +56,7 @@ from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
-COMPOSITIONS = ("argmax", "coherent")  # how crystal atom types are decoded (generate_token_sets)
+COMPOSITIONS = ("argmax", "coherent", "requested")  # how crystal atom types are decoded (generate_token_sets)
 BOND_DECODINGS = ("argmax", "constrained", "joint")  # how molecules' bond orders are decoded (generate_token_sets)
 
 
@@ -95,11 +96,13 @@ class Generator:
         self._compiled: dict[bool, nn.Module] = {}
 
     # -- inputs ---------------------------------------------------------------------------------
-    def set_sizes(self, domain: Domain, n: int, num_atoms: int | Sequence[int] | None, generators: Sequence[torch.Generator]) -> Tensor:
-        """``[n]`` atom counts: drawn from the training histogram of ``domain`` (sample ``i`` from ``generators[i]``), or the user's."""
+    def set_sizes(self, domain: Domain, n: int, num_atoms: int | Sequence[int] | None, generators: Sequence[torch.Generator],
+                  min_size: int = 1) -> Tensor:
+        """``[n]`` atom counts: drawn from the training histogram of ``domain`` (sample ``i`` from ``generators[i]``), or the user's;
+        at least ``min_size`` atoms each (e.g. the number of requested elements)."""
         if num_atoms is None:
             try:
-                return torch.cat([self.model.sample_set_sizes(domain, 1, g) for g in generators])
+                return torch.cat([self.model.sample_set_sizes(domain, 1, g, min_size=min_size) for g in generators])
             except ValueError as err:
                 raise SciDiTInputError(str(err)) from err
         sizes = torch.full((n,), int(num_atoms)) if isinstance(num_atoms, int) else torch.as_tensor(list(num_atoms), dtype=torch.long)
@@ -107,6 +110,8 @@ class Generator:
             raise SciDiTInputError(f"num_atoms has {sizes.numel()} entries for n={n} samples")
         if sizes.min() < 1 or sizes.max() > MAX_SET_SIZE:
             raise SciDiTInputError(f"num_atoms must lie in 1..{MAX_SET_SIZE}, got {sizes.min().item()}..{sizes.max().item()}")
+        if sizes.min() < min_size:
+            raise SciDiTInputError(f"num_atoms={sizes.min().item()} is fewer than the {min_size} requested elements")
         return sizes
 
     def _dit(self, use_ema: bool, compile: bool) -> nn.Module:
@@ -157,7 +162,10 @@ class Generator:
         ``composition`` (crystals): ``argmax`` decodes each atom alone; ``coherent`` chooses each
         crystal's element set jointly under the training prior on the number of elements
         (:mod:`sciDiT.models.composition`; fixes the element count, not SMACT validity:
-        experiments/crystal_composition/README.md). ``reproducible``: each sample in a batch of its own,
+        experiments/crystal_composition/README.md); ``requested`` enforces a ``condition.elements`` request at
+        decoding: every atom takes its most likely element within the request, and each requested element
+        appears (:func:`sciDiT.models.composition.requested_types`; sizes are drawn with at least that many
+        atoms). The DiT's conditioning alone is ``argmax``/``coherent``. ``reproducible``: each sample in a batch of its own,
         bit-identical for a given seed whatever ``batch_size`` or ``n`` (module docstring; ``batch_size`` is then unused).
         ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable
         order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
@@ -202,6 +210,12 @@ class Generator:
             raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "
                                    "with experiments/crystal_composition/add_element_prior.py")
         request = validate_request(condition, dom, self.condition_stats, allow_extrapolation)
+        allowed = None
+        if composition == "requested":
+            if "elements" not in request:
+                raise SciDiTInputError("composition=requested enforces condition.elements, and the request names none")
+            allowed = torch.zeros(NUM_ATOM_TYPES, dtype=torch.bool)
+            allowed[[atomic_number(el) for el in request["elements"]]] = True
         if SIZE_KEY in request:
             if num_atoms is not None:
                 raise SciDiTInputError("give num_atoms or condition.num_atoms, not both")
@@ -210,7 +224,7 @@ class Generator:
         request_cond = encode_conditions([request], self.condition_stats, [k for k in request if k != SIZE_KEY])  # one set's tensors
         seed = _check_seed(seed)
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: sizes, then noise
-        sizes = self.set_sizes(dom, n, num_atoms, gens)  # [n]
+        sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()))  # [n]
         latent_dim = self.model.vae.latent_dim
         noise = torch.cat([torch.randn(int(k), latent_dim, generator=g) for k, g in zip(sizes, gens)])  # [sum sizes, L], in sample order
         offsets = torch.cumsum(sizes, 0) - sizes  # [n] first noise row of each sample
@@ -232,6 +246,7 @@ class Generator:
                     decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=scale, cond=cond,
                                                   sde_noise=sde_noise, noise_fn=_step_noise(sizes[idx], [gens[i] for i in idx.tolist()], latent_dim),
                                                   self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
+                                                  allowed_elements=None if allowed is None else allowed.expand(len(idx), -1),
                                                   graph_decoder=graph_decoder)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)

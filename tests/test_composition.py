@@ -1,7 +1,10 @@
-"""Coherent element sets (sciDiT.models.composition): closed-form cases, invariance, switched off = argmax."""
+"""Coherent element sets and enforced composition requests (sciDiT.models.composition): closed-form
+cases, brute force, invariance, switched off = argmax."""
 
+import itertools
 import math
 
+import pytest
 import torch
 
 from sciDiT.models.composition import (
@@ -10,9 +13,10 @@ from sciDiT.models.composition import (
     num_distinct,
     num_elements_counts,
     num_elements_log_prior,
+    requested_types,
 )
 
-S, SE, O, NA = 16, 34, 8, 11  # atomic numbers used below
+S, SE, O, NA, LI = 16, 34, 8, 11, 3  # atomic numbers used below
 T = 120
 
 
@@ -145,3 +149,37 @@ def test_training_counts_of_atoms_and_distinct_elements():
     expected = torch.zeros(9, MAX_ELEMENTS + 1)
     expected[8, 2] = expected[4, 1] = expected[1, 1] = 1
     assert torch.equal(counts, expected)
+
+
+def test_requested_types_use_exactly_the_request_at_the_brute_force_optimum():
+    torch.manual_seed(3)
+    lp = (2 * torch.randn(40, 5, T)).log_softmax(-1)
+    mask = torch.arange(5)[None] < torch.randint(3, 6, (40,))[:, None]
+    request = [LI, O, NA]
+    allowed = torch.zeros(40, T, dtype=torch.bool)
+    allowed[:, request] = True
+    out = requested_types(lp, mask, allowed)
+    for b in range(40):
+        n = int(mask[b].sum())
+        assert set(out[b, :n].tolist()) == set(request) and (out[b, n:] == 0).all()
+        score = lp[b, torch.arange(n), out[b, :n]].sum()
+        best = max(lp[b, torch.arange(n), torch.tensor(a)].sum() for a in itertools.product(request, repeat=n) if set(a) == set(request))
+        torch.testing.assert_close(score, best)
+
+
+def test_requested_types_keep_confident_tokens_and_permute_with_them():
+    # two confident O, one token that would rather be Na than Li: the only Li candidate takes Li
+    lp = _log_probs([{O: 0.99}, {O: 0.98}, {NA: 0.6, LI: 0.3}])
+    allowed = torch.zeros(1, T, dtype=torch.bool)
+    allowed[0, [LI, O]] = True
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    assert requested_types(lp, mask, allowed).tolist() == [[O, O, LI]]
+    perm = torch.tensor([2, 0, 1])
+    assert requested_types(lp[:, perm], mask, allowed).tolist() == [[LI, O, O]]
+
+
+def test_requested_types_refuse_sets_smaller_than_the_request():
+    allowed = torch.zeros(1, T, dtype=torch.bool)
+    allowed[0, [LI, O, NA]] = True
+    with pytest.raises(ValueError, match="fewer atoms than requested elements"):
+        requested_types(_log_probs([{O: 0.9}, {LI: 0.9}]), torch.ones(1, 2, dtype=torch.bool), allowed)

@@ -78,6 +78,11 @@ def test_composition_hits_are_exact_element_sets():
     requests = [{"elements": ["Na", "Cl"]}, {"elements": ["Cs", "Cl"]}, {"elements": ["Na", "Cl"]}, {}]
     m = crystal_condition_metrics([rock_salt(), rock_salt(), None, rock_salt()], ["NaCl", "NaCl", "NaCl", "NaCl"], requests)
     assert m["n_requested_elements"] == 3 and m["composition_hit_rate"] == pytest.approx(1 / 3)
+    assert m["composition_hit_and_valid_rate"] == pytest.approx(1 / 3)  # rock salt NaCl: valid
+    squeezed = rock_salt()
+    squeezed.scale_lattice(squeezed.volume / 1000)  # atoms 0.28 A apart: structurally invalid
+    invalid = crystal_condition_metrics([squeezed, rock_salt()], ["NaCl", "NaCl2"], [{"elements": ["Na", "Cl"]}] * 2)
+    assert invalid["composition_hit_rate"] == 1.0 and invalid["composition_hit_and_valid_rate"] == 0.0  # NaCl2 is not charge balanced
     assert m["n_conditional"] == 3
 
 

@@ -25,6 +25,7 @@ from sciDiT.flow import guided_velocity
 from sciDiT.generate import load_generator
 from sciDiT.models.dit import DiT
 from sciDiT.sample import main
+from sciDiT.tokenizers.elements import atomic_number, symbol
 from sciDiT.training.datamodule import TokenSetDataModule
 from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
@@ -194,6 +195,21 @@ def test_a_condition_changes_the_output_and_no_request_is_unconditional(gen):
     assert json.loads(xtals[0].meta["request"]) == {"elements": ["O"], "spacegroup": stats["spacegroup"]["seen"][0]}
 
 
+def test_composition_requested_gives_exactly_the_requested_element_set(gen):
+    request = {"elements": ["Li", "O", "Fe"]}
+    if not {3, 8, 26} <= set(gen.condition_stats["elements"]["seen"]):
+        request = {"elements": [symbol(z) for z in gen.condition_stats["elements"]["seen"][:3]]}
+    free = gen.generate_token_sets("crystal", n=6, seed=1, condition=request, **FAST)
+    sets = gen.generate_token_sets("crystal", n=6, seed=1, condition=request, composition="requested", **FAST)
+    wanted = {atomic_number(s) for s in request["elements"]}
+    assert all(set(ts.types.tolist()) == wanted and ts.num_tokens >= 3 for ts in sets)
+    assert any(set(ts.types.tolist()) != wanted for ts in free)  # a tiny untrained model: conditioning alone misses
+    with pytest.raises(SciDiTInputError, match="composition=requested enforces condition.elements"):
+        gen.generate_token_sets("crystal", n=2, seed=1, composition="requested", **FAST)
+    with pytest.raises(SciDiTInputError, match="num_atoms=2 is fewer than the 3 requested elements"):
+        gen.generate_token_sets("crystal", n=2, seed=1, num_atoms=2, condition=request, composition="requested", **FAST)
+
+
 def test_num_atoms_in_a_request_sizes_the_sets(gen):
     sets = gen.generate_token_sets("molecule", n=3, seed=0, condition={"num_atoms": 9, "mu": gen.condition_stats["mu"]["mean"]}, **FAST)
     assert [ts.num_tokens for ts in sets] == [9, 9, 9] and json.loads(sets[0].meta["request"])["num_atoms"] == 9
@@ -270,6 +286,9 @@ def test_cli_writes_the_request_into_sd_records_manifest_rows_and_cifs(tiny_cond
     one = tmp_path / "all.cif"
     assert main(args[:3] + [f"out={one}"] + args[4:]) == 0
     assert one.read_text().count("_scidit_request") == one.read_text().count("data_")
+    enforced = tmp_path / "enforced"
+    assert main(args[:3] + [f"out={enforced}"] + args[4:] + ["composition=requested"]) == 0
+    assert [{el.symbol for el in Structure.from_file(cif).composition} for cif in sorted(enforced.glob("*.cif"))] == [{"Li", "O"}] * 4
 
 
 @pytest.mark.parametrize(

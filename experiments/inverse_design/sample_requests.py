@@ -10,7 +10,9 @@ Writes, each record carrying its request (SD property / manifest column ``reques
 * ``crystals_spacegroup/`` - the ten most common MP-20 training space groups, ``--per-group`` each;
 * ``crystals_elements/`` - the ten most common MP-20 training element sets, ``--per-group`` each;
 * ``crystals_unconditional/`` - the space-group base rate.
-``--guidance``: CFG scale on each request's condition (default 1). Molecule bonds: ``--bond-decoding`` (default joint, as sampling; the other figures are reruns with constrained / argmax).
+``--guidance``: CFG scale on each request's condition (default 1). ``--composition requested``: element-set
+requests enforced at decoding (each crystal uses exactly the requested elements), a separate figure from
+the conditioning alone (default ``argmax``). ``--parts``: which of the files above to write (default all). Molecule bonds: ``--bond-decoding`` (default joint, as sampling; the other figures are reruns with constrained / argmax).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sciDiT.generate import load_generator
 from sciDiT.tokenizers.elements import symbol
 
 Z_VALUES = (-1.28, -0.52, 0.0, 0.52, 1.28)
+PARTS = ("molecules", "spacegroup", "elements", "unconditional")
 
 
 def _renumber(sets: list) -> list:
@@ -51,37 +54,42 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=1.0,
                         help="classifier-free guidance on the requested condition (1 = plain conditional)")
+    parser.add_argument("--composition", default="argmax", choices=("argmax", "coherent", "requested"),
+                        help="crystal types of the element-set requests (requested: exactly the requested elements)")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which request sets to sample")
     args = parser.parse_args()
 
     gen = load_generator(args.ckpt)
     stats = gen.condition_stats
     args.out.mkdir(parents=True, exist_ok=True)
     common = dict(progress=False, seed=args.seed)
-    mols = []
-    for key in QM9_PROPERTIES:
-        for k, z in enumerate(Z_VALUES):
-            value = round(stats[key]["mean"] + z * stats[key]["std"], 3)
-            mols += gen.generate_token_sets("molecule", args.per_value, condition={key: value}, guidance=_guide(key, args.guidance), bond_decoding=args.bond_decoding,
-                                            **{**common, "seed": args.seed + 1000 * k})
-    gen.export(_renumber(mols), args.out / "molecules.sdf")
-    gen.export(gen.generate_token_sets("molecule", args.n_unconditional, bond_decoding=args.bond_decoding, **common),
-               args.out / "molecules_unconditional.sdf")
-
-    train = load_cdvae("mp20", "train")
-    groups = Counter(pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number"])["spacegroup.number"])
-    systems = Counter(tuple(sorted({symbol(int(z)) for z in train[i].types.tolist()})) for i in range(len(train)))
-    xtals = []
-    for k, (group, _) in enumerate(groups.most_common(10)):
-        xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": int(group)},
-                                         guidance=_guide("spacegroup", args.guidance), **{**common, "seed": args.seed + k})
-    gen.export(_renumber(xtals), args.out / "crystals_spacegroup")
-    xtals = []
-    for k, (system, _) in enumerate(systems.most_common(10)):
-        xtals += gen.generate_token_sets("crystal", args.per_group, condition={"elements": list(system)},
-                                         guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
-    gen.export(_renumber(xtals), args.out / "crystals_elements")
-    gen.export(gen.generate_token_sets("crystal", args.n_unconditional, **common), args.out / "crystals_unconditional")
-
+    if "molecules" in args.parts:
+        mols = []
+        for key in QM9_PROPERTIES:
+            for k, z in enumerate(Z_VALUES):
+                value = round(stats[key]["mean"] + z * stats[key]["std"], 3)
+                mols += gen.generate_token_sets("molecule", args.per_value, condition={key: value}, guidance=_guide(key, args.guidance),
+                                                bond_decoding=args.bond_decoding, **{**common, "seed": args.seed + 1000 * k})
+        gen.export(_renumber(mols), args.out / "molecules.sdf")
+    if "unconditional" in args.parts:
+        gen.export(gen.generate_token_sets("molecule", args.n_unconditional, bond_decoding=args.bond_decoding, **common),
+                   args.out / "molecules_unconditional.sdf")
+        gen.export(gen.generate_token_sets("crystal", args.n_unconditional, **common), args.out / "crystals_unconditional")
+    if "spacegroup" in args.parts:
+        groups = Counter(pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number"])["spacegroup.number"])
+        xtals = []
+        for k, (group, _) in enumerate(groups.most_common(10)):
+            xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": int(group)},
+                                             guidance=_guide("spacegroup", args.guidance), **{**common, "seed": args.seed + k})
+        gen.export(_renumber(xtals), args.out / "crystals_spacegroup")
+    if "elements" in args.parts:
+        train = load_cdvae("mp20", "train")
+        systems = Counter(tuple(sorted({symbol(int(z)) for z in train[i].types.tolist()})) for i in range(len(train)))
+        xtals = []
+        for k, (system, _) in enumerate(systems.most_common(10)):
+            xtals += gen.generate_token_sets("crystal", args.per_group, condition={"elements": list(system)}, composition=args.composition,
+                                             guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
+        gen.export(_renumber(xtals), args.out / "crystals_elements")
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ denominators, or are counted under ``n_*`` names where no value can be given):
 * MP-20: space-group match rate of the detected group (pymatgen ``SpacegroupAnalyzer``; headline at
   ``symprec=0.01``, the lenient ``*_symprec0.1`` beside it; angle tolerance 5 degrees) against the
   base rate (how often unconditional samples land in the requested group); exact element-set hit
-  rate; formation energy / band gap MAE of a composition regressor fitted on MP-20 train
+  rate, and the share that hit *and* are valid (CDVAE structural and SMACT compositional); formation energy / band gap MAE of a composition regressor fitted on MP-20 train
   (:mod:`sciDiT.evaluation.composition_model`); optionally CHGNet energy per atom after relaxation,
   a proxy (total energy, not formation energy), compared with the requests by rank; with elemental
   reference energies fitted on MP-20 train (``experiments/inverse_design/fit_chgnet_references.py``)
@@ -35,6 +35,7 @@ import numpy as np
 from sciDiT.batch import Domain, TokenSet
 from sciDiT.data.conditions import CONDITION_KEYS, SIZE_KEY
 from sciDiT.errors import SciDiTInputError
+from sciDiT.evaluation.crystals import formula_validity, structure_validity
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -272,7 +273,10 @@ def crystal_condition_metrics(
             return [e.symbol for e in Composition(formulas[i]).elements] if structures[i] is not None else []
 
         m["n_requested_elements"] = float(len(el_rows))
-        m["composition_hit_rate"] = float(np.mean([element_set_hit(elements_of(i), requests[i]["elements"]) for i in el_rows]))
+        hit = np.array([element_set_hit(elements_of(i), requests[i]["elements"]) for i in el_rows])
+        valid = np.array([structure_validity(structures[i]) and formula_validity(formulas[i]) for i in el_rows])
+        m["composition_hit_rate"] = float(hit.mean())
+        m["composition_hit_and_valid_rate"] = float((hit & valid).mean())
     for key in ("formation_energy", "band_gap"):
         rows = [i for i, r in enumerate(requests) if key in r]
         if not rows:

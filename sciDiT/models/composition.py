@@ -19,6 +19,13 @@ tokens and maxima over elements (ties broken by element index), so the result do
 token order. With a flat prior it returns the per-token argmax; ``log_prior=None`` in
 ``AllAtomVAE.decode_to_batch`` means exactly that (today's decoding).
 
+A composition request (``condition.elements``) can also be enforced at decoding,
+:func:`requested_types`: each token takes its most likely element *within* the requested set ``S``,
+and every element of ``S`` must appear. Forcing element ``e`` onto token ``i`` costs
+``c(e, i) = max_{f in S} log p_i(f) - log p_i(e)``; the cheapest way to give every element of ``S``
+one token is a linear assignment of ``S`` to distinct tokens (exact, scipy's
+``linear_sum_assignment``), the other tokens keep their best element in ``S``.
+
 The prior :func:`num_elements_log_prior` is data-derived: counts of (atoms, distinct elements) in
 the training sets, with one pseudo-count spread as the marginal over ``k <= n`` so that unseen
 sizes back off to the marginal. It is applied to crystals only (molecules are decoded per atom).
@@ -27,6 +34,7 @@ sizes back off to the marginal. It is applied to crystals only (molecules are de
 from __future__ import annotations
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 MAX_ELEMENTS = 8  # most distinct elements a decoded set may have under the prior (MP-20 has <= 7)
@@ -96,3 +104,24 @@ def coherent_types(log_probs: Tensor, mask: Tensor, log_prior: Tensor) -> Tensor
     k = torch.stack([num_distinct(t, mask, num_types) for t in candidates], 1).clamp(max=prior.shape[1] - 1)  # [B, C]
     score = loglik + prior.gather(1, k)  # [B, C]
     return types[torch.arange(bsz), score.argmax(1)]  # [B, N]
+
+
+def requested_types(log_probs: Tensor, mask: Tensor, allowed: Tensor) -> Tensor:
+    """Most likely element assignment ``[B, N]`` that uses exactly the requested elements (module docstring).
+
+    ``log_probs [B, N, T]``: per-token log-probabilities; ``mask [B, N]``: real tokens; ``allowed
+    [B, T]``: each set's requested elements. Every set needs at least as many tokens as requested
+    elements (ValueError otherwise). Padding tokens get type 0.
+    """
+    if (allowed.sum(1) > mask.sum(1)).any():
+        raise ValueError("a set has fewer atoms than requested elements, so it cannot contain them all")
+    lp = log_probs.float().masked_fill(~allowed[:, None, :], -torch.inf)  # [B, N, T] requested elements only
+    best, types = lp.max(-1)  # [B, N] each token's best element within the request
+    types = types * mask
+    for b in range(lp.shape[0]):
+        elements = allowed[b].nonzero().squeeze(1)  # [E]
+        tokens = mask[b].nonzero().squeeze(1)  # [n]
+        cost = best[b, tokens][None, :] - lp[b, tokens][:, elements].T  # [E, n] log-likelihood lost by forcing e onto token i
+        rows, cols = linear_sum_assignment(cost.double().cpu().numpy())
+        types[b, tokens[torch.as_tensor(cols)]] = elements[torch.as_tensor(rows)]
+    return types

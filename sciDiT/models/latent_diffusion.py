@@ -80,11 +80,14 @@ class LatentDiffusion(nn.Module):
         return flow_matching_loss(self.dit, x1, batch.mask, cond, time_schedule=time_schedule, self_condition_prob=self_condition_prob)
 
     # -- generation -------------------------------------------------------------------------------
-    def sample_set_sizes(self, domain: Domain, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` set sizes drawn from the training histogram of ``domain``."""
+    def sample_set_sizes(self, domain: Domain, n: int, generator: torch.Generator | None = None, min_size: int = 1) -> Tensor:
+        """``n`` set sizes drawn from the training histogram of ``domain`` (restricted to sizes >= ``min_size``)."""
         counts = self.size_counts[int(domain)].float().cpu()
         if counts.sum() == 0:
             raise ValueError(f"this model saw no {domain.name.lower()} training data, so it cannot size {domain.name.lower()} samples")
+        counts[:min_size] = 0
+        if counts.sum() == 0:
+            raise ValueError(f"no {domain.name.lower()} training set has {min_size} or more atoms")
         return torch.multinomial(counts, n, replacement=True, generator=generator)
 
     def element_log_prior(self, domain: Domain) -> Tensor | None:
@@ -108,6 +111,7 @@ class LatentDiffusion(nn.Module):
         cond: Mapping[str, Tensor] | None = None,
         self_condition: bool = True,
         coherent_elements: bool = False,
+        allowed_elements: Tensor | None = None,
         graph_decoder: GraphDecoder | None = None,
         generator: torch.Generator | None = None,
     ) -> TokenBatch:
@@ -119,7 +123,8 @@ class LatentDiffusion(nn.Module):
         tensors beside the domain (absent conditions get their null embedding); ``cfg_scale``: one guidance scale on all conditions, or
         ``{name: scale}`` per condition (:func:`sciDiT.flow.guided_velocity`); ``coherent_elements``: decode each crystal's types as one
         element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
-        False (default) or when the checkpoint has no prior; ``graph_decoder``: how molecules' bonds are
+        False (default) or when the checkpoint has no prior; ``allowed_elements [B, T]``: decode each crystal
+        with exactly these elements (a composition request enforced at decoding); ``graph_decoder``: how molecules' bonds are
         decoded from the pair probabilities (argmax when None; see :meth:`AllAtomVAE.decode_graph`).
         Decoding always runs in float32, outside any autocast.
         """
@@ -138,4 +143,5 @@ class LatentDiffusion(nn.Module):
         with torch.autocast(device.type, enabled=False):
             z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
-            return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder)
+            return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder,
+                                            allowed_elements=None if allowed_elements is None else allowed_elements.to(device))

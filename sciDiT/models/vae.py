@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from sciDiT.batch import NO_GRAPH, Domain, TokenBatch
 from sciDiT.models.attention import TransformerBlock, masked_mean, xavier_linear_init
 from sciDiT.models.bonds import CHARGE_OFFSET, NUM_CHARGE_CLASSES, BondHead
-from sciDiT.models.composition import coherent_types
+from sciDiT.models.composition import coherent_types, requested_types
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
 
@@ -226,11 +226,12 @@ class AllAtomVAE(nn.Module):
     # -- back to token sets -----------------------------------------------------------------------
     @torch.no_grad()
     def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None,
-                        graph_decoder: GraphDecoder | None = None) -> TokenBatch:
+                        graph_decoder: GraphDecoder | None = None, allowed_elements: Tensor | None = None) -> TokenBatch:
         """Decode latents into a :class:`TokenBatch` in physical units.
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
-        :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set.
+        :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set;
+        with ``allowed_elements`` ([B, T] bool, a requested element set per crystal) they use exactly those elements.
         Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`).
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
@@ -240,6 +241,8 @@ class AllAtomVAE(nn.Module):
         types = type_logits.argmax(-1) * mask  # [B, N]
         if element_log_prior is not None and (xtal := domain == Domain.CRYSTAL).any():
             types[xtal] = coherent_types(type_logits[xtal].log_softmax(-1), mask[xtal], element_log_prior)  # [B_xtal, N]
+        if allowed_elements is not None and (xtal := domain == Domain.CRYSTAL).any():
+            types[xtal] = requested_types(type_logits[xtal].log_softmax(-1), mask[xtal], allowed_elements[xtal])  # [B_xtal, N]
         is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
