@@ -56,7 +56,7 @@ from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
-COMPOSITIONS = ("argmax", "coherent", "requested")  # how crystal atom types are decoded (generate_token_sets)
+COMPOSITIONS = ("argmax", "coherent", "requested", "balanced")  # how crystal atom types are decoded (generate_token_sets)
 BOND_DECODINGS = ("argmax", "constrained", "joint")  # how molecules' bond orders are decoded (generate_token_sets)
 
 
@@ -165,7 +165,10 @@ class Generator:
         experiments/crystal_composition/README.md); ``requested`` enforces a ``condition.elements`` request at
         decoding: every atom takes its most likely element within the request, and each requested element
         appears (:func:`sciDiT.models.composition.requested_types`; sizes are drawn with at least that many
-        atoms). The DiT's conditioning alone is ``argmax``/``coherent``. ``reproducible``: each sample in a batch of its own,
+        atoms). The DiT's conditioning alone is ``argmax``/``coherent``. ``balanced``: each crystal's most probable
+        element assignment (each atom among its three most probable elements) whose composition is charge
+        balanced by SMACT's rules (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is
+        found); needs ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
         bit-identical for a given seed whatever ``batch_size`` or ``n`` (module docstring; ``batch_size`` is then unused).
         ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable
         order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
@@ -211,6 +214,11 @@ class Generator:
                                    "with experiments/crystal_composition/add_element_prior.py")
         request = validate_request(condition, dom, self.condition_stats, allow_extrapolation)
         allowed = None
+        if composition == "balanced" and dom == Domain.CRYSTAL:
+            try:
+                import smact  # noqa: F401
+            except ImportError:
+                raise SciDiTInputError("composition=balanced needs smact's oxidation states: pip install 'sciDiT[eval]'") from None
         if composition == "requested":
             if "elements" not in request:
                 raise SciDiTInputError("composition=requested enforces condition.elements, and the request names none")
@@ -247,6 +255,7 @@ class Generator:
                                                   sde_noise=sde_noise, noise_fn=_step_noise(sizes[idx], [gens[i] for i in idx.tolist()], latent_dim),
                                                   self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
                                                   allowed_elements=None if allowed is None else allowed.expand(len(idx), -1),
+                                                  charge_balanced=composition == "balanced",
                                                   graph_decoder=graph_decoder)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)

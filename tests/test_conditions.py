@@ -210,6 +210,18 @@ def test_composition_requested_gives_exactly_the_requested_element_set(gen):
         gen.generate_token_sets("crystal", n=2, seed=1, num_atoms=2, condition=request, composition="requested", **FAST)
 
 
+def test_composition_balanced_changes_only_types_and_balances_where_it_can(gen):
+    from sciDiT.tokenizers.oxidation import reduced_counts, smact_validity
+
+    free = gen.generate_token_sets("crystal", n=6, seed=1, **FAST)
+    balanced = gen.generate_token_sets("crystal", n=6, seed=1, composition="balanced", **FAST)
+    for a, b in zip(free, balanced, strict=True):
+        assert torch.equal(a.frac, b.frac) and torch.equal(a.lattice, b.lattice)
+        assert smact_validity(*reduced_counts(b.types.tolist())) or torch.equal(a.types, b.types)
+    assert sum(smact_validity(*reduced_counts(ts.types.tolist())) for ts in balanced) > sum(
+        smact_validity(*reduced_counts(ts.types.tolist())) for ts in free)
+
+
 def test_num_atoms_in_a_request_sizes_the_sets(gen):
     sets = gen.generate_token_sets("molecule", n=3, seed=0, condition={"num_atoms": 9, "mu": gen.condition_stats["mu"]["mean"]}, **FAST)
     assert [ts.num_tokens for ts in sets] == [9, 9, 9] and json.loads(sets[0].meta["request"])["num_atoms"] == 9

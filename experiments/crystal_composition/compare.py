@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pymatgen.core import Composition
 
-from sciDiT.evaluation.crystals import smact_validity
+from sciDiT.tokenizers.oxidation import smact_validity
 
 
 def _formulas(folder: str) -> dict[int, str]:

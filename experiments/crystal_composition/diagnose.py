@@ -26,7 +26,7 @@ from scipy.stats import wasserstein_distance
 
 from sciDiT.batch import Domain, collate
 from sciDiT.data import load_cdvae
-from sciDiT.evaluation.crystals import smact_validity, _reduced_counts
+from sciDiT.tokenizers.oxidation import reduced_counts, smact_validity
 from sciDiT.flow import integrate, model_velocity
 from sciDiT.generate import load_generator
 from sciDiT.models.composition import MAX_PRIOR_TOKENS, coherent_types, num_elements_counts, num_elements_log_prior
@@ -45,7 +45,7 @@ def _has_neighbour_pair(types: list[int]) -> bool:
 
 
 def _smact(types: list[int]) -> bool:
-    return smact_validity(*_reduced_counts(types))
+    return smact_validity(*reduced_counts(types))
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:

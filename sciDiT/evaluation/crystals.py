@@ -3,12 +3,10 @@
 * ``structural_validity`` (CDVAE): the lattice is a real cell (finite, positive lengths, angles
   that close a cell of positive volume), volume >= 0.1 A^3, and no two atoms (periodic images
   included) closer than 0.5 A.
-* ``compositional_validity`` (CDVAE ``smact_validity``): one element, or only metals (alloys), or
-  some assignment of one oxidation state per element - from SMACT's *original* oxidation-state
-  table (``Element.oxidation_states_smact14``; smact 4.x changed the default table) - that is
-  charge neutral for the reduced formula and passes the Pauling electronegativity test (every
-  cation less electronegative than every anion; elements without Pauling data pass).
-  Written here from that definition rather than calling smact 4.x's changed ``neutral_ratios``.
+* ``compositional_validity`` (CDVAE ``smact_validity``, :mod:`sciDiT.tokenizers.oxidation`): one
+  element, or only metals (alloys), or some assignment of one oxidation state per element from
+  SMACT's original table that is charge neutral for the reduced formula and passes the Pauling
+  electronegativity test.
 * ``validity`` = both.
 * ``uniqueness`` - share of valid crystals that match no earlier one; ``novelty`` - share of valid
   crystals that match no reference (training) crystal; matching is pymatgen
@@ -28,13 +26,9 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +38,8 @@ from scipy.stats import wasserstein_distance
 
 from sciDiT.batch import TokenSet
 from sciDiT.evaluation.reconstruction import CRYSTAL_MATCHER_KWARGS
-from sciDiT.tokenizers import CrystalTokenizer, symbol
+from sciDiT.tokenizers import CrystalTokenizer
+from sciDiT.tokenizers.oxidation import reduced_counts, smact_validity
 
 MIN_DISTANCE = 0.5  # Angstrom
 MIN_VOLUME = 0.1  # Angstrom^3
@@ -77,88 +72,14 @@ def structure_validity(structure: Structure | None) -> bool:
 
 
 # -- compositional validity -----------------------------------------------------------------------
-def _reduced_counts(types: list[int]) -> tuple[list[str], list[int]]:
-    counts = Counter(types)
-    g = reduce(math.gcd, counts.values())
-    elems = sorted(counts)
-    return [symbol(z) for z in elems], [counts[z] // g for z in elems]
-
-
-def _pauling_ok(ox: tuple[int, ...], eneg: list[float | None]) -> bool:
-    """SMACT's Pauling test as CDVAE ran it: pairs in order; a pair of opposite signs that lacks
-    electronegativity data raises inside SMACT, which CDVAE counts as a pass for the whole test."""
-    for (o1, e1), (o2, e2) in itertools.combinations(zip(ox, eneg), 2):
-        if (o1 > 0 > o2) or (o1 < 0 < o2):
-            if e1 is None or e2 is None:
-                return True
-            if (o1 > 0 and e1 >= e2) or (o1 < 0 and e1 <= e2):
-                return False
-    return True
-
-
-def _balanced_search(ox_lists: list[list[int]], counts: list[int], eneg: list[float | None]) -> bool:
-    """Depth-first search for a charge-neutral assignment that passes :func:`_pauling_ok`.
-
-    Same answer as enumerating the full product (CDVAE's loop), but prunes partial assignments
-    whose charge can no longer reach zero or - when every electronegativity is known, so the test
-    does not depend on pair order - whose cation/anion pairs already fail. Keeps many-element
-    generated samples fast.
-    """
-    known = all(e is not None for e in eneg)
-    lo = [min(o) * c for o, c in zip(ox_lists, counts)]
-    hi = [max(o) * c for o, c in zip(ox_lists, counts)]
-    rest_lo = np.cumsum(lo[::-1])[::-1].tolist() + [0]
-    rest_hi = np.cumsum(hi[::-1])[::-1].tolist() + [0]
-    chosen: list[int] = []
-
-    def dfs(i: int, charge: int, max_cation: float, min_anion: float) -> bool:
-        if i == len(counts):
-            return charge == 0 and (known or _pauling_ok(tuple(chosen), eneg))
-        if not rest_lo[i] <= -charge <= rest_hi[i]:
-            return False
-        for o in ox_lists[i]:
-            mc, ma = max_cation, min_anion
-            if known:
-                mc = max(mc, eneg[i]) if o > 0 else mc
-                ma = min(ma, eneg[i]) if o < 0 else ma
-                if mc >= ma:
-                    continue
-            chosen.append(o)
-            found = dfs(i + 1, charge + o * counts[i], mc, ma)
-            chosen.pop()
-            if found:
-                return True
-        return False
-
-    return dfs(0, 0, -np.inf, np.inf)
-
-
-def smact_validity(symbols: list[str], counts: list[int]) -> bool:
-    """CDVAE compositional validity of a reduced formula (module docstring), SMACT's original tables."""
-    import smact
-
-    if len(set(symbols)) == 1:
-        return True
-    if all(s in smact.metals for s in symbols):
-        return True
-    try:
-        elements = [smact.Element(s) for s in symbols]
-    except KeyError:  # SMACT has no data for the element (e.g. Lv, Og): no oxidation states to assign
-        return False
-    ox_lists = [e.oxidation_states_smact14 or [] for e in elements]
-    if any(not o for o in ox_lists):
-        return False  # an element without oxidation states (noble gases): no assignment exists
-    return _balanced_search(ox_lists, counts, [e.pauling_eneg for e in elements])
-
-
 def composition_validity(ts: TokenSet) -> bool:
-    return smact_validity(*_reduced_counts(ts.types.tolist()))
+    return smact_validity(*reduced_counts(ts.types.tolist()))
 
 
 def formula_validity(formula: str) -> bool:
     """Compositional validity of a formula string such as ``"Li2O"`` (a sample known only by its formula)."""
     comp = Composition(formula)
-    return smact_validity(*_reduced_counts([el.Z for el, amount in comp.items() for _ in range(int(round(amount)))]))
+    return smact_validity(*reduced_counts([el.Z for el, amount in comp.items() for _ in range(int(round(amount)))]))
 
 
 # -- uniqueness / novelty ---------------------------------------------------------------------------

@@ -112,6 +112,7 @@ class LatentDiffusion(nn.Module):
         self_condition: bool = True,
         coherent_elements: bool = False,
         allowed_elements: Tensor | None = None,
+        charge_balanced: bool = False,
         graph_decoder: GraphDecoder | None = None,
         generator: torch.Generator | None = None,
     ) -> TokenBatch:
@@ -124,7 +125,8 @@ class LatentDiffusion(nn.Module):
         ``{name: scale}`` per condition (:func:`sciDiT.flow.guided_velocity`); ``coherent_elements``: decode each crystal's types as one
         element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
         False (default) or when the checkpoint has no prior; ``allowed_elements [B, T]``: decode each crystal
-        with exactly these elements (a composition request enforced at decoding); ``graph_decoder``: how molecules' bonds are
+        with exactly these elements (a composition request enforced at decoding); ``charge_balanced``: each
+        crystal's most probable charge-balanced (SMACT-valid) element assignment; ``graph_decoder``: how molecules' bonds are
         decoded from the pair probabilities (argmax when None; see :meth:`AllAtomVAE.decode_graph`).
         Decoding always runs in float32, outside any autocast.
         """
@@ -144,4 +146,5 @@ class LatentDiffusion(nn.Module):
             z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
             return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder,
-                                            allowed_elements=None if allowed_elements is None else allowed_elements.to(device))
+                                            allowed_elements=None if allowed_elements is None else allowed_elements.to(device),
+                                            charge_balanced=charge_balanced)

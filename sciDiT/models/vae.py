@@ -27,6 +27,7 @@ from sciDiT.models.bonds import CHARGE_OFFSET, NUM_CHARGE_CLASSES, BondHead
 from sciDiT.models.composition import coherent_types, requested_types
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
+from sciDiT.tokenizers.oxidation import balanced_types
 
 class GraphDecoder(Protocol):
     """How molecules' graphs are decoded (e.g. :class:`sciDiT.tokenizers.valence.ValenceGraphDecoder`).
@@ -226,12 +227,14 @@ class AllAtomVAE(nn.Module):
     # -- back to token sets -----------------------------------------------------------------------
     @torch.no_grad()
     def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None,
-                        graph_decoder: GraphDecoder | None = None, allowed_elements: Tensor | None = None) -> TokenBatch:
+                        graph_decoder: GraphDecoder | None = None, allowed_elements: Tensor | None = None,
+                        charge_balanced: bool = False) -> TokenBatch:
         """Decode latents into a :class:`TokenBatch` in physical units.
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
         :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set;
-        with ``allowed_elements`` ([B, T] bool, a requested element set per crystal) they use exactly those elements.
+        with ``allowed_elements`` ([B, T] bool, a requested element set per crystal) they use exactly those elements;
+        ``charge_balanced``: each crystal's most probable SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`).
         Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`).
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
@@ -243,6 +246,11 @@ class AllAtomVAE(nn.Module):
             types[xtal] = coherent_types(type_logits[xtal].log_softmax(-1), mask[xtal], element_log_prior)  # [B_xtal, N]
         if allowed_elements is not None and (xtal := domain == Domain.CRYSTAL).any():
             types[xtal] = requested_types(type_logits[xtal].log_softmax(-1), mask[xtal], allowed_elements[xtal])  # [B_xtal, N]
+        if charge_balanced:
+            log_probs = type_logits.log_softmax(-1).cpu().numpy()  # [B, N, T]
+            for b in (domain == Domain.CRYSTAL).nonzero().squeeze(1).tolist():
+                real = mask[b].nonzero().squeeze(1)  # [n]
+                types[b, real] = torch.as_tensor(balanced_types(log_probs[b, real.cpu().numpy()])[0], device=types.device)  # [n]
         is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]

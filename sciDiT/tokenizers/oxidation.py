@@ -1,0 +1,133 @@
+"""Oxidation states and charge balance of crystal compositions (SMACT's rules), for scoring and decoding.
+
+* :func:`smact_validity` - CDVAE's compositional validity of a reduced formula: one element, or only
+  metals (alloys), or some assignment of one oxidation state per element - from SMACT's *original*
+  oxidation-state table (``Element.oxidation_states_smact14``; smact 4.x changed the default table) -
+  that is charge neutral and passes the Pauling electronegativity test (every cation less
+  electronegative than every anion; elements without Pauling data pass). Written from that
+  definition rather than calling smact 4.x's changed ``neutral_ratios``.
+* :func:`balanced_types` - decoding: the most probable element assignment of a crystal's atoms, under
+  the decoder's per-atom distributions, whose composition passes that test. Assignments are visited in
+  order of decreasing probability (each atom among its few most probable elements, best-first over
+  the product), the first charge-balanced one is taken; where none is found within the budget the
+  per-atom argmax is kept, so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import Counter
+from functools import reduce
+
+import numpy as np
+
+from sciDiT.tokenizers.elements import symbol
+
+def reduced_counts(types: list[int]) -> tuple[list[str], list[int]]:
+    """Element symbols (by atomic number) and their counts in the reduced formula of atomic numbers ``types``."""
+    counts = Counter(types)
+    g = reduce(math.gcd, counts.values())
+    elems = sorted(counts)
+    return [symbol(z) for z in elems], [counts[z] // g for z in elems]
+
+
+def _pauling_ok(ox: tuple[int, ...], eneg: list[float | None]) -> bool:
+    """SMACT's Pauling test as CDVAE ran it: pairs in order; a pair of opposite signs that lacks
+    electronegativity data raises inside SMACT, which CDVAE counts as a pass for the whole test."""
+    for (o1, e1), (o2, e2) in itertools.combinations(zip(ox, eneg), 2):
+        if (o1 > 0 > o2) or (o1 < 0 < o2):
+            if e1 is None or e2 is None:
+                return True
+            if (o1 > 0 and e1 >= e2) or (o1 < 0 and e1 <= e2):
+                return False
+    return True
+
+
+def _balanced_search(ox_lists: list[list[int]], counts: list[int], eneg: list[float | None]) -> bool:
+    """Depth-first search for a charge-neutral assignment that passes :func:`_pauling_ok`.
+
+    Same answer as enumerating the full product (CDVAE's loop), but prunes partial assignments
+    whose charge can no longer reach zero or - when every electronegativity is known, so the test
+    does not depend on pair order - whose cation/anion pairs already fail. Keeps many-element
+    generated samples fast.
+    """
+    known = all(e is not None for e in eneg)
+    lo = [min(o) * c for o, c in zip(ox_lists, counts)]
+    hi = [max(o) * c for o, c in zip(ox_lists, counts)]
+    rest_lo = np.cumsum(lo[::-1])[::-1].tolist() + [0]
+    rest_hi = np.cumsum(hi[::-1])[::-1].tolist() + [0]
+    chosen: list[int] = []
+
+    def dfs(i: int, charge: int, max_cation: float, min_anion: float) -> bool:
+        if i == len(counts):
+            return charge == 0 and (known or _pauling_ok(tuple(chosen), eneg))
+        if not rest_lo[i] <= -charge <= rest_hi[i]:
+            return False
+        for o in ox_lists[i]:
+            mc, ma = max_cation, min_anion
+            if known:
+                mc = max(mc, eneg[i]) if o > 0 else mc
+                ma = min(ma, eneg[i]) if o < 0 else ma
+                if mc >= ma:
+                    continue
+            chosen.append(o)
+            found = dfs(i + 1, charge + o * counts[i], mc, ma)
+            chosen.pop()
+            if found:
+                return True
+        return False
+
+    return dfs(0, 0, -np.inf, np.inf)
+
+
+def smact_validity(symbols: list[str], counts: list[int]) -> bool:
+    """CDVAE compositional validity of a reduced formula (module docstring), SMACT's original tables."""
+    import smact
+
+    if len(set(symbols)) == 1:
+        return True
+    if all(s in smact.metals for s in symbols):
+        return True
+    try:
+        elements = [smact.Element(s) for s in symbols]
+    except KeyError:  # SMACT has no data for the element (e.g. Lv, Og): no oxidation states to assign
+        return False
+    ox_lists = [e.oxidation_states_smact14 or [] for e in elements]
+    if any(not o for o in ox_lists):
+        return False  # an element without oxidation states (noble gases): no assignment exists
+    return _balanced_search(ox_lists, counts, [e.pauling_eneg for e in elements])
+
+
+def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float = 1e-2, max_visits: int = 2000) -> tuple[np.ndarray, bool]:
+    """Most probable atomic numbers ``[n]`` whose composition is SMACT-valid, and whether one was found.
+
+    ``log_probs [n, T]``: per-atom log-probabilities over atomic numbers (index = Z; entries that are
+    not elements must be ``-inf``). Each atom may take one of its ``candidates`` most probable
+    elements with probability >= ``min_prob`` (its argmax always); assignments are visited best-first
+    by total log-probability, at most ``max_visits`` of them. Not found: the argmax and False.
+    """
+    order = np.argsort(-log_probs, axis=1, kind="stable")[:, :candidates]  # [n, C] candidates, best first
+    lp = np.take_along_axis(log_probs, order, 1)  # [n, C]
+    allowed = (lp >= math.log(min_prob)) | (np.arange(order.shape[1]) == 0)[None, :]  # [n, C]
+    loss = lp[:, :1] - lp  # [n, C] log-probability lost by taking candidate c instead of the argmax
+    seen: dict[tuple[tuple[str, ...], tuple[int, ...]], bool] = {}
+    start = (0.0, (0,) * len(lp), 0)
+    heap = [start]
+    for _ in range(max_visits):
+        if not heap:
+            break
+        cost, choice, first = heapq.heappop(heap)
+        types = order[np.arange(len(choice)), choice]  # [n]
+        key = tuple(map(tuple, reduced_counts(types.tolist())))
+        if key not in seen:
+            seen[key] = smact_validity(*key)
+        if seen[key]:
+            return types, True
+        for i in range(first, len(choice)):  # successors: raise one atom at or after the last raised one (each vector once)
+            c = choice[i] + 1
+            if c < order.shape[1] and allowed[i, c]:
+                nxt = choice[:i] + (c,) + choice[i + 1:]
+                heapq.heappush(heap, (cost + loss[i, c] - loss[i, c - 1], nxt, i))
+    return order[:, 0], False

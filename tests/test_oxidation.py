@@ -1,0 +1,78 @@
+"""Charge-balanced crystal decoding (sciDiT.tokenizers.oxidation.balanced_types): closed-form cases,
+brute force, no balanced candidate, and the decoder hook (crystals only)."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sciDiT.tokenizers.oxidation import balanced_types, reduced_counts, smact_validity
+
+pytest.importorskip("smact")
+NA, CL, O, MG, F, HE = 11, 17, 8, 12, 9, 2
+T = 120
+
+
+def _log_probs(rows: list[dict[int, float]]) -> np.ndarray:
+    """[N, T] log-probabilities: listed elements get their probability, the others share the rest."""
+    lp = np.full((len(rows), T), -np.inf)
+    for i, row in enumerate(rows):
+        lp[i, 1:119] = math.log(max(1.0 - sum(row.values()), 1e-9) / 118)
+        for z, p in row.items():
+            lp[i, z] = math.log(p)
+    return lp
+
+
+def _valid(types) -> bool:
+    return smact_validity(*reduced_counts(list(types)))
+
+
+def test_an_unbalanced_argmax_moves_to_the_most_probable_balanced_composition():
+    lp = _log_probs([{NA: 0.9}, {CL: 0.9}, {CL: 0.6, O: 0.3, NA: 0.05}])  # argmax NaCl2 is not charge balanced
+    types, found = balanced_types(lp)
+    assert not _valid([NA, CL, CL]) and found and types.tolist() == [NA, CL, O]  # NaClO: Na+ Cl+ O2-
+
+
+def test_a_balanced_argmax_is_kept_and_a_hopeless_set_falls_back_to_the_argmax():
+    lp = _log_probs([{NA: 0.9}, {CL: 0.9}])
+    assert balanced_types(lp)[0].tolist() == [NA, CL] and balanced_types(lp)[1]
+    hopeless = _log_probs([{HE: 0.999}, {NA: 0.999}])  # no other candidate above 1%
+    types, found = balanced_types(hopeless)
+    assert types.tolist() == [HE, NA] and not found
+
+
+def test_balanced_types_is_the_brute_force_optimum():
+    rng = np.random.default_rng(0)
+    pool = [NA, CL, O, MG, F]
+    for _ in range(30):
+        lp = np.full((4, T), -np.inf)
+        lp[:, pool] = rng.normal(0, 1.5, (4, len(pool)))
+        lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+        types, found = balanced_types(lp, max_visits=10_000)
+        top = np.argsort(-lp, 1)[:, :3]
+        options = [[z for z in top[i] if lp[i, z] >= math.log(1e-2) or z == top[i, 0]] for i in range(4)]
+        scores = [sum(lp[i, z] for i, z in enumerate(a)) for a in itertools.product(*options) if _valid(a)]
+        assert found == bool(scores)
+        if scores:
+            assert _valid(types) and sum(lp[i, z] for i, z in enumerate(types)) == pytest.approx(max(scores))
+
+
+def test_decode_hook_balances_crystals_only():
+    from ase.build import bulk, molecule
+
+    from sciDiT.batch import Domain, collate
+    from sciDiT.models.vae import build_vae
+    from sciDiT.tokenizers import CrystalTokenizer, MoleculeTokenizer
+
+    torch.manual_seed(0)
+    vae = build_vae("VAE-T").eval()
+    batch = collate([MoleculeTokenizer().from_ase(molecule("CH3CH2OH")), CrystalTokenizer().from_ase(bulk("NaCl", "rocksalt", a=5.64, cubic=True))])
+    z = torch.randn(*batch.mask.shape, vae.latent_dim) * batch.mask[..., None]
+    off = vae.decode_to_batch(z, batch.mask, batch.domain)
+    on = vae.decode_to_batch(z, batch.mask, batch.domain, charge_balanced=True)
+    assert torch.equal(on.types[0], off.types[0]) and torch.equal(on.frac, off.frac)
+    xtal = (batch.domain == Domain.CRYSTAL).nonzero().item()
+    balanced = on.types[xtal][batch.mask[xtal]].tolist()
+    assert _valid(balanced) or balanced == off.types[xtal][batch.mask[xtal]].tolist()
