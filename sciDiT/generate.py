@@ -163,12 +163,13 @@ class Generator:
         crystal's element set jointly under the training prior on the number of elements
         (:mod:`sciDiT.models.composition`; fixes the element count, not SMACT validity:
         experiments/crystal_composition/README.md); ``requested`` enforces a ``condition.elements`` request at
-        decoding: every atom takes its most likely element within the request, and each requested element
-        appears (:func:`sciDiT.models.composition.requested_types`; sizes are drawn with at least that many
-        atoms). The DiT's conditioning alone is ``argmax``/``coherent``. ``balanced``: each crystal's most probable
+        decoding: every atom takes an element of the request and each requested element appears, in the most
+        probable such assignment that is charge balanced by SMACT's rules, else the most probable one
+        (:func:`sciDiT.tokenizers.oxidation.balanced_types`, :func:`sciDiT.models.composition.requested_types`;
+        sizes are drawn with at least that many atoms). The DiT's conditioning alone is ``argmax``/``coherent``. ``balanced``: each crystal's most probable
         element assignment (each atom among its three most probable elements) whose composition is charge
         balanced by SMACT's rules (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is
-        found); needs ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
+        found). Both need ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
         bit-identical for a given seed whatever ``batch_size`` or ``n`` (module docstring; ``batch_size`` is then unused).
         ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable
         order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
@@ -214,11 +215,11 @@ class Generator:
                                    "with experiments/crystal_composition/add_element_prior.py")
         request = validate_request(condition, dom, self.condition_stats, allow_extrapolation)
         allowed = None
-        if composition == "balanced" and dom == Domain.CRYSTAL:
+        if composition in ("balanced", "requested") and dom == Domain.CRYSTAL:
             try:
                 import smact  # noqa: F401
             except ImportError:
-                raise SciDiTInputError("composition=balanced needs smact's oxidation states: pip install 'sciDiT[eval]'") from None
+                raise SciDiTInputError(f"composition={composition} needs smact's oxidation states: pip install 'sciDiT[eval]'") from None
         if composition == "requested":
             if "elements" not in request:
                 raise SciDiTInputError("composition=requested enforces condition.elements, and the request names none")

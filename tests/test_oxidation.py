@@ -76,3 +76,13 @@ def test_decode_hook_balances_crystals_only():
     xtal = (batch.domain == Domain.CRYSTAL).nonzero().item()
     balanced = on.types[xtal][batch.mask[xtal]].tolist()
     assert _valid(balanced) or balanced == off.types[xtal][batch.mask[xtal]].tolist()
+
+
+def test_a_required_element_set_is_used_exactly_and_balanced_where_possible():
+    lp = _log_probs([{NA: 0.9}, {NA: 0.8, CL: 0.1}, {NA: 0.7, O: 0.2}])  # argmax Na3
+    types, found = balanced_types(lp, required=[NA, O])
+    assert found and types.tolist() == [NA, NA, O]  # Na2O, the only balanced Na-O choice here
+    types, found = balanced_types(lp, required=[NA, CL, O])
+    assert found and sorted(types.tolist()) == sorted([NA, CL, O])  # NaClO
+    types, found = balanced_types(_log_probs([{NA: 0.9}, {CL: 0.9}]), required=[NA, MG])  # Na-Mg: an alloy, all metals
+    assert found and sorted(types.tolist()) == [NA, MG]

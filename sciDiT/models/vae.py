@@ -233,8 +233,9 @@ class AllAtomVAE(nn.Module):
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
         :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set;
-        with ``allowed_elements`` ([B, T] bool, a requested element set per crystal) they use exactly those elements;
-        ``charge_balanced``: each crystal's most probable SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`).
+        with ``allowed_elements`` ([B, T] bool, a requested element set per crystal) they use exactly those elements,
+        charge balanced where such an assignment exists; ``charge_balanced``: each crystal's most probable
+        SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`).
         Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`).
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
@@ -246,11 +247,14 @@ class AllAtomVAE(nn.Module):
             types[xtal] = coherent_types(type_logits[xtal].log_softmax(-1), mask[xtal], element_log_prior)  # [B_xtal, N]
         if allowed_elements is not None and (xtal := domain == Domain.CRYSTAL).any():
             types[xtal] = requested_types(type_logits[xtal].log_softmax(-1), mask[xtal], allowed_elements[xtal])  # [B_xtal, N]
-        if charge_balanced:
+        if charge_balanced or allowed_elements is not None:
             log_probs = type_logits.log_softmax(-1).cpu().numpy()  # [B, N, T]
             for b in (domain == Domain.CRYSTAL).nonzero().squeeze(1).tolist():
                 real = mask[b].nonzero().squeeze(1)  # [n]
-                types[b, real] = torch.as_tensor(balanced_types(log_probs[b, real.cpu().numpy()])[0], device=types.device)  # [n]
+                required = None if allowed_elements is None else allowed_elements[b].nonzero().squeeze(1).tolist()
+                balanced, found = balanced_types(log_probs[b, real.cpu().numpy()], required=required)  # [n]
+                if found or required is None:  # a request keeps its exact-set assignment where no balanced one exists
+                    types[b, real] = torch.as_tensor(balanced, device=types.device)
         is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]

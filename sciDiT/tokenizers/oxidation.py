@@ -100,31 +100,40 @@ def smact_validity(symbols: list[str], counts: list[int]) -> bool:
     return _balanced_search(ox_lists, counts, [e.pauling_eneg for e in elements])
 
 
-def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float = 1e-2, max_visits: int = 2000) -> tuple[np.ndarray, bool]:
+def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float = 1e-2, max_visits: int = 2000,
+                   required: list[int] | None = None) -> tuple[np.ndarray, bool]:
     """Most probable atomic numbers ``[n]`` whose composition is SMACT-valid, and whether one was found.
 
     ``log_probs [n, T]``: per-atom log-probabilities over atomic numbers (index = Z; entries that are
     not elements must be ``-inf``). Each atom may take one of its ``candidates`` most probable
     elements with probability >= ``min_prob`` (its argmax always); assignments are visited best-first
-    by total log-probability, at most ``max_visits`` of them. Not found: the argmax and False.
+    by total log-probability, at most ``max_visits`` of them. ``required`` (a requested element set):
+    every atom takes one of these elements, each of them appears, and ``candidates`` / ``min_prob``
+    do not apply. Not found: the (restricted) argmax and False.
     """
+    if required is not None:
+        keep = np.zeros(log_probs.shape[1], dtype=bool)
+        keep[required] = True
+        log_probs, candidates, min_prob = np.where(keep, log_probs, -np.inf), len(required), 0.0
     order = np.argsort(-log_probs, axis=1, kind="stable")[:, :candidates]  # [n, C] candidates, best first
     lp = np.take_along_axis(log_probs, order, 1)  # [n, C]
-    allowed = (lp >= math.log(min_prob)) | (np.arange(order.shape[1]) == 0)[None, :]  # [n, C]
-    loss = lp[:, :1] - lp  # [n, C] log-probability lost by taking candidate c instead of the argmax
+    allowed = (lp > -np.inf) & (lp >= (math.log(min_prob) if min_prob > 0 else -np.inf))  # [n, C]
+    allowed[:, 0] = True  # the first candidate always
+    loss = lp[:, :1] - lp  # [n, C] log-probability lost by taking candidate c instead of the first
+    wanted = None if required is None else set(required)
     seen: dict[tuple[tuple[str, ...], tuple[int, ...]], bool] = {}
-    start = (0.0, (0,) * len(lp), 0)
-    heap = [start]
+    heap = [(0.0, (0,) * len(lp), 0)]
     for _ in range(max_visits):
         if not heap:
             break
         cost, choice, first = heapq.heappop(heap)
         types = order[np.arange(len(choice)), choice]  # [n]
-        key = tuple(map(tuple, reduced_counts(types.tolist())))
-        if key not in seen:
-            seen[key] = smact_validity(*key)
-        if seen[key]:
-            return types, True
+        if wanted is None or set(types.tolist()) == wanted:
+            key = tuple(map(tuple, reduced_counts(types.tolist())))
+            if key not in seen:
+                seen[key] = smact_validity(*key)
+            if seen[key]:
+                return types, True
         for i in range(first, len(choice)):  # successors: raise one atom at or after the last raised one (each vector once)
             c = choice[i] + 1
             if c < order.shape[1] and allowed[i, c]:
