@@ -166,9 +166,9 @@ class Generator:
         decoding: every atom takes an element of the request and each requested element appears, in the most
         probable such assignment that is charge balanced by SMACT's rules, else the most probable one
         (:func:`sciDiT.tokenizers.oxidation.balanced_types`, :func:`sciDiT.models.composition.requested_types`;
-        sizes are drawn with at least that many atoms). The DiT's conditioning alone is ``argmax``/``coherent``. ``balanced``: each crystal's most probable
-        element assignment (each atom among its three most probable elements) whose composition is charge
-        balanced by SMACT's rules (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is
+        sizes are drawn with at least that many atoms); the DiT's conditioning alone is ``argmax``/``coherent``.
+        ``balanced``: each crystal's most probable element assignment (each atom among its three most
+        probable elements) whose composition is charge balanced by SMACT's rules (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is
         found). Both need ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
         bit-identical for a given seed whatever ``batch_size`` or ``n`` (module docstring; ``batch_size`` is then unused).
         ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable

@@ -16,7 +16,8 @@ denominators, or are counted under ``n_*`` names where no value can be given):
 * MP-20: space-group match rate of the detected group (pymatgen ``SpacegroupAnalyzer``; headline at
   ``symprec=0.01``, the lenient ``*_symprec0.1`` beside it; angle tolerance 5 degrees) against the
   base rate (how often unconditional samples land in the requested group); exact element-set hit
-  rate, and the share that hit *and* are valid (CDVAE structural and SMACT compositional); formation energy / band gap MAE of a composition regressor fitted on MP-20 train
+  rate, and the share that hit *and* are valid (CDVAE structural and SMACT compositional);
+  formation energy / band gap MAE of a composition regressor fitted on MP-20 train
   (:mod:`sciDiT.evaluation.composition_model`); optionally CHGNet energy per atom after relaxation,
   a proxy (total energy, not formation energy), compared with the requests by rank; with elemental
   reference energies fitted on MP-20 train (``experiments/inverse_design/fit_chgnet_references.py``)
