@@ -168,8 +168,8 @@ class Generator:
         (:func:`sciDiT.tokenizers.oxidation.balanced_types`, :func:`sciDiT.models.composition.requested_types`;
         sizes are drawn with at least that many atoms); the DiT's conditioning alone is ``argmax``/``coherent``.
         ``balanced``: each crystal's most probable element assignment (each atom among its three most
-        probable elements) whose composition is charge balanced by SMACT's rules (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is
-        found). Both need ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
+        probable elements) whose composition is charge balanced by SMACT's rules
+        (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is found). Both need ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
         bit-identical for a given seed whatever ``batch_size`` or ``n`` (module docstring; ``batch_size`` is then unused).
         ``bond_decoding`` (molecules with a bond head): ``argmax`` takes each pair's most probable
         order (SD ``bond_source=decoded``); ``constrained`` the most probable graph in which every
