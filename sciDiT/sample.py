@@ -82,7 +82,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "compile": (_bool, False, "torch.compile the DiT"),
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
-    "composition": (_composition, "argmax", "crystal types: argmax (per atom), coherent (one element set per crystal, prior from training) requested (exactly condition.elements) or balanced (charge balanced, SMACT)"),
+    "composition": (_composition, "argmax", "crystal types: argmax (per atom), coherent (one element set per crystal, prior from training), requested (exactly condition.elements) or balanced (charge balanced, SMACT)"),
     "bond_decoding": (_bond_decoding, "joint", "molecules: argmax bond order per pair, constrained (most probable graph with exact valences) "
                       "or joint (elements, charges and bonds chosen together: neutral, closed shell, connected where possible)"),
     "bond_min_prob": (float, 1e-2, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen"),

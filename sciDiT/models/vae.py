@@ -242,19 +242,15 @@ class AllAtomVAE(nn.Module):
         type_logits, pos, frac, lattice_feat = self.output_heads(h, mask)
         type_logits = type_logits.float().clone()
         type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
+        type_log_probs = type_logits.log_softmax(-1)  # [B, N, T], read by every type rule and the graph decoder
         types = type_logits.argmax(-1) * mask  # [B, N]
-        if element_log_prior is not None and (xtal := domain == Domain.CRYSTAL).any():
-            types[xtal] = coherent_types(type_logits[xtal].log_softmax(-1), mask[xtal], element_log_prior)  # [B_xtal, N]
-        if allowed_elements is not None and (xtal := domain == Domain.CRYSTAL).any():
-            types[xtal] = requested_types(type_logits[xtal].log_softmax(-1), mask[xtal], allowed_elements[xtal])  # [B_xtal, N]
-        if charge_balanced or allowed_elements is not None:
-            log_probs = type_logits.log_softmax(-1).cpu().numpy()  # [B, N, T]
-            for b in (domain == Domain.CRYSTAL).nonzero().squeeze(1).tolist():
-                real = mask[b].nonzero().squeeze(1)  # [n]
-                required = None if allowed_elements is None else allowed_elements[b].nonzero().squeeze(1).tolist()
-                balanced, found = balanced_types(log_probs[b, real.cpu().numpy()], required=required)  # [n]
-                if found or required is None:  # a request keeps its exact-set assignment where no balanced one exists
-                    types[b, real] = torch.as_tensor(balanced, device=types.device)
+        if (xtal := domain == Domain.CRYSTAL).any():
+            if element_log_prior is not None:
+                types[xtal] = coherent_types(type_log_probs[xtal], mask[xtal], element_log_prior)  # [B_xtal, N]
+            if allowed_elements is not None:
+                types[xtal] = requested_types(type_log_probs[xtal], mask[xtal], allowed_elements[xtal])  # [B_xtal, N]
+            if charge_balanced or allowed_elements is not None:
+                self._balance_charges(types, type_log_probs, mask, xtal, allowed_elements)
         is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
@@ -262,9 +258,21 @@ class AllAtomVAE(nn.Module):
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
         bonds, charges, meta = None, None, []
         if self.bond_head is not None:
-            types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, types, type_logits.log_softmax(-1), graph_decoder)
+            types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, types, type_log_probs, graph_decoder)
         return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
                           mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges, meta=meta)
+
+    @staticmethod
+    def _balance_charges(types: Tensor, type_log_probs: Tensor, mask: Tensor, xtal: Tensor, allowed_elements: Tensor | None) -> None:
+        """In place: each crystal's types become its most probable charge-balanced assignment, where one is found
+        (within its requested elements when ``allowed_elements`` is given); the others keep theirs."""
+        log_probs = type_log_probs.cpu().numpy()  # [B, N, T]
+        for b in xtal.nonzero().squeeze(1).tolist():
+            real = mask[b].nonzero().squeeze(1)  # [n]
+            required = None if allowed_elements is None else allowed_elements[b].nonzero().squeeze(1).tolist()
+            balanced, found = balanced_types(log_probs[b, real.cpu().numpy()], required=required)  # [n]
+            if found:
+                types[b, real] = torch.as_tensor(balanced, device=types.device)
 
     @torch.no_grad()
     def decode_graph(self, h: Tensor, mask: Tensor, domain: Tensor, pos: Tensor, types: Tensor, type_log_probs: Tensor,

@@ -25,6 +25,7 @@ import numpy as np
 
 from sciDiT.tokenizers.elements import symbol
 
+
 def reduced_counts(types: list[int]) -> tuple[list[str], list[int]]:
     """Element symbols (by atomic number) and their counts in the reduced formula of atomic numbers ``types``."""
     counts = Counter(types)
@@ -117,7 +118,7 @@ def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float =
         log_probs, candidates, min_prob = np.where(keep, log_probs, -np.inf), len(required), 0.0
     order = np.argsort(-log_probs, axis=1, kind="stable")[:, :candidates]  # [n, C] candidates, best first
     lp = np.take_along_axis(log_probs, order, 1)  # [n, C]
-    allowed = (lp > -np.inf) & (lp >= (math.log(min_prob) if min_prob > 0 else -np.inf))  # [n, C]
+    allowed = lp >= math.log(min_prob) if min_prob > 0 else lp > -np.inf  # [n, C]
     allowed[:, 0] = True  # the first candidate always
     loss = lp[:, :1] - lp  # [n, C] log-probability lost by taking candidate c instead of the first
     wanted = None if required is None else set(required)
