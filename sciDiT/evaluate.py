@@ -351,7 +351,8 @@ CONDITION_NOTE = (
     "Conditional figures score each sample against the request read from the file. `mae_<key>_<unit>` (EDM's protocol) is "
     "over every scorable sample that requested the key, on its raw atoms; `*_valid` over the strictly valid ones; `*_ubound` "
     "shuffles the requests among the samples; `*_predictor_qm9_test` (lower bound) and `*_atoms_baseline_qm9_test` come from "
-    "the predictor's checkpoint. `spacegroup_match_rate` is at symprec 0.01 (strict; `*_symprec0.1` lenient), beside "
+    "the predictor's checkpoint; `*_atoms_baseline_samples` applies that \"#atoms\" baseline to the samples' own atom counts "
+    "(what their sizes alone explain). `spacegroup_match_rate` is at symprec 0.01 (strict; `*_symprec0.1` lenient), beside "
     "`spacegroup_base_rate`, the rate at which unconditional samples land in the requested group. `chgnet_energy_per_atom_mean_ev` "
     "and its Spearman use CHGNet's total energy per atom after relaxation (a proxy, not a formation energy); "
     "`mae_formation_energy_ev_chgnet` subtracts elemental reference energies fitted on MP-20 train.")

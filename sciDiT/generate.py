@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
-from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, validate_request
+from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, size_distribution, validate_request
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
-from sciDiT.export.cif import to_structure
+from sciDiT.export.cif import lattice_problem, to_structure
 from sciDiT.flow import DEFAULT_SDE_NOISE, SOLVERS
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.pretrained import pretrained_path, restore_ema
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
+from sciDiT.tokenizers.symmetry import expand_token_set, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
@@ -97,12 +99,23 @@ class Generator:
 
     # -- inputs ---------------------------------------------------------------------------------
     def set_sizes(self, domain: Domain, n: int, num_atoms: int | Sequence[int] | None, generators: Sequence[torch.Generator],
-                  min_size: int = 1) -> Tensor:
-        """``[n]`` atom counts: drawn from the training histogram of ``domain`` (sample ``i`` from ``generators[i]``), or the user's;
+                  min_size: int = 1, request: Mapping[str, Any] | None = None) -> Tensor:
+        """``[n]`` atom counts: the user's, or drawn (sample ``i`` from ``generators[i]``) from the training sizes of
+        ``domain`` given the ``request`` where the checkpoint has size tables for its conditions
+        (:func:`sciDiT.data.conditions.size_distribution`), else from the domain's histogram;
         at least ``min_size`` atoms each (e.g. the number of requested elements)."""
         if num_atoms is None:
+            weights = None
+            if request:
+                marginal = self.model.size_counts[int(domain)].cpu().numpy()
+                if marginal.sum() > 0:
+                    p = size_distribution(request, self.condition_stats, marginal)
+                    weights = None if p is None else torch.from_numpy(p)
+                if weights is None:
+                    warnings.warn("this checkpoint has no table of sizes given its conditions: set sizes are drawn from the "
+                                  "unconditional histogram (add the tables: experiments/inverse_design/add_size_tables.py)", stacklevel=3)
             try:
-                return torch.cat([self.model.sample_set_sizes(domain, 1, g, min_size=min_size) for g in generators])
+                return torch.cat([self.model.sample_set_sizes(domain, 1, g, min_size=min_size, weights=weights) for g in generators])
             except ValueError as err:
                 raise SciDiTInputError(str(err)) from err
         sizes = torch.full((n,), int(num_atoms)) if isinstance(num_atoms, int) else torch.as_tensor(list(num_atoms), dtype=torch.long)
@@ -146,6 +159,7 @@ class Generator:
         condition: Mapping[str, Any] | None = None,
         guidance: Mapping[str, float] | None = None,
         allow_extrapolation: bool = False,
+        condition_sizes: bool = True,
         reproducible: bool = False,
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
@@ -187,6 +201,13 @@ class Generator:
         range (or unseen space groups / elements) are refused unless ``allow_extrapolation``.
         ``guidance``: classifier-free guidance per requested condition, e.g. ``{"gap": 2.0}`` (1 =
         plain conditional; ``domain`` may be named too); give it or ``cfg_scale``, not both.
+        A model trained on asymmetric units (``experiment=mp20_spacegroup_cpu``) needs ``condition.spacegroup``:
+        each decoded asymmetric unit is expanded with that group's operations in its standard setting (its
+        lattice given the group's metric, each atom moved onto its special position), so every crystal holds
+        the group exactly (:mod:`sciDiT.tokenizers.symmetry`); ``num_atoms`` then counts the asymmetric unit.
+        ``condition_sizes``: draw the set sizes of a request from the training sizes given the requested
+        values (EDM's protocol: ``p(num_atoms | condition)``, stored in the checkpoint), not from the
+        unconditional histogram; ``num_atoms`` overrides both.
         Every sample's ``meta['request']`` holds the request as JSON (written into SD / manifest files).
         """
         dom = parse_domain(domain)
@@ -225,6 +246,13 @@ class Generator:
                 raise SciDiTInputError("composition=requested enforces condition.elements, and the request names none")
             allowed = torch.zeros(NUM_ATOM_TYPES, dtype=torch.bool)
             allowed[[atomic_number(el) for el in request["elements"]]] = True
+        hall = None
+        if dom == Domain.CRYSTAL and self.condition_stats.get("spacegroup", {}).get("asymmetric_unit"):
+            if "spacegroup" not in request:
+                raise SciDiTInputError("this model generates asymmetric units: request a space group, e.g. condition.spacegroup=225")
+            if composition != "argmax":
+                raise SciDiTInputError(f"composition={composition} chooses whole-cell compositions; this model generates asymmetric units (use composition=argmax)")
+            hall = standard_hall_number(request["spacegroup"])
         if SIZE_KEY in request:
             if num_atoms is not None:
                 raise SciDiTInputError("give num_atoms or condition.num_atoms, not both")
@@ -233,7 +261,8 @@ class Generator:
         request_cond = encode_conditions([request], self.condition_stats, [k for k in request if k != SIZE_KEY])  # one set's tensors
         seed = _check_seed(seed)
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: sizes, then noise
-        sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()))  # [n]
+        sized_by = {k: v for k, v in request.items() if k != SIZE_KEY} if condition_sizes else None
+        sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()), request=sized_by)  # [n]
         latent_dim = self.model.vae.latent_dim
         noise = torch.cat([torch.randn(int(k), latent_dim, generator=g) for k, g in zip(sizes, gens)])  # [sum sizes, L], in sample order
         offsets = torch.cumsum(sizes, 0) - sizes  # [n] first noise row of each sample
@@ -261,6 +290,7 @@ class Generator:
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
+                    ts = ts if hall is None else _expand(ts, hall)
                     ts.meta = {**ts.meta, "sample_index": i, **({"request": request_json(request)} if request else {})}
                     out[i] = ts
                 bar.update(len(idx))
@@ -300,6 +330,14 @@ class Generator:
         else:
             write_cif_folder(samples, out)
         return out
+
+
+def _expand(ts: TokenSet, hall: int) -> TokenSet:
+    """A decoded asymmetric unit expanded in setting ``hall`` (:func:`sciDiT.tokenizers.symmetry.expand`); left as
+    decoded where even the group's metric leaves its lattice degenerate (the export lists the lattice problem)."""
+    if lattice_problem(symmetric_lattice(ts.lattice.double().numpy(), spacegroup_number(hall)).tolist()):
+        return ts
+    return expand_token_set(ts, hall)
 
 
 def _step_noise(sizes: Tensor, generators: Sequence[torch.Generator], latent_dim: int) -> NoiseFn:

@@ -86,6 +86,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "bond_decoding": (_bond_decoding, "joint", "molecules: argmax bond order per pair, constrained (most probable graph with exact valences) "
                       "or joint (elements, charges and bonds chosen together: neutral, closed shell, connected where possible)"),
     "bond_min_prob": (float, 1e-2, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen"),
+    "condition_sizes": (_bool, True, "with a request: draw atom counts from the training sizes given the requested values (EDM's protocol), not the unconditional histogram"),
     "allow_extrapolation": (_bool, False, "admit condition values outside the training range (and unseen space groups / elements)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
             bond_decoding=opts["bond_decoding"], bond_min_prob=opts["bond_min_prob"],
             condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
-            reproducible=opts["reproducible"],
+            condition_sizes=opts["condition_sizes"], reproducible=opts["reproducible"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

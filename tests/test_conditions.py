@@ -17,7 +17,7 @@ from rdkit import Chem
 from conftest import COND_NAMES, TINY_DIT
 from sciDiT.batch import Domain
 from sciDiT.checkpoint import load_checkpoint
-from sciDiT.data.conditions import CONDITION_KEYS, HARTREE_EV, encode_conditions, request_json, validate_request
+from sciDiT.data.conditions import CONDITION_KEYS, HARTREE_EV, encode_conditions, request_json, size_distribution, validate_request
 from sciDiT.data.qm9 import QM9_SIZE, edm_property_halves, find_qm9, qm9_split
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import MANIFEST
@@ -63,6 +63,61 @@ def test_statistics_come_from_the_training_split_in_user_units(dm):
     assert set(stats["spacegroup"]["seen"]) == set(mp20_train.meta_column("spacegroup"))
     assert set(stats["elements"]["seen"]) == set(torch.cat([mp20_train[i].types for i in range(len(mp20_train))]).tolist())
     assert stats["gap"]["unit"] == "eV" and stats["band_gap"]["domain"] == "crystal"
+
+
+def test_size_tables_count_the_training_sizes_given_each_value(dm):
+    """Each table holds every training set with a value once, under its value's bin, at its own size."""
+    stats = dm.condition_stats()
+    qm9_train, mp20_train = dm.splits["train"]
+    gap = stats["gap"]
+    assert sum(sum(c) for c in gap["size_counts"].values()) == gap["count"]
+    assert gap["size_edges"] == sorted(gap["size_edges"]) and gap["min"] < gap["size_edges"][0] <= gap["size_edges"][-1] < gap["max"]
+    groups = np.asarray(mp20_train.meta_column("spacegroup"))
+    for group, counts in stats["spacegroup"]["size_counts"].items():
+        assert counts == np.bincount(mp20_train.num_tokens[groups == group]).tolist()
+    k = mp20_train.num_distinct_types()
+    assert {b: sum(c) for b, c in stats["elements"]["size_counts"].items()} == {int(b): int((k == b).sum()) for b in np.unique(k)}
+
+
+def test_size_distribution_is_the_smoothed_conditional_and_a_product_of_experts():
+    prior = np.array([0.0, 0.0, 4.0, 0.0, 6.0])  # training histogram: sizes 2 and 4
+    stats = {"x": {"kind": "vector", "size_edges": [0.0], "size_counts": {0: [0, 0, 4], 1: [0, 0, 0, 0, 6]}},
+             "g": {"kind": "class", "size_counts": {7: [0, 0, 1, 0, 1]}},
+             "y": {"kind": "vector"}}  # a checkpoint without tables for y
+    # x < 0: the 4 sets of size 2, plus one pseudo-set spread as the prior (0.4 / 0.6)
+    np.testing.assert_allclose(size_distribution({"x": -1.0}, stats, prior), [0, 0, 4.4 / 5, 0, 0.6 / 5])
+    np.testing.assert_allclose(size_distribution({"x": 0.5}, stats, prior), [0, 0, 0.4 / 7, 0, 6.6 / 7])
+    # two conditions: p(n) * prod_k p(n | c_k) / p(n), normalised
+    px, pg = np.array([0.88, 0.12]), np.array([(1 + 0.4) / 3, (1 + 0.6) / 3])
+    both = px * pg / np.array([0.4, 0.6])
+    np.testing.assert_allclose(size_distribution({"x": -1.0, "g": 7}, stats, prior)[[2, 4]], both / both.sum())
+    np.testing.assert_allclose(size_distribution({"g": 9}, stats, prior), prior / prior.sum())  # an unseen group: the prior
+    assert size_distribution({"y": 1.0}, stats, prior) is None and size_distribution({}, stats, prior) is None
+
+
+def test_requests_are_sized_from_the_training_sizes_given_the_value(gen):
+    """A low-gap request draws larger molecules than a high-gap one when the training data says so; condition_sizes=False
+    draws from the unconditional histogram, exactly as an unconditional run with the same seed."""
+    gap = gen.condition_stats["gap"]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(400)]  # noqa: E731
+    low, high = (gen.set_sizes(Domain.MOLECULE, 400, None, gens(), request={"gap": v}).float().mean() for v in (gap["min"], gap["max"]))
+    edges, counts = gap["size_edges"], gap["size_counts"]
+    mean_size = lambda row: np.dot(np.arange(len(row)), row) / np.sum(row)  # noqa: E731
+    assert (low > high) == (mean_size(counts[0]) > mean_size(counts[len(edges)]))
+    assert abs(float(low) - mean_size(counts[0])) < 1.0 and abs(float(high) - mean_size(counts[len(edges)])) < 1.0
+    plain = gen.generate_token_sets("molecule", n=6, seed=3, **FAST)
+    marginal = gen.generate_token_sets("molecule", n=6, seed=3, condition={"gap": gap["min"]}, condition_sizes=False, **FAST)
+    assert [ts.num_tokens for ts in marginal] == [ts.num_tokens for ts in plain]
+
+
+def test_a_checkpoint_without_size_tables_warns_and_draws_unconditional_sizes(gen):
+    from sciDiT.generate import Generator
+
+    stats = {k: {f: v for f, v in st.items() if not f.startswith("size_")} for k, st in gen.condition_stats.items()}
+    old = Generator(gen.model, gen.ema_dit, condition_stats=stats)
+    with pytest.warns(UserWarning, match="no table of sizes given its conditions"):
+        sizes = old.set_sizes(Domain.MOLECULE, 5, None, [torch.Generator().manual_seed(i) for i in range(5)], request={"gap": 6.0})
+    assert sizes.tolist() == old.set_sizes(Domain.MOLECULE, 5, None, [torch.Generator().manual_seed(i) for i in range(5)]).tolist()
 
 
 def test_normalisation_round_trip_and_nulls(dm):
@@ -182,12 +237,13 @@ def _same(a, b) -> bool:
 def test_a_condition_changes_the_output_and_no_request_is_unconditional(gen):
     stats = gen.condition_stats
     lo, hi = stats["gap"]["min"], stats["gap"]["max"]
-    a = gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": lo}, **FAST)
-    b = gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": hi}, **FAST)
-    again = gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": lo}, **FAST)
+    fixed = {**FAST, "condition_sizes": False}  # sizes from the unconditional histogram: only the request differs
+    a = gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": lo}, **fixed)
+    b = gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": hi}, **fixed)
+    again = gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": lo}, **fixed)
     assert _same(a, again) and not _same(a, b)
     assert [ts.num_tokens for ts in a] == [ts.num_tokens for ts in b]  # same seed: same sizes and noise, only the request differs
-    assert not _same(a, gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": lo}, guidance={"gap": 3.0}, **FAST))
+    assert not _same(a, gen.generate_token_sets("molecule", n=6, seed=2, condition={"gap": lo}, guidance={"gap": 3.0}, **fixed))
     uncond = gen.generate_token_sets("molecule", n=6, seed=2, **FAST)
     assert not _same(a, uncond) and all("request" not in ts.meta for ts in uncond)
     assert {ts.meta["request"] for ts in a} == {json.dumps({"gap": lo})}
@@ -273,7 +329,13 @@ def test_old_checkpoints_without_conditions_sample_unconditionally(tiny_dit_ckpt
 def test_checkpoint_stores_the_statistics_as_plain_data(tiny_cond_ckpt, gen):
     raw = load_checkpoint(tiny_cond_ckpt)  # weights only: nothing but tensors and plain data
     assert set(raw[CONDITION_STATS_KEY]) == set(COND_NAMES) and raw[CONDITION_STATS_KEY] == gen.condition_stats
-    assert all(isinstance(v, (int, float, str, list)) for entry in raw[CONDITION_STATS_KEY].values() for v in entry.values())
+    def plain(v) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, (int, str)) and plain(x) for k, x in v.items())
+        return isinstance(v, (int, float, str)) or (isinstance(v, list) and all(plain(x) for x in v))
+
+    assert all(plain(entry) for entry in raw[CONDITION_STATS_KEY].values())
+    assert all(isinstance(c, int) for c in raw[CONDITION_STATS_KEY]["gap"]["size_counts"][0])  # counts, not tensors or numpy scalars
 
 
 # -- requests: CLI and files ------------------------------------------------------------------------

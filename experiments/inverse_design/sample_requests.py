@@ -12,7 +12,9 @@ Writes, each record carrying its request (SD property / manifest column ``reques
 * ``crystals_unconditional/`` - the space-group base rate.
 ``--guidance``: CFG scale on each request's condition (default 1). ``--composition requested``: element-set
 requests enforced at decoding (each crystal uses exactly the requested elements), a separate figure from
-the conditioning alone (default ``argmax``). ``--parts``: which of the files above to write (default all). Molecule bonds: ``--bond-decoding`` (default joint, as sampling; the other figures are reruns with constrained / argmax).
+the conditioning alone (default ``argmax``). ``--sizes marginal``: atom counts of requests from the unconditional
+histogram instead of the training sizes given the requested value (EDM's protocol, the default). ``--relax``: molecules
+written with force-field relaxed geometries on their decoded graphs (a separately named, lenient figure). ``--parts``: which of the files above to write (default all). Molecule bonds: ``--bond-decoding`` (default joint, as sampling; the other figures are reruns with constrained / argmax).
 """
 
 from __future__ import annotations
@@ -56,13 +58,16 @@ def main() -> None:
                         help="classifier-free guidance on the requested condition (1 = plain conditional)")
     parser.add_argument("--composition", default="argmax", choices=("argmax", "coherent", "requested"),
                         help="crystal types of the element-set requests (requested: exactly the requested elements)")
+    parser.add_argument("--sizes", default="conditional", choices=("conditional", "marginal"),
+                        help="atom counts of requests: from the training sizes given the requested value (EDM's protocol) or the unconditional histogram")
+    parser.add_argument("--relax", action="store_true", help="write force-field relaxed molecule geometries (a separate, lenient figure)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which request sets to sample")
     args = parser.parse_args()
 
     gen = load_generator(args.ckpt)
     stats = gen.condition_stats
     args.out.mkdir(parents=True, exist_ok=True)
-    common = dict(progress=False, seed=args.seed)
+    common = dict(progress=False, seed=args.seed, condition_sizes=args.sizes == "conditional")
     if "molecules" in args.parts:
         mols = []
         for key in QM9_PROPERTIES:
@@ -70,10 +75,10 @@ def main() -> None:
                 value = round(stats[key]["mean"] + z * stats[key]["std"], 3)
                 mols += gen.generate_token_sets("molecule", args.per_value, condition={key: value}, guidance=_guide(key, args.guidance),
                                                 bond_decoding=args.bond_decoding, **{**common, "seed": args.seed + 1000 * k})
-        gen.export(_renumber(mols), args.out / "molecules.sdf")
+        gen.export(_renumber(mols), args.out / "molecules.sdf", relax=args.relax)
     if "unconditional" in args.parts:
         gen.export(gen.generate_token_sets("molecule", args.n_unconditional, bond_decoding=args.bond_decoding, **common),
-                   args.out / "molecules_unconditional.sdf")
+                   args.out / "molecules_unconditional.sdf", relax=args.relax)
         gen.export(gen.generate_token_sets("crystal", args.n_unconditional, **common), args.out / "crystals_unconditional")
     if "spacegroup" in args.parts:
         groups = Counter(pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number"])["spacegroup.number"])

@@ -21,6 +21,7 @@ from sciDiT.data.cache import TokenSetDataset, load_or_build
 from sciDiT.data.paths import not_found, resolve_cache_dir, resolve_data_dir
 from sciDiT.errors import SciDiTInputError
 from sciDiT.tokenizers.crystal import CrystalTokenizer, parse_cif
+from sciDiT.tokenizers.symmetry import DEFAULT_SYMPREC, asymmetric_token_set
 
 # dataset name -> folder under the data dir
 CDVAE_FOLDERS = {"mp20": "mp20", "carbon_24": "cdvae_extra/carbon_24", "perov_5": "cdvae_extra/perov_5"}
@@ -107,12 +108,22 @@ def load_cdvae(
     limit: int | None = None,
     niggli: bool = True,
     workers: int = 2,
+    asymmetric_unit: bool = False,
 ) -> TokenSetDataset:
     """One split of a CDVAE crystal dataset (``mp20``, ``carbon_24``, ``perov_5``) as cached token sets.
 
     ``limit`` reads only the first rows of the file; ``workers`` processes parse the CIFs.
+    ``asymmetric_unit``: each crystal as the asymmetric unit of its standardised conventional cell
+    (:func:`sciDiT.tokenizers.symmetry.asymmetric_unit`; the setting in ``meta['hall_number']``).
     """
     path = split_file(name, split, data_dir)
+    if asymmetric_unit:
+        def build() -> TokenSetDataset:
+            cells = load_cdvae(name, split, data_dir, cache_dir, limit, niggli, workers)
+            return TokenSetDataset.from_sets([asymmetric_token_set(cells[i]) for i in range(len(cells))])
+
+        options = {"limit": limit, "niggli": niggli, "asymmetric_unit": True, "symprec": DEFAULT_SYMPREC}
+        return load_or_build(resolve_cache_dir(cache_dir), f"{name}-{split}-asym", [path], options, build)
 
     def build() -> TokenSetDataset:
         return tokenize_rows(read_split_csv(path, limit), path, niggli=niggli, workers=workers)

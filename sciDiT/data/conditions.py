@@ -78,6 +78,8 @@ CONDITION_KEYS: dict[str, ConditionKey] = {
 }
 NUM_SPACEGROUPS = 230
 SIZE_KEY = "num_atoms"  # a request key that sizes the sets (not a DiT condition)
+ASYM_META = "hall_number"  # meta key of asymmetric-unit crystals (sciDiT.tokenizers.symmetry)
+SIZE_BINS = 20  # quantile bins of a scalar condition in its table of set sizes (size_table)
 
 
 def dit_condition_spec(name: str) -> dict[str, Any]:
@@ -218,7 +220,8 @@ def condition_stats(names: Sequence[str], parts: Sequence[tuple[TokenSetDataset,
     """Plain-data statistics of each condition over the training ``parts`` (dataset, its values).
 
     Scalars: mean, std (the standardisation), min, max (the training range, which bounds requests)
-    and count; ``spacegroup``: the groups seen; ``elements``: the elements seen in training sets.
+    and count; ``spacegroup``: the groups seen; ``elements``: the elements seen in training sets;
+    each also its table of set sizes given the value (:func:`size_table`).
     """
     stats: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -237,10 +240,75 @@ def condition_stats(names: Sequence[str], parts: Sequence[tuple[TokenSetDataset,
                 raise SciDiTInputError(f"data.conditions: no training set has a value for {name!r} (does data.datasets hold {key.domain.name.lower()}s?)")
             if key.kind == "class":
                 entry["seen"] = sorted({int(v) for v in values})
+                units = [ASYM_META in data.store["meta"] for data, _ in parts if data.domain == key.domain]
+                if any(units) and not all(units):
+                    raise SciDiTInputError("data.datasets mixes asymmetric-unit and whole-cell crystals: a space group cannot tell them apart")
+                if any(units):
+                    entry["asymmetric_unit"] = True  # the model generates asymmetric units, expanded in the requested group
             else:
                 entry.update(mean=float(values.mean()), std=float(max(values.std(), 1e-6)), min=float(values.min()), max=float(values.max()), count=int(len(values)))
+        entry.update(size_table(name, parts))
         stats[name] = entry
     return stats
+
+
+def size_table(name: str, parts: Sequence[tuple[TokenSetDataset, Mapping[str, np.ndarray]]]) -> dict[str, Any]:
+    """Training counts of set sizes given the condition's value, so that requests can be sized from
+    ``p(num_atoms | value)`` as EDM's conditional protocol does (a polarizability fixes the size more than anything).
+
+    Scalars: ``size_edges`` (quantile edges of ``SIZE_BINS`` bins) and ``size_counts`` {bin: counts by size};
+    ``spacegroup``: {group: counts}; ``elements``: {number of distinct elements: counts}.
+    """
+    key = CONDITION_KEYS[name]
+    sizes, labels = [], []
+    for data, values in parts:
+        if data.domain != key.domain:
+            continue
+        if key.kind == "token_set":
+            sizes.append(data.num_tokens)
+            labels.append(data.num_distinct_types().astype(np.float64))
+        elif name in values:
+            known = np.isfinite(values[name])
+            sizes.append(data.num_tokens[known])
+            labels.append(values[name][known])
+    size, label = np.concatenate(sizes).astype(np.int64), np.concatenate(labels)
+    table: dict[str, Any] = {}
+    if key.kind == "vector":
+        edges = np.unique(np.quantile(label, np.linspace(0.0, 1.0, SIZE_BINS + 1)[1:-1]))
+        table["size_edges"] = edges.tolist()
+        label = np.searchsorted(edges, label, side="right").astype(np.float64)
+    bins = label.astype(np.int64)
+    table["size_counts"] = {int(b): np.bincount(size[bins == b]).tolist() for b in np.unique(bins)}
+    return table
+
+
+def size_distribution(request: Mapping[str, Any], stats: Mapping[str, Mapping[str, Any]], marginal: np.ndarray) -> np.ndarray | None:
+    """``p(num_atoms | request)`` over sizes ``0..len(marginal) - 1``, or None when no requested condition has a size table.
+
+    Each condition's training counts for the request's bin (:func:`size_table`), smoothed by one
+    pseudo-set spread as the ``marginal`` (the domain's training histogram), are combined as a product
+    of experts ``p(n) prod_k p(n | c_k) / p(n)``.
+    """
+    prior = np.asarray(marginal, dtype=np.float64)
+    prior = prior / prior.sum()
+    out, used = prior.copy(), False
+    for name, value in request.items():
+        st = stats.get(name, {})
+        if "size_counts" not in st:
+            continue
+        if st["kind"] == "vector":
+            label = int(np.searchsorted(st["size_edges"], float(value), side="right"))
+        elif st["kind"] == "class":
+            label = int(value)
+        else:
+            label = len(value)
+        counts = np.zeros_like(prior)
+        row = np.asarray(st["size_counts"].get(label, []), dtype=np.float64)[: len(prior)]
+        counts[: len(row)] = row
+        conditional = (counts + prior) / (counts.sum() + 1.0)  # [sizes]
+        out = out * np.divide(conditional, prior, out=np.zeros_like(prior), where=prior > 0)
+        used = True
+    return out / out.sum() if used else None
 
 
 def _token_rows(data: TokenSetDataset) -> np.ndarray:

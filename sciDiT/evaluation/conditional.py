@@ -126,7 +126,7 @@ def molecule_condition_metrics(
     ok = np.array([scorable(ts) for ts in sets], dtype=bool)
     counted = Counter(k for r in requests for k in r)
     m.update({f"n_requested_{k}": float(counted[k]) for k in MOLECULE_KEYS if counted[k]})  # also keys no predictor scores
-    for key, model, _, info in predictors:
+    for key, model, baseline, info in predictors:
         rows = np.array([i for i, r in enumerate(requests) if key in r], dtype=int)
         if not len(rows):
             continue
@@ -139,6 +139,8 @@ def molecule_condition_metrics(
         if len(scored):
             m[name] = float(np.abs(pred - target).mean()) * scale
             m[f"{name}_ubound"] = _shuffled_mae(pred, target, seed) * scale
+            sizes = [sets[i].num_tokens for i in scored]  # the "#atoms" baseline on the samples' own sizes: what sizes alone explain
+            m[f"{name}_atoms_baseline_samples"] = float(np.abs(baseline(sizes) - target).mean()) * scale
             if valid is not None:
                 keep = valid[scored]
                 m[f"{name}_valid"] = float(np.abs(pred[keep] - target[keep]).mean()) * scale if keep.any() else float("nan")

@@ -80,11 +80,15 @@ class LatentDiffusion(nn.Module):
         return flow_matching_loss(self.dit, x1, batch.mask, cond, time_schedule=time_schedule, self_condition_prob=self_condition_prob)
 
     # -- generation -------------------------------------------------------------------------------
-    def sample_set_sizes(self, domain: Domain, n: int, generator: torch.Generator | None = None, min_size: int = 1) -> Tensor:
-        """``n`` set sizes drawn from the training histogram of ``domain`` (restricted to sizes >= ``min_size``)."""
+    def sample_set_sizes(self, domain: Domain, n: int, generator: torch.Generator | None = None, min_size: int = 1,
+                         weights: Tensor | None = None) -> Tensor:
+        """``n`` set sizes drawn from the training histogram of ``domain``, or from ``weights [MAX_SET_SIZE + 1]``
+        over sizes (e.g. sizes given a requested condition), restricted to sizes >= ``min_size``."""
         counts = self.size_counts[int(domain)].float().cpu()
         if counts.sum() == 0:
             raise ValueError(f"this model saw no {domain.name.lower()} training data, so it cannot size {domain.name.lower()} samples")
+        if weights is not None:
+            counts = weights.float().cpu().clone()
         counts[:min_size] = 0
         if counts.sum() == 0:
             raise ValueError(f"no {domain.name.lower()} training set has {min_size} or more atoms")

@@ -28,7 +28,7 @@ from sciDiT.errors import SciDiTInputError
 from sciDiT.models.composition import MAX_PRIOR_TOKENS, num_elements_counts
 
 DATASET_NAMES = ("qm9", *CDVAE_FOLDERS)
-SPEC_KEYS = {"name", "max_train", "max_val", "max_test", "limit", "edm_half"}
+SPEC_KEYS = {"name", "max_train", "max_val", "max_test", "limit", "edm_half", "asymmetric_unit"}
 SPLITS_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
@@ -39,7 +39,8 @@ def dataset_specs(datasets: Sequence[Any] | Mapping[str, Any]) -> list[dict[str,
     ``max_<split>``: a seeded random subset of that split; ``limit``: read only the first source rows;
     ``edm_half`` (QM9 only): ``A`` or ``B``, train on that half of the train split only
     (:func:`sciDiT.data.qm9.edm_property_halves`: EDM's protocol trains the generator on B and the
-    property predictor that scores it on A).
+    property predictor that scores it on A). ``asymmetric_unit`` (crystals): each crystal as its
+    space group's asymmetric unit (:mod:`sciDiT.tokenizers.symmetry`; needs the ``spacegroup`` condition).
     """
     if isinstance(datasets, Mapping):
         items = [{"name": name, **dict(opts or {})} for name, opts in datasets.items()]
@@ -55,6 +56,8 @@ def dataset_specs(datasets: Sequence[Any] | Mapping[str, Any]) -> list[dict[str,
             raise SciDiTInputError(f"unknown dataset {spec.get('name')!r} in data.datasets (expected one of {', '.join(DATASET_NAMES)})")
         if spec.get("edm_half") is not None and (spec["name"] != "qm9" or spec["edm_half"] not in ("A", "B")):
             raise SciDiTInputError(f"data.datasets entry {spec}: edm_half must be A or B, and only for qm9")
+        if spec.get("asymmetric_unit") and spec["name"] == "qm9":
+            raise SciDiTInputError(f"data.datasets entry {spec}: asymmetric_unit applies to crystal datasets only")
     return items
 
 
@@ -96,9 +99,16 @@ class TokenSetDataModule(L.LightningDataModule):
         if unknown:
             raise SciDiTInputError(f"data.conditions: unknown condition(s) {unknown}; known: {', '.join(CONDITION_KEYS)}")
         self.conditions = list(conditions)
+        if self.asymmetric_units and self.conditions and "spacegroup" not in self.conditions:
+            raise SciDiTInputError("data.datasets: asymmetric_unit crystals need the spacegroup condition (data.conditions) to be expanded at sampling")
         self._stats: dict[str, dict[str, Any]] | None = None
         self.splits: dict[str, list[TokenSetDataset]] = {}
         self.values: dict[str, list[dict[str, np.ndarray]]] = {}  # per split, per dataset: raw condition values per item
+
+    @property
+    def asymmetric_units(self) -> bool:
+        """Some crystal dataset is read as asymmetric units (a DiT on them must be conditioned on the space group)."""
+        return any(spec.get("asymmetric_unit") for spec in self.specs)
 
     # -- loading ----------------------------------------------------------------------------------
     def load_split(self, spec: dict[str, Any], split: str) -> TokenSetDataset:
@@ -113,7 +123,8 @@ class TokenSetDataModule(L.LightningDataModule):
                 rows = rows[rows < n_store]  # the train rows load_qm9_split kept, in its order
                 data = data.subset(np.flatnonzero(np.isin(rows, edm_property_halves(n_total)[spec["edm_half"]])))
         else:
-            data = load_cdvae(name, split, self.data_dir, self.cache_dir, limit=limit, workers=self.parse_workers)
+            data = load_cdvae(name, split, self.data_dir, self.cache_dir, limit=limit, workers=self.parse_workers,
+                              asymmetric_unit=bool(spec.get("asymmetric_unit")))
         k = spec.get(f"max_{split}")
         if k is not None and k < len(data):
             keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed)).numpy()[:k]

@@ -69,6 +69,8 @@ class DiTModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         names = list(getattr(datamodule, "conditions", []))
         check_condition_names(names, self.hparams.dit.get("conditions"))
+        if getattr(datamodule, "asymmetric_units", False) and "spacegroup" not in names:
+            raise SciDiTInputError("a DiT on asymmetric-unit crystals needs the spacegroup condition (data.conditions) to expand its samples")
         if names and not self.condition_stats:
             self.condition_stats = datamodule.condition_stats()
         if bool(self.model.prepared):  # resumed, or already prepared
