@@ -3,6 +3,8 @@ are exact projections, and a model trained on asymmetric units samples crystals 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from conftest import TINY_DIT, TINY_VAE
 from sciDiT.data import load_cdvae
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.conditional import detect_spacegroup
+from sciDiT.evaluation.io import read_manifest
 from sciDiT.generate import load_generator
 from sciDiT.tokenizers.crystal import CrystalTokenizer
 from sciDiT.tokenizers.symmetry import (asymmetric_token_set, asymmetric_unit, expand, expand_token_set, operations, orbit,
@@ -35,8 +38,8 @@ def test_asymmetric_units_of_real_crystals_expand_back_to_them(crystals):
     for structure, group in zip(structures, groups):
         hall, unit = asymmetric_unit(structure)
         assert len(unit) <= len(structure) and spacegroup_number(hall) == group and hall == standard_hall_number(group)
-        full = expand(hall, np.array([*unit.lattice.abc, *unit.lattice.angles]), np.array(unit.atomic_numbers), unit.frac_coords)
-        assert matcher.fit(structure, full), structure.composition
+        full, dropped = expand(hall, np.array([*unit.lattice.abc, *unit.lattice.angles]), np.array(unit.atomic_numbers), unit.frac_coords)
+        assert dropped == 0 and matcher.fit(structure, full), structure.composition
         assert detect_spacegroup(full, 0.01) == group  # exact symmetry, at the strict tolerance
 
 
@@ -66,10 +69,20 @@ def test_site_projection_finds_special_positions_exactly():
 
 
 def test_rock_salt_from_two_atoms_and_a_group():
-    salt = expand(FM3M, np.array([5.6, 5.7, 5.5, 90.5, 89.0, 90.0]), np.array([11, 17]), np.array([[0.01, 0.0, 0.99], [0.49, 0.51, 0.5]]))
+    salt, dropped = expand(FM3M, np.array([5.6, 5.7, 5.5, 90.5, 89.0, 90.0]), np.array([11, 17]), np.array([[0.01, 0.0, 0.99], [0.49, 0.51, 0.5]]))
+    assert dropped == 0
     ref = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     assert len(salt) == 8 and StructureMatcher().fit(salt, ref) and detect_spacegroup(salt, 0.01) == 225
     assert salt.lattice.abc == pytest.approx((5.6, 5.6, 5.6)) and salt.lattice.angles == pytest.approx((90, 90, 90))
+
+
+def test_two_atoms_on_one_special_position_keep_the_first():
+    """Na and K both decoded next to the origin: one site, so K is dropped (and counted); a general neighbour stays."""
+    cell, dropped = expand(FM3M, np.array([5.6] * 3 + [90.0] * 3), np.array([11, 19, 17]),
+                           np.array([[0.01, 0.0, 0.0], [0.0, 0.02, 0.99], [0.49, 0.51, 0.5]]))
+    assert dropped == 1 and cell.composition.reduced_formula == "NaCl" and len(cell) == 8
+    ts = expand_token_set(CrystalTokenizer().from_structure(Structure(Lattice.cubic(5.6), ["Na", "K"], [[0.01, 0, 0], [0, 0.02, 0.99]])), FM3M)
+    assert ts.meta["shared_sites"] == 1 and ts.num_tokens == 4
 
 
 @pytest.mark.parametrize("number, want", [(1, (3, 4, 5, 80, 85, 95)), (14, (3, 4, 5, 90, 85, 90)), (62, (3, 4, 5, 90, 90, 90)),
@@ -121,3 +134,22 @@ def test_an_asymmetric_unit_model_samples_crystals_in_the_requested_group(asym_g
     with pytest.raises(SciDiTInputError, match="use composition=argmax"):
         asym_gen.generate_token_sets("crystal", n=1, steps=2, progress=False, condition={"spacegroup": 225}, composition="coherent",
                                      allow_extrapolation=True)
+
+
+def test_the_spacegroup_experiment_trains_and_samples_by_cli(data_dir, cache_dir, tmp_path, capsys):
+    """experiment=mp20_spacegroup_cpu trains both stages for 2 steps on asymmetric units; the CLI writes crystals in the requested group."""
+    from test_train import TINY_ATOMS, _train
+
+    from sciDiT.sample import main
+
+    out = tmp_path / "sg"
+    tiny = [a if not a.startswith("data.datasets=") else "data.datasets=[{name:mp20,limit:120,asymmetric_unit:true}]" for a in TINY_ATOMS]
+    res = _train(["experiment=mp20_spacegroup_cpu", *tiny, "trainer.max_steps=2", "test=false", f"paths.output_dir={out}"], data_dir, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = str(out / "dit" / "checkpoints" / "last.ckpt")
+    group = load_generator(ckpt).condition_stats["spacegroup"]["seen"][-1]
+    assert main([f"ckpt={ckpt}", "domain=crystal", "n=3", "steps=2", "progress=false", f"out={tmp_path / 'x'}", f"condition.spacegroup={group}"]) == 0
+    assert main([f"ckpt={ckpt}", "domain=crystal", "n=1", "steps=2", f"out={tmp_path / 'y'}"]) == 2
+    assert "request a space group" in capsys.readouterr().err
+    manifest = read_manifest(tmp_path / "x")
+    assert len(manifest) == 3 and all(json.loads(r) == {"spacegroup": group} for r in manifest["request"])

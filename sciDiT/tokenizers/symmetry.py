@@ -9,7 +9,7 @@ generators (DiffCSP++, WyFormer) do, where a free unit cell almost never does.
 the lattice is set to the metric of G's crystal system, each representative is moved to the
 special position of its site symmetry (the mean of its images under the operations that map it
 within ``site_tol`` angstrom of itself: an exact projection once that set is a group), and its orbit
-is generated. :func:`expand` of :func:`asymmetric_unit` gives back the crystal (tests).
+is generated; an atom whose special position an earlier atom already holds is dropped (counted). :func:`expand` of :func:`asymmetric_unit` gives back the crystal (tests).
 """
 
 from __future__ import annotations
@@ -119,19 +119,31 @@ def orbit(x: np.ndarray, rot: np.ndarray, trans: np.ndarray, tol: float = 1e-4) 
     return np.array(out)
 
 
-def expand(hall_number: int, lattice: np.ndarray, types: np.ndarray, frac: np.ndarray, site_tol: float = SITE_TOL) -> Structure:
+def expand(hall_number: int, lattice: np.ndarray, types: np.ndarray, frac: np.ndarray, site_tol: float = SITE_TOL) -> tuple[Structure, int]:
     """The full conventional cell of an asymmetric unit (``lattice`` parameters ``[6]``, ``types [n]``,
-    fractional ``frac [n, 3]``) in the setting ``hall_number``: symmetric metric, special positions, orbits."""
+    fractional ``frac [n, 3]``) in the setting ``hall_number``: symmetric metric, special positions, orbits;
+    and how many atoms of the unit were dropped because an earlier one already holds their special position
+    (two atoms cannot share a site; atoms merely close to each other are kept, for the validity check to judge)."""
     rot, trans = operations(hall_number)
     params = symmetric_lattice(np.asarray(lattice, dtype=np.float64), spacegroup_number(hall_number))
     lat = Lattice.from_parameters(*params)
     species: list[int] = []
     coords: list[np.ndarray] = []
+    dropped = 0
     for z, x in zip(np.asarray(types).tolist(), np.asarray(frac, dtype=np.float64)):
         points = orbit(site_projection(x, lat.matrix, rot, trans, site_tol), rot, trans)
+        if coords and _occupied(points[0], np.concatenate(coords)):
+            dropped += 1
+            continue
         species += [int(z)] * len(points)
         coords.append(points)
-    return Structure(lat, species, np.concatenate(coords))
+    return Structure(lat, species, np.concatenate(coords)), dropped
+
+
+def _occupied(x: np.ndarray, placed: np.ndarray, tol: float = 1e-4) -> bool:
+    """Fractional ``x [3]`` coincides with one of ``placed [m, 3]`` (periodically)."""
+    delta = placed - x
+    return bool((np.abs(delta - np.round(delta)).max(1) < tol).any())
 
 
 def asymmetric_token_set(ts: TokenSet, symprec: float = DEFAULT_SYMPREC) -> TokenSet:
@@ -147,5 +159,5 @@ def asymmetric_token_set(ts: TokenSet, symprec: float = DEFAULT_SYMPREC) -> Toke
 
 def expand_token_set(ts: TokenSet, hall_number: int, site_tol: float = SITE_TOL) -> TokenSet:
     """An asymmetric unit's token set -> the full crystal's in setting ``hall_number`` (:func:`expand`)."""
-    full = expand(hall_number, ts.lattice.double().numpy(), ts.types.numpy(), ts.frac.double().numpy(), site_tol)
-    return CrystalTokenizer().from_structure(full, meta={**ts.meta, "hall_number": int(hall_number)})
+    full, dropped = expand(hall_number, ts.lattice.double().numpy(), ts.types.numpy(), ts.frac.double().numpy(), site_tol)
+    return CrystalTokenizer().from_structure(full, meta={**ts.meta, "hall_number": int(hall_number), "shared_sites": dropped})
