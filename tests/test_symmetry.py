@@ -153,3 +153,12 @@ def test_the_spacegroup_experiment_trains_and_samples_by_cli(data_dir, cache_dir
     assert "request a space group" in capsys.readouterr().err
     manifest = read_manifest(tmp_path / "x")
     assert len(manifest) == 3 and all(json.loads(r) == {"spacegroup": group} for r in manifest["request"])
+
+
+def test_the_shipped_spacegroup_model_samples_crystals_in_the_requested_group():
+    gen = load_generator("mp20_spacegroup_cpu")
+    assert gen.condition_stats["spacegroup"]["asymmetric_unit"]
+    tok = CrystalTokenizer()
+    for group in (225, 194):
+        sets = gen.generate_token_sets("crystal", n=3, steps=20, progress=False, condition={"spacegroup": group})
+        assert [detect_spacegroup(tok.to_structure(ts), 0.01) for ts in sets] == [group] * 3
