@@ -261,8 +261,8 @@ class Generator:
         request_cond = encode_conditions([request], self.condition_stats, [k for k in request if k != SIZE_KEY])  # one set's tensors
         seed = _check_seed(seed)
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: sizes, then noise
-        sized_by = {k: v for k, v in request.items() if k != SIZE_KEY} if condition_sizes else None
-        sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()), request=sized_by)  # [n]
+        sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()),
+                               request=request if condition_sizes else None)  # [n]
         latent_dim = self.model.vae.latent_dim
         noise = torch.cat([torch.randn(int(k), latent_dim, generator=g) for k, g in zip(sizes, gens)])  # [sum sizes, L], in sample order
         offsets = torch.cumsum(sizes, 0) - sizes  # [n] first noise row of each sample

@@ -17,6 +17,7 @@ import math
 import torch
 import yaml
 
+from sciDiT.checkpoint import load_checkpoint
 from sciDiT.training.datamodule import TokenSetDataModule
 from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("config", help="the run's config.yaml (its data section names the training data)")
     parser.add_argument("out", help="where to write the copy with the tables")
     args = parser.parse_args()
-    raw = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    raw = load_checkpoint(args.ckpt, "conditional DiT checkpoint")  # weights only
     stored = raw.get(CONDITION_STATS_KEY)
     if not stored:
         raise SystemExit(f"{args.ckpt}: not a conditional checkpoint (no {CONDITION_STATS_KEY})")

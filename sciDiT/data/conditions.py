@@ -48,6 +48,7 @@ from sciDiT.batch import Domain, TokenBatch, TokenSet, collate
 from sciDiT.data.cache import TokenSetDataset, cache_path
 from sciDiT.errors import SciDiTInputError
 from sciDiT.tokenizers.elements import NUM_ELEMENTS, atomic_number, symbol
+from sciDiT.tokenizers.symmetry import HALL_META
 
 HARTREE_EV = 27.211386
 
@@ -78,7 +79,6 @@ CONDITION_KEYS: dict[str, ConditionKey] = {
 }
 NUM_SPACEGROUPS = 230
 SIZE_KEY = "num_atoms"  # a request key that sizes the sets (not a DiT condition)
-ASYM_META = "hall_number"  # meta key of asymmetric-unit crystals (sciDiT.tokenizers.symmetry)
 SIZE_BINS = 20  # quantile bins of a scalar condition in its table of set sizes (size_table)
 
 
@@ -240,7 +240,7 @@ def condition_stats(names: Sequence[str], parts: Sequence[tuple[TokenSetDataset,
                 raise SciDiTInputError(f"data.conditions: no training set has a value for {name!r} (does data.datasets hold {key.domain.name.lower()}s?)")
             if key.kind == "class":
                 entry["seen"] = sorted({int(v) for v in values})
-                units = [ASYM_META in data.store["meta"] for data, _ in parts if data.domain == key.domain]
+                units = [HALL_META in data.store["meta"] for data, _ in parts if data.domain == key.domain]
                 if any(units) and not all(units):
                     raise SciDiTInputError("data.datasets mixes asymmetric-unit and whole-cell crystals: a space group cannot tell them apart")
                 if any(units):
@@ -266,7 +266,7 @@ def size_table(name: str, parts: Sequence[tuple[TokenSetDataset, Mapping[str, np
             continue
         if key.kind == "token_set":
             sizes.append(data.num_tokens)
-            labels.append(data.num_distinct_types().astype(np.float64))
+            labels.append(data.num_distinct_types())
         elif name in values:
             known = np.isfinite(values[name])
             sizes.append(data.num_tokens[known])
@@ -276,7 +276,7 @@ def size_table(name: str, parts: Sequence[tuple[TokenSetDataset, Mapping[str, np
     if key.kind == "vector":
         edges = np.unique(np.quantile(label, np.linspace(0.0, 1.0, SIZE_BINS + 1)[1:-1]))
         table["size_edges"] = edges.tolist()
-        label = np.searchsorted(edges, label, side="right").astype(np.float64)
+        label = np.searchsorted(edges, label, side="right")
     bins = label.astype(np.int64)
     table["size_counts"] = {int(b): np.bincount(size[bins == b]).tolist() for b in np.unique(bins)}
     return table

@@ -26,6 +26,7 @@ from sciDiT.tokenizers.crystal import CrystalTokenizer
 
 DEFAULT_SYMPREC = 0.1  # angstrom: spglib's tolerance when reducing training crystals (MP-20's space groups use 0.1)
 SITE_TOL = 0.5  # angstrom: how close an image must come to its atom to count in the atom's site symmetry
+HALL_META = "hall_number"  # meta key of an asymmetric unit's token set: the Hall setting it is expanded in
 
 
 @lru_cache(maxsize=None)
@@ -37,6 +38,7 @@ def operations(hall_number: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ops["rotations"], dtype=np.float64), np.asarray(ops["translations"], dtype=np.float64)
 
 
+@lru_cache(maxsize=None)
 def spacegroup_number(hall_number: int) -> int:
     """International space-group number of a Hall setting."""
     return int(spglib.get_spacegroup_type(int(hall_number)).number)
@@ -154,10 +156,10 @@ def asymmetric_token_set(ts: TokenSet, symprec: float = DEFAULT_SYMPREC) -> Toke
         hall, unit = asymmetric_unit(tok.to_structure(ts), symprec)
     except SciDiTInputError:
         hall, unit = 1, tok.to_structure(ts)
-    return tok.from_structure(unit, meta={**ts.meta, "hall_number": hall})
+    return tok.from_structure(unit, meta={**ts.meta, HALL_META: hall})
 
 
 def expand_token_set(ts: TokenSet, hall_number: int, site_tol: float = SITE_TOL) -> TokenSet:
     """An asymmetric unit's token set -> the full crystal's in setting ``hall_number`` (:func:`expand`)."""
     full, dropped = expand(hall_number, ts.lattice.double().numpy(), ts.types.numpy(), ts.frac.double().numpy(), site_tol)
-    return CrystalTokenizer().from_structure(full, meta={**ts.meta, "hall_number": int(hall_number), "shared_sites": dropped})
+    return CrystalTokenizer().from_structure(full, meta={**ts.meta, HALL_META: int(hall_number), "shared_sites": dropped})
