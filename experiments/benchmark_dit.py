@@ -177,20 +177,27 @@ class TrainConfig:
     layout: str
     compiled: bool
     adamw: str
-    attention: str = "sciDiT"  # "sciDiT": fp32 SDPA on CPU; "autocast": SDPA in autocast's precision (bf16)
+    attention: str = "sciDiT"  # "sciDiT": sciDiT's kernel choice (fp32 on CPU); "sdpa": fused SDPA in autocast's precision
+    gelu: str = "none"  # GELU approximation: "none" (exact, sciDiT's) or "tanh" (DiT's and ADiT's)
     checkpointing: bool = False  # DiT activation checkpointing (blocks recomputed in the backward pass)
 
 
 @contextlib.contextmanager
-def attention_precision(choice: str):
-    """``autocast``: swap sciDiT's attention for plain SDPA, which CPU autocast runs in bf16 (the A/B of the fp32 choice)."""
+def kernels(model: torch.nn.Module, attention: str, gelu: str):
+    """Run ``model`` with the given attention (``sdpa``: sciDiT's choice swapped for plain fused SDPA, which CPU
+    autocast runs in bf16) and GELU approximation (``tanh``: as DiT and ADiT ship): the reference and the A/B rows."""
     original = attention_module.attention
-    if choice == "autocast":
+    if attention == "sdpa":
         attention_module.attention = lambda q, k, v, attn_mask: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    gelus = [m for m in model.modules() if isinstance(m, torch.nn.GELU)]
+    for m in gelus:
+        m.approximate = gelu
     try:
         yield
     finally:
         attention_module.attention = original
+        for m in gelus:
+            m.approximate = "none"
 
 
 def train_step(model: LatentDiffusion, opt: torch.optim.Optimizer | None, batch: TokenBatch, bf16: bool, self_condition_prob: float = 0.5) -> None:
@@ -228,9 +235,9 @@ def run_training(args, model: LatentDiffusion, data: dict[str, list[TokenBatch]]
             model.dit = compiled if cfg.compiled else eager
             opt = adamw(eager.parameters(), lr=1e-5, weight_decay=0.0, implementation=cfg.adamw)
             batches = data[cfg.batches]
-            with attention_precision(cfg.attention):
-                for b in batches[:2]:  # warm-up: optimiser state, compilation (two lengths: the dynamic graph)
-                    train_step(model, opt, b, cfg.bf16)
+            with kernels(model, cfg.attention, cfg.gelu):
+                for b, p in itertools.product(batches[:2], (0.0, 1.0)):  # warm-up: optimiser state, and compilation of
+                    train_step(model, opt, b, cfg.bf16, p)  # both self-conditioning graphs at two lengths (the dynamic graph)
                 reset_peak(device)
                 seconds = seconds_of(lambda: [train_step(model, opt, b, cfg.bf16) for b in batches], device)
             atoms = sum(int(b.mask.sum()) for b in batches)
@@ -255,6 +262,8 @@ class SampleConfig:
     bf16: bool
     layout: str
     compiled: bool
+    attention: str = "sciDiT"  # as in TrainConfig
+    gelu: str = "none"
 
 
 def run_sampling(args, model: LatentDiffusion, configs: list[SampleConfig], device: torch.device) -> list[dict]:
@@ -272,7 +281,8 @@ def run_sampling(args, model: LatentDiffusion, configs: list[SampleConfig], devi
                 gen.generate_token_sets("molecule", args.samples, steps=2, method=cfg.method, cfg_scale=cfg.cfg_scale, seed=0,
                                         batch_size=args.samples, progress=False, compile=True, bf16=cfg.bf16)
             reset_peak(device)
-            seconds = seconds_of(run, device)
+            with kernels(model, cfg.attention, cfg.gelu):
+                seconds = seconds_of(run, device)
             row = {"config": cfg, "seconds": seconds, "per_s": args.samples / seconds, "mem": peak_mib(device)}
             if cfg.name not in best or seconds < best[cfg.name]["seconds"]:
                 best[cfg.name] = row
@@ -295,6 +305,15 @@ def machine(device: torch.device, native_bf16: bool) -> str:
             f"bf16 {'native' if native_bf16 else 'emulated (not used)'}, load average {load:.1f} at start")
 
 
+def attention_label(config: TrainConfig | SampleConfig, dtype: str, device: torch.device) -> str:
+    """The attention kernel and precision a row ran: fused SDPA in the row's precision, or sciDiT's choice."""
+    if config.attention == "sdpa":
+        return f"fused SDPA {dtype}"
+    if device.type != "cpu":
+        return f"fused SDPA {dtype}"
+    return "sciDiT: plain fp32 (<= 64 tokens)"
+
+
 def report(args, train: list[dict], sample: list[dict], data: dict[str, list[TokenBatch]], matmul: dict[str, float],
            device: torch.device, params: int, native_bf16: bool, notes: list[str]) -> str:
     mem = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
@@ -308,20 +327,20 @@ def report(args, train: list[dict], sample: list[dict], data: dict[str, list[Tok
         "- plain matmul reference: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in matmul.items()),
         *[f"- {n}" for n in notes],
         "",
-        f"| training config | batches | padding | precision | attention | layout | compile | AdamW | real atoms/s | useful GFLOP/s | of matmul | {mem} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| training config | batches | padding | precision | attention | GELU approx. | layout | compile | AdamW | real atoms/s | useful GFLOP/s | of matmul | {mem} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in train:
         c = r["config"]
-        attn = "fp32" if r["dtype"] == "fp32" or (device.type == "cpu" and c.attention == "sciDiT") else r["dtype"]
-        lines.append(f"| {c.name} | {c.batches} | {r['padding']:.1%} | {r['dtype']} | {attn} | {c.layout} | {'yes' if c.compiled else 'no'} | {c.adamw} | "
+        lines.append(f"| {c.name} | {c.batches} | {r['padding']:.1%} | {r['dtype']} | {attention_label(c, r['dtype'], device)} | {c.gelu} | {c.layout} | {'yes' if c.compiled else 'no'} | {c.adamw} | "
                      f"{r['atoms_per_s']:.0f} | {r['useful_flops_per_s'] / 1e9:.1f} | {r['util']:.0%} | {r['mem']:.0f} |")
-    lines += ["", f"| sampling config | solver | steps | CFG | network evals / molecule | precision | layout | compile | molecules/s | {mem} |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"| sampling config | solver | steps | CFG | network evals / molecule | precision | attention | GELU approx. | layout | compile | molecules/s | {mem} |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sample:
         c = r["config"]
         evals = network_evaluations(c.method, c.steps, c.cfg_scale)
-        lines.append(f"| {c.name} | {c.method} | {c.steps} | {c.cfg_scale:g} | {evals} | {'bf16' if c.bf16 else 'fp32'} | {c.layout} | "
+        dtype = "bf16" if c.bf16 else "fp32"
+        lines.append(f"| {c.name} | {c.method} | {c.steps} | {c.cfg_scale:g} | {evals} | {dtype} | {attention_label(c, dtype, device)} | {c.gelu} | {c.layout} | "
                      f"{'yes' if c.compiled else 'no'} | {r['per_s']:.3g} | {r['mem']:.0f} |")
     ref_t, ref_s = train[0], sample[0]
     fast_t = max(train[1:], key=lambda r: r["atoms_per_s"])
@@ -363,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     with_compile = not args.no_compile and problem is None
     layouts = ["padded"] + ([] if args.no_packed else ["packed"])
 
-    train_configs = [TrainConfig("reference", "random", False, "padded", False, "for-loop")]
+    train_configs = [TrainConfig("reference", "random", False, "padded", False, "for-loop", "sdpa", "tanh")]
     # the AdamW kernel the trainer runs with its default gradient clipping (foreach under bf16-mixed, else fused)
     opt_bf16, opt_fp32 = (adamw_for(SimpleNamespace(precision=p, gradient_clip_val=1.0)) for p in ("bf16-mixed", "32-true"))
     opt_fast = opt_bf16 if native_bf16 else opt_fp32
@@ -371,7 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     if native_bf16:  # is bf16 really the faster precision for this model here?
         train_configs.append(TrainConfig("fast padded fp32", "trainer", False, "padded", False, opt_fp32))
         if device.type == "cpu":  # and is fp32 attention inside bf16 autocast the faster choice?
-            train_configs.append(TrainConfig("fast padded, bf16 attention", "trainer", True, "padded", False, opt_fast, "autocast"))
+            train_configs.append(TrainConfig("fast padded, bf16 attention", "trainer", True, "padded", False, opt_fast, "sdpa"))
+    # the kernels DiT ships (fused SDPA, tanh GELU) on the fast configuration: what sciDiT's kernel choices add
+    train_configs.append(TrainConfig("fast padded, DiT's kernels", "trainer", native_bf16, "padded", False, opt_fast, "sdpa", "tanh"))
     # the memory option: activation checkpointing, in fp32 (the issue's memory target) and in the fast precision
     train_configs.append(TrainConfig("fast padded fp32, checkpointing", "trainer", False, "padded", False, opt_fp32, checkpointing=True))
     if native_bf16:
@@ -382,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[bench] training done: {time.perf_counter() - t0:.1f} s", flush=True)
 
     method, steps, cfg_scale = args.sampler
-    sample_configs = [SampleConfig("reference", "euler", 100, 2.0, False, "padded", False)]
+    sample_configs = [SampleConfig("reference", "euler", 100, 2.0, False, "padded", False, "sdpa", "tanh")]
     sample_configs += [SampleConfig(f"fast {layout}", method, steps, cfg_scale, native_bf16, layout, False) for layout in layouts]
     if with_compile:
         sample_configs.append(SampleConfig("fast padded compiled", method, steps, cfg_scale, native_bf16, "padded", True))

@@ -97,6 +97,27 @@ def test_cpu_attention_runs_in_fp32_under_bf16_autocast() -> None:
     torch.testing.assert_close(out, reference.bfloat16())  # fp32 maths, rounded once
     out.float().sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
-    x = torch.randn(2, 4, 8)  # outside autocast, fp32 inputs take SDPA unchanged
+    x = torch.randn(2, 4, 8)  # outside autocast, fp32 inputs give SDPA's fp32 result
     m = torch.ones(2, 1, 1, 4, dtype=torch.bool)
     torch.testing.assert_close(attention(x[:, None], x[:, None], x[:, None], m), F.scaled_dot_product_attention(x[:, None], x[:, None], x[:, None], attn_mask=m))
+
+
+@pytest.mark.parametrize("n", [7, 19, 80])  # the plain softmax path (<= MATH_ATTENTION_MAX_TOKENS) and the fused kernel
+def test_cpu_attention_kernels_agree_with_sdpa(n: int) -> None:
+    """Whichever kernel the CPU takes for a set length, outputs and input gradients equal fused SDPA's,
+    with key masks and with the packed layout's block-diagonal masks."""
+    import torch.nn.functional as F
+
+    from sciDiT.models.attention import attention
+
+    torch.manual_seed(0)
+    key_mask = torch.arange(n)[None, :] < torch.tensor([n, n // 2, 1])[:, None]  # [3, n]
+    segment = torch.arange(n) * 3 // n  # three sets in one packed row
+    for mask in (key_mask[:, None, None, :], (segment[:, None] == segment[None, :]).expand(3, n, n)[:, None]):
+        q, k, v = (torch.randn(3, 2, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+        out = attention(q, k, v, mask)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(out, reference)
+        for g, r in zip(grads, torch.autograd.grad(reference.sum(), (q, k, v))):
+            torch.testing.assert_close(g, r)

@@ -2,8 +2,9 @@
 
 No positional or index embedding exists anywhere in sciDiT, so every block built from this layer
 is permutation-equivariant over tokens. Attention runs through
-``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask, which takes the fused
-kernels on CPU and GPU. Two layouts:
+``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask (the fused kernels), except
+for the short sets of molecules and crystals on CPU, where a plain float32 softmax attention is
+faster (:func:`attention`). Two layouts:
 
 - padded: ``x [B, N, D]`` with a key mask ``[B, N]`` (True = real token), one set per row;
 - packed (:func:`pack_sets`): several whole sets per row of ``L`` slots, ``x [R, L, D]`` with a
@@ -41,19 +42,40 @@ class SetAttention(nn.Module):
         return self.proj(out)  # [B, N, D]
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
-    """SDPA in the fastest precision for the device: float32 on CPU, the autocast / input precision elsewhere.
+# CPU set lengths up to this run attention as plain softmax(QK^T)V in float32: 2-3x faster forward + backward
+# than the fused SDPA kernel at molecule and crystal sizes (7-19 tokens), about even at 64, slower beyond
+# (experiments/benchmark_dit_cpu.md, "Finding 3").
+MATH_ATTENTION_MAX_TOKENS = 64
 
-    CPU autocast runs SDPA in bf16, whose fused CPU kernel is no faster forward and 4-12x slower
-    backward than float32 at DiT shapes, even with AMX (``experiments/benchmark_dit_cpu.md``); the
-    linear layers around it are where bf16 pays. The output has the dtype autocast would give it.
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+    """Masked attention ``[B, H, N, Dh]`` in the fastest kernel and precision for the device.
+
+    GPUs: SDPA in the autocast / input precision. CPUs: float32 (CPU autocast would run SDPA in bf16,
+    whose fused kernel is no faster forward and 4-12x slower backward at DiT shapes, even with AMX; the
+    linear layers around it are where bf16 pays), through :func:`math_attention` for sets of at most
+    ``MATH_ATTENTION_MAX_TOKENS`` tokens and the fused SDPA kernel beyond. The output has the dtype
+    autocast would give it.
     """
-    if q.device.type != "cpu" or not (torch.is_autocast_enabled("cpu") or q.dtype in (torch.bfloat16, torch.float16)):
+    if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
     out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    dtype = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast("cpu", enabled=False):
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)  # [B, H, N, Dh]
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if k.shape[-2] <= MATH_ATTENTION_MAX_TOKENS:
+            out = math_attention(q, k, v, attn_mask)  # [B, H, N, Dh]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, N, Dh]
     return out.to(out_dtype)
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+    """``softmax(q k^T / sqrt(Dh)) v`` over the keys ``attn_mask`` allows (True = attend); a query with no
+    allowed key averages all of them instead of giving NaN (only padding slots have none)."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # [B, H, N, N]
+    scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)  # [B, H, N, N]
+    return scores.softmax(dim=-1) @ v  # [B, H, N, Dh]
 
 
 @dataclass(frozen=True)
@@ -121,12 +143,18 @@ def pack_sets(mask: Tensor, length: int = 0) -> Packing:
 
 
 class Mlp(nn.Module):
-    """Two-layer feed-forward network with GELU (tanh approximation, as in DiT)."""
+    """Two-layer feed-forward network with GELU.
+
+    The exact (erf) GELU, not DiT's tanh approximation: the two differ by at most 4.7e-4, below the
+    rounding of the bf16 activations they run in, and the exact one is 2.7x faster forward + backward
+    on CPU (``experiments/benchmark_dit_cpu.md``, "Finding 3"); models trained with either load and run
+    with this one.
+    """
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -73,8 +73,9 @@ class TimestepEmbedder(nn.Module):
     def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
         """Sinusoidal features ``[B, dim]`` of scalar times ``t [B]`` (transformer-style frequencies)."""
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # [dim/2]
-        args = t.float()[:, None] * freqs[None]  # [B, dim/2]
+        dtype = torch.promote_types(t.dtype, torch.float32)  # at least float32: bf16 would blur the high frequencies
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)  # [dim/2]
+        args = t.to(dtype)[:, None] * freqs[None]  # [B, dim/2]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [B, dim]
 
     def forward(self, t: Tensor) -> Tensor:
