@@ -121,3 +121,26 @@ def test_dit_stage_without_vae_checkpoint_is_one_line_and_exit_2(data_dir: Path,
     res = _train(["experiment=quickstart", *TINY_ATOMS, "stage=dit", f"paths.output_dir={tmp_path / 'x'}"], data_dir, cache_dir)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "vae_ckpt" in res.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_dit_fine_tune_starts_from_a_shipped_model(data_dir: Path, cache_dir: Path, tmp_path: Path):
+    """``dit.init_ckpt`` takes the shipped file's VAE, latent statistics and EMA DiT weights (not re-estimated), a
+    fresh optimiser; a model of another size, or a VAE given twice, is one line and exit 2."""
+    shipped = Path(__file__).parents[1] / "sciDiT" / "pretrained" / "qm9_mp20_cpu.pt"
+    out = tmp_path / "ft"
+    res = _train(["experiment=qm9_mp20_joint_cpu", *TINY_ATOMS, "stage=dit", "test=false", "trainer.max_steps=1", "dit.lr=1e-9",
+                  f"dit.init_ckpt={shipped}", f"paths.output_dir={out}"], data_dir, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = torch.load(shipped, weights_only=True)["state_dict"]
+    after = torch.load(out / "dit" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key in ("model.latent_mean", "model.latent_std", "model.size_counts", "model.vae.pos_head.weight"):
+        assert torch.equal(before[key], after[key]), key
+    dit = [k for k in before if k.startswith("model.dit.")]
+    assert dit and all(torch.allclose(before[k], after[k], atol=1e-6) for k in dit)
+    assert all(torch.allclose(before[k], after["ema.module." + k.removeprefix("model.dit.")], atol=1e-6) for k in dit)
+    for extra, message in ((["model/dit=DiT-XS"], "model.dit"), ([f"dit.vae_ckpt={shipped}"], "dit.vae_ckpt")):
+        res = _train(["experiment=qm9_mp20_joint_cpu", *TINY_ATOMS, "stage=dit", "trainer.max_steps=1", f"dit.init_ckpt={shipped}",
+                      *extra, f"paths.output_dir={tmp_path / 'bad'}"], data_dir, cache_dir)
+        last = res.stderr.strip().splitlines()[-1]
+        assert res.returncode == 2 and "Traceback" not in res.stderr and message in last, res.stderr[-2000:]

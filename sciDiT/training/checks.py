@@ -189,7 +189,14 @@ def check_train_config(cfg: DictConfig, stages: Sequence[str]) -> None:
         if cfg.stage == "all":
             raise SciDiTInputError("ckpt_path resumes a single stage; with stage=all rerun with the same paths.output_dir instead")
         check_checkpoint_file("ckpt_path", cfg.ckpt_path)
-    if cfg.stage == "dit":
+    init_ckpt = OmegaConf.select(cfg, "dit.init_ckpt", default=None)
+    if init_ckpt:
+        if cfg.stage != "dit":
+            raise SciDiTInputError(f"dit.init_ckpt fine-tunes a trained model with its own VAE: use stage=dit, not stage={cfg.stage}")
+        if OmegaConf.select(cfg, "dit.vae_ckpt", default=None):
+            raise SciDiTInputError("dit.init_ckpt brings its own VAE: leave dit.vae_ckpt unset")
+        check_checkpoint_file("dit.init_ckpt", init_ckpt)
+    elif cfg.stage == "dit":
         vae_ckpt = OmegaConf.select(cfg, "dit.vae_ckpt", default=None)
         if not vae_ckpt:
             raise SciDiTInputError("stage=dit needs a trained VAE: set dit.vae_ckpt=<path to a VAE .ckpt> or run stage=all")

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from sciDiT.batch import Domain, TokenBatch
-from sciDiT.checkpoint import load_vae_checkpoint, load_vae_state
+from sciDiT.checkpoint import load_checkpoint, load_vae_checkpoint, load_vae_state, require_stage
 from sciDiT.data.conditions import check_condition_names
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
@@ -36,6 +36,7 @@ class DiTModule(L.LightningModule):
         vae: dict[str, Any],
         dit: dict[str, Any],
         vae_ckpt: str | None = None,
+        init_ckpt: str | None = None,
         self_condition_prob: float = 0.5,
         time_schedule: str = "uniform",
         ema_decay: float = 0.999,
@@ -61,9 +62,28 @@ class DiTModule(L.LightningModule):
     # -- set-up: VAE weights, latent statistics, set-size and element-count histograms ----------
     def setup(self, stage: str) -> None:
         if stage == "fit" and not bool(self.model.prepared):
+            if self.hparams.init_ckpt:
+                self.init_from(self.hparams.init_ckpt)
+                return
             if not self.hparams.vae_ckpt:
                 raise SciDiTInputError("the DiT stage needs a trained VAE: set dit.vae_ckpt=<path to a VAE .ckpt> or run stage=all")
             load_vae_state(self.model.vae, load_vae_checkpoint(self.hparams.vae_ckpt)[0], self.hparams.vae_ckpt)
+
+    def init_from(self, path: str) -> None:
+        """Start from a trained DiT-stage checkpoint or shipped model (``init_ckpt``): its VAE, latent statistics,
+        histograms, condition statistics and its EMA DiT weights (as both the trained and the averaged
+        copy); the optimiser and schedule start fresh. Keeping the statistics keeps the latents the DiT
+        was trained on."""
+        ckpt = load_checkpoint(path, "DiT checkpoint (dit.init_ckpt)")
+        require_stage(ckpt, "dit", path, "dit.init_ckpt takes <output_dir>/dit/checkpoints/*.ckpt or a shipped sciDiT/pretrained/<name>.pt")
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        ema = {"dit." + k.removeprefix("ema.module."): v for k, v in ckpt["state_dict"].items() if k.startswith("ema.module.")}
+        try:
+            self.model.load_state_dict({**state, **ema})  # a shipped file holds its EMA weights as model.dit.*
+        except RuntimeError as err:
+            raise SciDiTInputError(f"weights do not fit the configured model (model.vae, model.dit): {str(err).splitlines()[0]}", path) from None
+        self.ema.module.load_state_dict(self.model.dit.state_dict())
+        self.condition_stats = dict(ckpt.get(CONDITION_STATS_KEY, {}))
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
