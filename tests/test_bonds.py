@@ -151,8 +151,8 @@ def test_a_tiny_vae_learns_the_graphs_of_real_molecules(qm9_sets):
     sets = [ts for ts in qm9_sets[100:200] if ts.bonds is not None][:8]
     batch = collate(sets)
     vae = build_vae("VAE-T")
-    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
-    for _ in range(400):
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)  # at 2e-3 the bond errors spike now and then (0 -> 154 of 674 pairs and back)
+    for _ in range(500):
         terms = vae.loss(vae(batch, sample=False), batch)
         loss = terms["types"] + terms["pos"] + terms["bonds"] + terms["charges"]
         opt.zero_grad()
