@@ -189,15 +189,15 @@ def kernels(model: torch.nn.Module, attention: str, gelu: str):
     original = attention_module.attention
     if attention == "sdpa":
         attention_module.attention = lambda q, k, v, attn_mask: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    gelus = [m for m in model.modules() if isinstance(m, torch.nn.GELU)]
+    gelus = {m: m.approximate for m in model.modules() if isinstance(m, torch.nn.GELU)}
     for m in gelus:
         m.approximate = gelu
     try:
         yield
     finally:
         attention_module.attention = original
-        for m in gelus:
-            m.approximate = "none"
+        for m, approximate in gelus.items():
+            m.approximate = approximate
 
 
 def train_step(model: LatentDiffusion, opt: torch.optim.Optimizer | None, batch: TokenBatch, bf16: bool, self_condition_prob: float = 0.5) -> None:
@@ -307,9 +307,7 @@ def machine(device: torch.device, native_bf16: bool) -> str:
 
 def attention_label(config: TrainConfig | SampleConfig, dtype: str, device: torch.device) -> str:
     """The attention kernel and precision a row ran: fused SDPA in the row's precision, or sciDiT's choice."""
-    if config.attention == "sdpa":
-        return f"fused SDPA {dtype}"
-    if device.type != "cpu":
+    if config.attention == "sdpa" or device.type != "cpu":
         return f"fused SDPA {dtype}"
     return "sciDiT: plain fp32 (<= 64 tokens)"
 

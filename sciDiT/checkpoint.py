@@ -173,6 +173,28 @@ def load_vae_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path:
         raise SciDiTInputError(f"VAE checkpoint weights do not fit the configured VAE (model.vae): {str(err).splitlines()[0]}", path) from None
 
 
+# -- EMA weights in DiT-stage files ----------------------------------------------------------------
+
+EMA_PREFIX, DIT_PREFIX = "ema.module.", "model.dit."
+
+
+def slim_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A DiT module's state dict with the EMA weights as ``model.dit.*`` and no separate EMA copy."""
+    ema = {DIT_PREFIX + k.removeprefix(EMA_PREFIX): v for k, v in state.items() if k.startswith(EMA_PREFIX)}
+    if not ema:
+        raise SciDiTInputError("the checkpoint has no EMA weights (ema.module.*) to ship")
+    kept = {k: v for k, v in state.items() if not k.startswith((EMA_PREFIX, DIT_PREFIX))}
+    return {**kept, **ema, "ema.num_updates": state.get("ema.num_updates", torch.zeros((), dtype=torch.long))}
+
+
+def restore_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`slim_state` for loading: the EMA copy is the shipped ``model.dit.*`` weights."""
+    if any(k.startswith(EMA_PREFIX) for k in state):
+        return state
+    ema = {EMA_PREFIX + k.removeprefix(DIT_PREFIX): v for k, v in state.items() if k.startswith(DIT_PREFIX)}
+    return {**state, **ema}
+
+
 # -- conversion of trusted files ------------------------------------------------------------------
 
 

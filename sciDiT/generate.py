@@ -41,14 +41,14 @@ from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
 from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, size_distribution, validate_request
-from sciDiT.checkpoint import load_checkpoint, require_stage
+from sciDiT.checkpoint import load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
 from sciDiT.flow import DEFAULT_SDE_NOISE, SOLVERS
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
-from sciDiT.pretrained import pretrained_path, restore_ema
+from sciDiT.pretrained import pretrained_path
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.symmetry import expand_token_set, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
-from sciDiT.checkpoint import load_checkpoint, require_stage
+from sciDiT.checkpoint import load_checkpoint, require_stage, restore_ema, slim_state
 from sciDiT.errors import SciDiTInputError
 
 FOLDER = Path(__file__).resolve().parent
-EMA_PREFIX, DIT_PREFIX = "ema.module.", "model.dit."
 
 
 def available() -> list[str]:
@@ -33,23 +32,6 @@ def pretrained_path(name: str) -> Path:
     if name not in available():
         raise SciDiTInputError(f"no pretrained model {name!r}; shipped: {', '.join(available()) or 'none'}")
     return FOLDER / f"{name}.pt"
-
-
-def slim_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A DiT module's state dict with the EMA weights as ``model.dit.*`` and no separate EMA copy."""
-    ema = {DIT_PREFIX + k.removeprefix(EMA_PREFIX): v for k, v in state.items() if k.startswith(EMA_PREFIX)}
-    if not ema:
-        raise SciDiTInputError("the checkpoint has no EMA weights (ema.module.*) to ship")
-    kept = {k: v for k, v in state.items() if not k.startswith((EMA_PREFIX, DIT_PREFIX))}
-    return {**kept, **ema, "ema.num_updates": state.get("ema.num_updates", torch.zeros((), dtype=torch.long))}
-
-
-def restore_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`slim_state` for loading: the EMA copy is the shipped ``model.dit.*`` weights."""
-    if any(k.startswith(EMA_PREFIX) for k in state):
-        return state
-    ema = {EMA_PREFIX + k.removeprefix(DIT_PREFIX): v for k, v in state.items() if k.startswith(DIT_PREFIX)}
-    return {**state, **ema}
 
 
 def with_decoder(state: dict[str, torch.Tensor], vae_hparams: dict[str, Any], decoder_ckpt: str | Path) -> dict[str, torch.Tensor]:

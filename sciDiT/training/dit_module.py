@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from sciDiT.batch import Domain, TokenBatch
-from sciDiT.checkpoint import load_checkpoint, load_vae_checkpoint, load_vae_state, require_stage
+from sciDiT.checkpoint import load_checkpoint, load_vae_checkpoint, load_vae_state, require_stage, restore_ema, slim_state
 from sciDiT.data.conditions import check_condition_names
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
@@ -76,10 +76,10 @@ class DiTModule(L.LightningModule):
         was trained on."""
         ckpt = load_checkpoint(path, "DiT checkpoint (dit.init_ckpt)")
         require_stage(ckpt, "dit", path, "dit.init_ckpt takes <output_dir>/dit/checkpoints/*.ckpt or a shipped sciDiT/pretrained/<name>.pt")
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        ema = {"dit." + k.removeprefix("ema.module."): v for k, v in ckpt["state_dict"].items() if k.startswith("ema.module.")}
+        shipped = slim_state(restore_ema(ckpt["state_dict"]))  # the EMA weights as model.dit.*, whichever kind of file
+        state = {k.removeprefix("model."): v for k, v in shipped.items() if k.startswith("model.")}
         try:
-            self.model.load_state_dict({**state, **ema})  # a shipped file holds its EMA weights as model.dit.*
+            self.model.load_state_dict(state)
         except RuntimeError as err:
             raise SciDiTInputError(f"weights do not fit the configured model (model.vae, model.dit): {str(err).splitlines()[0]}", path) from None
         self.ema.module.load_state_dict(self.model.dit.state_dict())
