@@ -137,6 +137,27 @@ def test_a_condition_can_be_nulled_per_sample():
     torch.testing.assert_close(out[1:], model(x, t, mask, cond)[1:])
 
 
+def test_new_zeroed_conditions_leave_a_trained_model_unchanged_and_are_learnt():
+    """Conditions added to a trained DiT (``dit.init_ckpt`` with more conditions) start as zero contributions
+    (MatterGen-style adapters): the same function for any value, and their zeroed layers get gradients."""
+    base = make_model(conditions={"domain": CONDITIONS["domain"]})
+    more = {**CONDITIONS, "group": {"kind": "class", "num_classes": 5}}
+    extended = dit("DiT-T", latent_dim=LATENT, conditions=more, class_dropout_prob=0.0)
+    missing, unexpected = extended.load_state_dict(base.state_dict(), strict=False)
+    new = ["properties", "perturbation", "group"]
+    assert not unexpected and missing and all(k.startswith(tuple(f"cond_embedders.{n}." for n in new)) for k in missing)
+    extended.zero_conditions(new)
+    x, t, mask, cond = make_inputs()
+    cond = dict(cond, group=torch.tensor([4, 0, 2]))
+    expected = base(x, t, mask, {"domain": cond["domain"]})
+    torch.testing.assert_close(extended.eval()(x, t, mask, cond), expected)
+    torch.testing.assert_close(extended(x, t, mask, {"domain": cond["domain"]}), expected)
+    extended.train()(x, t, mask, cond).square().sum().backward()
+    for name in ("properties", "perturbation"):
+        assert extended.cond_embedders[name].mlp[-1].weight.grad.abs().sum() > 0
+    assert extended.cond_embedders["group"].embedding_table.weight.grad[[4, 0, 2]].abs().sum() > 0
+
+
 def test_label_dropout_only_in_training():
     model = make_model(class_dropout_prob=0.5)
     x, t, mask, cond = make_inputs()

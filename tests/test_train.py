@@ -144,3 +144,27 @@ def test_dit_fine_tune_starts_from_a_shipped_model(data_dir: Path, cache_dir: Pa
                       *extra, f"paths.output_dir={tmp_path / 'bad'}"], data_dir, cache_dir)
         last = res.stderr.strip().splitlines()[-1]
         assert res.returncode == 2 and "Traceback" not in res.stderr and message in last, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_dit_fine_tune_adds_conditions_to_a_shipped_model(data_dir: Path, cache_dir: Path, tmp_path: Path):
+    """``dit.init_ckpt`` with conditions the file lacks: the shipped weights load, the new embedders start at zero,
+    and the new conditions' statistics come from the data; a condition the configured DiT lacks is one line, exit 2."""
+    shipped = Path(__file__).parents[1] / "sciDiT" / "pretrained" / "mp20_spacegroup_cpu.pt"
+    out = tmp_path / "sgc"
+    tiny = [a for a in TINY_ATOMS if not a.startswith("data.datasets")] + ["data.datasets=[{name:mp20,asymmetric_unit:true,limit:120}]"]
+    res = _train(["experiment=mp20_spacegroup_cond_cpu", *tiny, "stage=dit", "test=false", "trainer.max_steps=1", "dit.lr=1e-9",
+                  f"dit.init_ckpt={shipped}", f"paths.output_dir={out}"], data_dir, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = torch.load(shipped, weights_only=True)["state_dict"]
+    after = torch.load(out / "dit" / "checkpoints" / "last.ckpt", weights_only=True)
+    state = after["state_dict"]
+    assert all(torch.allclose(v, state[k], atol=1e-6) for k, v in before.items() if k.startswith("model.dit."))
+    for name in ("elements", "formation_energy", "band_gap"):
+        added = [k for k in state if k.startswith((f"model.dit.cond_embedders.{name}.null", f"model.dit.cond_embedders.{name}.mlp.2"))]
+        assert len(added) == 3 and all(state[k].abs().max() < 1e-6 for k in added), name
+    assert set(after["condition_stats"]) == {"spacegroup", "elements", "formation_energy", "band_gap"}
+    res = _train(["experiment=qm9_mp20_joint_cpu", *TINY_ATOMS, "stage=dit", "trainer.max_steps=1", f"dit.init_ckpt={shipped}",
+                  f"paths.output_dir={tmp_path / 'bad'}"], data_dir, cache_dir)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "spacegroup" in last, res.stderr[-2000:]

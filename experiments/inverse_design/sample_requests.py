@@ -9,7 +9,12 @@ Writes, each record carrying its request (SD property / manifest column ``reques
 * ``molecules_unconditional.sdf`` - the same model with every condition null (validity reference);
 * ``crystals_spacegroup/`` - the ten most common MP-20 training space groups, ``--per-group`` each;
 * ``crystals_elements/`` - the ten most common MP-20 training element sets, ``--per-group`` each;
-* ``crystals_unconditional/`` - the space-group base rate.
+* ``crystals_unconditional/`` - the space-group base rate;
+* ``crystals_spacegroup_elements/`` - the ten most common (space group, element set) pairs of MP-20 train,
+  ``--per-group`` each, both requested at once (models of ``experiment=mp20_spacegroup_cond_cpu``);
+* ``crystals_formation_energy/`` - formation energies at the five points above of the training
+  distribution, ``--per-group`` each, each with one of the ten most common space groups (cycled; an
+  asymmetric-unit model needs a group).
 ``--guidance``: CFG scale on each request's condition (default 1). ``--composition requested``: element-set
 requests enforced at decoding (each crystal uses exactly the requested elements), a separate figure from
 the conditioning alone (default ``argmax``). ``--sizes marginal``: atom counts of requests from the unconditional
@@ -20,6 +25,7 @@ written with force-field relaxed geometries on their decoded graphs (a separatel
 from __future__ import annotations
 
 import argparse
+import ast
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +38,7 @@ from sciDiT.generate import load_generator
 from sciDiT.tokenizers.elements import symbol
 
 Z_VALUES = (-1.28, -0.52, 0.0, 0.52, 1.28)
-PARTS = ("molecules", "spacegroup", "elements", "unconditional")
+PARTS = ("molecules", "spacegroup", "elements", "unconditional", "spacegroup_elements", "formation_energy")
 
 
 def _renumber(sets: list) -> list:
@@ -95,6 +101,25 @@ def main() -> None:
             xtals += gen.generate_token_sets("crystal", args.per_group, condition={"elements": list(system)}, composition=args.composition,
                                              guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
         gen.export(_renumber(xtals), args.out / "crystals_elements")
+    if {"spacegroup_elements", "formation_energy"} & set(args.parts):
+        train = pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number", "elements"])
+        groups = [int(g) for g, _ in Counter(train["spacegroup.number"]).most_common(10)]
+    if "spacegroup_elements" in args.parts:
+        pairs = Counter((int(g), tuple(sorted(ast.literal_eval(e)))) for g, e in zip(train["spacegroup.number"], train["elements"]))
+        xtals = []
+        for k, ((group, system), _) in enumerate(pairs.most_common(10)):
+            xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": group, "elements": list(system)},
+                                             guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
+        gen.export(_renumber(xtals), args.out / "crystals_spacegroup_elements")
+    if "formation_energy" in args.parts:
+        key, xtals = "formation_energy", []
+        for k, z in enumerate(Z_VALUES):
+            value = round(stats[key]["mean"] + z * stats[key]["std"], 3)
+            for j in range(2):  # two groups per value, so the ten groups are each requested once
+                group = groups[(2 * k + j) % len(groups)]
+                xtals += gen.generate_token_sets("crystal", args.per_group // 2, condition={key: value, "spacegroup": group},
+                                                 guidance=_guide(key, args.guidance), **{**common, "seed": args.seed + 10 * k + j})
+        gen.export(_renumber(xtals), args.out / "crystals_formation_energy")
 
 if __name__ == "__main__":
     main()

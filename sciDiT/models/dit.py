@@ -29,7 +29,7 @@ initialisation, the size registry.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -365,6 +365,19 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def zero_conditions(self, names: Iterable[str]) -> None:
+        """Make conditions ``names`` add exactly zero to ``c``, whatever their value (zeroed class rows,
+        null embeddings and last MLP layers), as MatterGen's adapters start: a trained DiT fine-tuned with
+        new conditions begins as the same function and learns them from there."""
+        for name in names:
+            embedder = self.cond_embedders[name]
+            if isinstance(embedder, ClassEmbedder):
+                nn.init.zeros_(embedder.embedding_table.weight)
+            else:
+                nn.init.zeros_(embedder.null_embedding)
+                nn.init.zeros_(embedder.mlp[-1].weight)
+                nn.init.zeros_(embedder.mlp[-1].bias)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ for a conditional model, the training statistics of its conditions under ``condi
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ from sciDiT.batch import Domain, TokenBatch
 from sciDiT.checkpoint import load_checkpoint, load_vae_checkpoint, load_vae_state, require_stage, restore_ema, slim_state
 from sciDiT.data.conditions import check_condition_names
 from sciDiT.errors import SciDiTInputError
+from sciDiT.models.dit import DEFAULT_CONDITIONS
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.training.compile import compile_module
 from sciDiT.training.ema import EMA
@@ -73,15 +75,23 @@ class DiTModule(L.LightningModule):
         """Start from a trained DiT-stage checkpoint or shipped model (``init_ckpt``): its VAE, latent statistics,
         histograms, condition statistics and its EMA DiT weights (as both the trained and the averaged
         copy); the optimiser and schedule start fresh. Keeping the statistics keeps the latents the DiT
-        was trained on."""
+        was trained on. Conditions the configured DiT declares beyond the file's start as zero
+        contributions (:meth:`DiT.zero_conditions`), so the fine-tune adds them to an unchanged model."""
         ckpt = load_checkpoint(path, "DiT checkpoint (dit.init_ckpt)")
         require_stage(ckpt, "dit", path, "dit.init_ckpt takes <output_dir>/dit/checkpoints/*.ckpt or a shipped sciDiT/pretrained/<name>.pt")
         shipped = slim_state(restore_ema(ckpt["state_dict"]))  # the EMA weights as model.dit.*, whichever kind of file
         state = {k.removeprefix("model."): v for k, v in shipped.items() if k.startswith("model.")}
+        old = set(dict(ckpt["hyper_parameters"]["dit"]).get("conditions") or DEFAULT_CONDITIONS)
+        new = [name for name in self.model.dit.cond_embedders if name not in old]
         try:
-            self.model.load_state_dict(state)
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
         except RuntimeError as err:
             raise SciDiTInputError(f"weights do not fit the configured model (model.vae, model.dit): {str(err).splitlines()[0]}", path) from None
+        missing = [k for k in missing if not k.startswith(tuple(f"dit.cond_embedders.{name}." for name in new))]
+        if missing or unexpected:
+            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]} (a condition the configured DiT lacks?)"
+            raise SciDiTInputError(f"weights do not fit the configured model (model.vae, model.dit): {what}", path)
+        self.model.dit.zero_conditions(new)
         self.ema.module.load_state_dict(self.model.dit.state_dict())
         self.condition_stats = dict(ckpt.get(CONDITION_STATS_KEY, {}))
 
@@ -91,8 +101,13 @@ class DiTModule(L.LightningModule):
         check_condition_names(names, self.hparams.dit.get("conditions"))
         if getattr(datamodule, "asymmetric_units", False) and "spacegroup" not in names:
             raise SciDiTInputError("a DiT on asymmetric-unit crystals needs the spacegroup condition (data.conditions) to expand its samples")
-        if names and not self.condition_stats:
-            self.condition_stats = datamodule.condition_stats()
+        if names and set(names) - set(self.condition_stats):  # a new model, or new conditions added by dit.init_ckpt
+            data_stats = datamodule.condition_stats()
+            for name, kept in self.condition_stats.items():  # the batches are standardised with the data's statistics
+                if name in data_stats and any(not math.isclose(kept[k], data_stats[name][k], rel_tol=1e-6) for k in ("mean", "std") if k in kept):
+                    raise SciDiTInputError(f"condition {name!r} of dit.init_ckpt was standardised with mean {kept['mean']:.6g}, std {kept['std']:.6g}; "
+                                           f"this training data gives {data_stats[name]['mean']:.6g}, {data_stats[name]['std']:.6g}: fine-tune on the data it was trained on")
+            self.condition_stats = {**data_stats, **self.condition_stats}
         if bool(self.model.prepared):  # resumed, or already prepared
             return
         batches = [b.to(self.device) for b in itertools.islice(datamodule.train_dataloader(), self.hparams.stats_batches)]
