@@ -25,6 +25,7 @@ of a fixed shape are not enough: measured in experiments/reproducible_sampling/R
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import operator
 import warnings
@@ -50,7 +51,7 @@ from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.pretrained import pretrained_path
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
-from sciDiT.tokenizers.symmetry import expand_token_set, spacegroup_number, standard_hall_number, symmetric_lattice
+from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
@@ -204,7 +205,8 @@ class Generator:
         A model trained on asymmetric units (``experiment=mp20_spacegroup_cpu``) needs ``condition.spacegroup``:
         each decoded asymmetric unit is expanded with that group's operations in its standard setting (its
         lattice given the group's metric, each atom moved onto its special position), so every crystal holds
-        the group exactly (:mod:`sciDiT.tokenizers.symmetry`); ``num_atoms`` then counts the asymmetric unit.
+        the group exactly (:mod:`sciDiT.tokenizers.symmetry`); ``num_atoms`` then counts the asymmetric unit, and
+        ``composition=balanced/requested`` count each unit atom as the atoms of its orbit (the whole cell's composition).
         ``condition_sizes``: draw the set sizes of a request from the training sizes given the requested
         values (EDM's protocol: ``p(num_atoms | condition)``, stored in the checkpoint), not from the
         unconditional histogram; ``num_atoms`` overrides both.
@@ -250,8 +252,9 @@ class Generator:
         if dom == Domain.CRYSTAL and self.condition_stats.get("spacegroup", {}).get("asymmetric_unit"):
             if "spacegroup" not in request:
                 raise SciDiTInputError("this model generates asymmetric units: request a space group, e.g. condition.spacegroup=225")
-            if composition != "argmax":
-                raise SciDiTInputError(f"composition={composition} chooses whole-cell compositions; this model generates asymmetric units (use composition=argmax)")
+            if composition == "coherent":
+                raise SciDiTInputError("composition=coherent uses a prior over whole cells; this model generates asymmetric units "
+                                       "(use composition=argmax, balanced or requested)")
             hall = standard_hall_number(request["spacegroup"])
         if SIZE_KEY in request:
             if num_atoms is not None:
@@ -286,6 +289,7 @@ class Generator:
                                                   self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
                                                   allowed_elements=None if allowed is None else allowed.expand(len(idx), -1),
                                                   charge_balanced=composition == "balanced",
+                                                  site_weights=None if hall is None else functools.partial(_unit_weights, hall),
                                                   graph_decoder=graph_decoder)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
@@ -338,6 +342,15 @@ def _expand(ts: TokenSet, hall: int) -> TokenSet:
     if lattice_problem(symmetric_lattice(ts.lattice.double().numpy(), spacegroup_number(hall)).tolist()):
         return ts
     return expand_token_set(ts, hall)
+
+
+def _unit_weights(hall: int, frac: Tensor, lattice: Tensor) -> Tensor:
+    """``[n]`` atoms of the expanded crystal per atom of a decoded asymmetric unit (:func:`sciDiT.tokenizers.symmetry.multiplicities`):
+    how ``composition=balanced/requested`` count it; ones where the unit stays unexpanded (degenerate lattice, as :func:`_expand`)."""
+    params = lattice.double().numpy()
+    if lattice_problem(symmetric_lattice(params, spacegroup_number(hall)).tolist()):
+        return torch.ones(len(frac), dtype=torch.long)
+    return torch.from_numpy(multiplicities(hall, params, frac.double().numpy()))
 
 
 def _step_noise(sizes: Tensor, generators: Sequence[torch.Generator], latent_dim: int) -> NoiseFn:

@@ -86,3 +86,27 @@ def test_a_required_element_set_is_used_exactly_and_balanced_where_possible():
     assert found and sorted(types.tolist()) == sorted([NA, CL, O])  # NaClO
     types, found = balanced_types(_log_probs([{NA: 0.9}, {CL: 0.9}]), required=[NA, MG])  # Na-Mg: an alloy, all metals
     assert found and sorted(types.tolist()) == [NA, MG]
+
+
+def test_multiplicities_weight_compositions_and_log_probabilities_like_the_expanded_crystal():
+    """An asymmetric unit with orbit multiplicities: the same optimum as brute force over the expanded counts,
+    each row's log-probability counted once per atom it stands for; a dropped row (0) keeps its argmax."""
+    rng = np.random.default_rng(1)
+    pool = [NA, CL, O, MG, F]
+    for _ in range(30):
+        lp = np.full((3, T), -np.inf)
+        lp[:, pool] = rng.normal(0, 1.5, (3, len(pool)))
+        lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+        mult = rng.choice([1, 2, 4, 0], size=3, p=[0.3, 0.3, 0.3, 0.1])
+        mult[0] = max(mult[0], 1)
+        types, found = balanced_types(lp, max_visits=10_000, multiplicity=mult)
+        top = np.argsort(-lp, 1)[:, :3]
+        options = [[z for z in top[i] if (lp[i, z] >= math.log(1e-2) and mult[i] > 0) or z == top[i, 0]] for i in range(3)]
+        scores = [sum(m * lp[i, z] for i, (z, m) in enumerate(zip(a, mult))) for a in itertools.product(*options)
+                  if _valid(np.repeat(a, mult))]
+        assert found == bool(scores)
+        if scores:
+            assert _valid(np.repeat(types, mult))
+            assert sum(m * lp[i, z] for i, (z, m) in enumerate(zip(types, mult))) == pytest.approx(max(scores))
+    nacl = _log_probs([{NA: 0.9}, {CL: 0.6, O: 0.35}])
+    assert balanced_types(nacl, multiplicity=np.array([2, 1]))[0].tolist() == [NA, O]  # Na2O, where 1:1 would be NaCl

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Element, Lattice, Structure
 
 from conftest import TINY_DIT, TINY_VAE
 from sciDiT.data import load_cdvae
@@ -18,8 +18,9 @@ from sciDiT.evaluation.conditional import detect_spacegroup
 from sciDiT.evaluation.io import read_manifest
 from sciDiT.generate import load_generator
 from sciDiT.tokenizers.crystal import CrystalTokenizer
-from sciDiT.tokenizers.symmetry import (asymmetric_token_set, asymmetric_unit, expand, expand_token_set, operations, orbit,
-                                        site_projection, spacegroup_number, standard_hall_number, symmetric_lattice)
+from sciDiT.tokenizers.oxidation import reduced_counts, smact_validity
+from sciDiT.tokenizers.symmetry import (asymmetric_token_set, asymmetric_unit, expand, expand_token_set, multiplicities, operations,
+                                        orbit, site_projection, spacegroup_number, standard_hall_number, symmetric_lattice)
 from sciDiT.training.datamodule import TokenSetDataModule
 
 FM3M = standard_hall_number(225)
@@ -41,6 +42,8 @@ def test_asymmetric_units_of_real_crystals_expand_back_to_them(crystals):
         full, dropped = expand(hall, np.array([*unit.lattice.abc, *unit.lattice.angles]), np.array(unit.atomic_numbers), unit.frac_coords)
         assert dropped == 0 and matcher.fit(structure, full), structure.composition
         assert detect_spacegroup(full, 0.01) == group  # exact symmetry, at the strict tolerance
+        mult = multiplicities(hall, np.array([*unit.lattice.abc, *unit.lattice.angles]), unit.frac_coords)
+        assert mult.sum() == len(full) and full.composition == sum((Composition({Element.from_Z(z): int(m)}) for z, m in zip(unit.atomic_numbers, mult)), Composition())
 
 
 def test_token_sets_round_trip_through_the_asymmetric_unit(crystals, data_dir, cache_dir):
@@ -131,6 +134,12 @@ def test_an_asymmetric_unit_model_samples_crystals_in_the_requested_group(asym_g
         assert detect_spacegroup(tok.to_structure(ts), 0.01) in (225, 221, 229)  # one orbit may have a supergroup's symmetry
     with pytest.raises(SciDiTInputError, match="request a space group"):
         asym_gen.generate_token_sets("crystal", n=1, steps=2, progress=False)
+    argmax = asym_gen.generate_token_sets("crystal", n=4, num_atoms=3, steps=2, progress=False, condition={"spacegroup": 225},
+                                          allow_extrapolation=True)
+    balanced = asym_gen.generate_token_sets("crystal", n=4, num_atoms=3, steps=2, progress=False, condition={"spacegroup": 225},
+                                            allow_extrapolation=True, composition="balanced")
+    for a, b in zip(argmax, balanced):  # the whole cell's composition is balanced (or the argmax kept where none is found)
+        assert torch.equal(a.frac, b.frac) and (smact_validity(*reduced_counts(b.types.tolist())) or torch.equal(a.types, b.types))
     with pytest.raises(SciDiTInputError, match="use composition=argmax"):
         asym_gen.generate_token_sets("crystal", n=1, steps=2, progress=False, condition={"spacegroup": 225}, composition="coherent",
                                      allow_extrapolation=True)

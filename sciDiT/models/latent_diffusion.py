@@ -19,7 +19,7 @@ from sciDiT.flow import DEFAULT_SDE_NOISE, flow_matching_loss, integrate, model_
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.composition import MAX_ELEMENTS, MAX_PRIOR_TOKENS, num_elements_log_prior
 from sciDiT.models.dit import DiT
-from sciDiT.models.vae import AllAtomVAE, GraphDecoder
+from sciDiT.models.vae import AllAtomVAE, GraphDecoder, SiteWeights
 
 MAX_SET_SIZE = 1024  # longest token set whose size the count histogram can record
 
@@ -117,6 +117,7 @@ class LatentDiffusion(nn.Module):
         coherent_elements: bool = False,
         allowed_elements: Tensor | None = None,
         charge_balanced: bool = False,
+        site_weights: SiteWeights | None = None,
         graph_decoder: GraphDecoder | None = None,
         generator: torch.Generator | None = None,
     ) -> TokenBatch:
@@ -130,7 +131,8 @@ class LatentDiffusion(nn.Module):
         element set under the training prior (:mod:`sciDiT.models.composition`); per-token argmax when
         False (default) or when the checkpoint has no prior; ``allowed_elements [B, T]``: decode each crystal
         with exactly these elements (a composition request enforced at decoding); ``charge_balanced``: each
-        crystal's most probable charge-balanced (SMACT-valid) element assignment; ``graph_decoder``: how molecules' bonds are
+        crystal's most probable charge-balanced (SMACT-valid) element assignment; ``site_weights``: atoms of the output
+        crystal per token, for crystals generated as asymmetric units (:meth:`AllAtomVAE.decode_to_batch`); ``graph_decoder``: how molecules' bonds are
         decoded from the pair probabilities (argmax when None; see :meth:`AllAtomVAE.decode_graph`).
         Decoding always runs in float32, outside any autocast.
         """
@@ -151,4 +153,4 @@ class LatentDiffusion(nn.Module):
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
             return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder,
                                             allowed_elements=None if allowed_elements is None else allowed_elements.to(device),
-                                            charge_balanced=charge_balanced)
+                                            charge_balanced=charge_balanced, site_weights=site_weights)

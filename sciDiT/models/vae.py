@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -28,6 +29,10 @@ from sciDiT.models.composition import coherent_types, requested_types
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
 from sciDiT.tokenizers.oxidation import balanced_types
+
+# a crystal's decoded frac [n, 3] and lattice [6] -> [n] atoms of the output crystal per token (asymmetric units)
+SiteWeights = Callable[[Tensor, Tensor], Tensor]
+
 
 class GraphDecoder(Protocol):
     """How molecules' graphs are decoded (e.g. :class:`sciDiT.tokenizers.valence.ValenceGraphDecoder`).
@@ -228,14 +233,16 @@ class AllAtomVAE(nn.Module):
     @torch.no_grad()
     def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None,
                         graph_decoder: GraphDecoder | None = None, allowed_elements: Tensor | None = None,
-                        charge_balanced: bool = False) -> TokenBatch:
+                        charge_balanced: bool = False, site_weights: SiteWeights | None = None) -> TokenBatch:
         """Decode latents into a :class:`TokenBatch` in physical units.
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
         :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set;
         with ``allowed_elements`` ([B, T] bool, a requested element set per crystal) they use exactly those elements,
         charge balanced where such an assignment exists; ``charge_balanced``: each crystal's most probable
-        SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`).
+        SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`). ``site_weights``: for
+        crystals decoded as asymmetric units, how many atoms of the full crystal each token becomes; those two
+        rules then count compositions and log-probabilities with these weights (a dropped token keeps its argmax).
         Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`).
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
@@ -243,17 +250,25 @@ class AllAtomVAE(nn.Module):
         type_logits = type_logits.float().clone()
         type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
         type_log_probs = type_logits.log_softmax(-1)  # [B, N, T], read by every type rule and the graph decoder
-        types = type_logits.argmax(-1) * mask  # [B, N]
-        if (xtal := domain == Domain.CRYSTAL).any():
-            if element_log_prior is not None:
-                types[xtal] = coherent_types(type_log_probs[xtal], mask[xtal], element_log_prior)  # [B_xtal, N]
-            if allowed_elements is not None:
-                types[xtal] = requested_types(type_log_probs[xtal], mask[xtal], allowed_elements[xtal])  # [B_xtal, N]
-            if charge_balanced or allowed_elements is not None:
-                self._balance_charges(types, type_log_probs, mask, xtal, allowed_elements)
         is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
+        argmax = type_logits.argmax(-1) * mask  # [B, N]
+        types = argmax.clone()  # [B, N]
+        if (xtal := domain == Domain.CRYSTAL).any():
+            weights = mask.long()  # [B, N] atoms of the output crystal per token
+            if site_weights is not None and (charge_balanced or allowed_elements is not None):
+                for b in xtal.nonzero().squeeze(1).tolist():
+                    weights[b, mask[b]] = site_weights(frac[b, mask[b]], lattice[b]).to(weights)
+            kept = weights > 0  # [B, N] tokens that stay in the crystal
+            if element_log_prior is not None:
+                types[xtal] = coherent_types(type_log_probs[xtal], mask[xtal], element_log_prior)  # [B_xtal, N]
+            if allowed_elements is not None:
+                kept = torch.where((kept.sum(1) >= allowed_elements.sum(1))[:, None], kept, mask)  # [B, N] room for every element
+                types[xtal] = requested_types(type_log_probs[xtal], kept[xtal], allowed_elements[xtal])  # [B_xtal, N]
+                types = torch.where(mask & ~kept, argmax, types)  # [B, N] dropped tokens keep their argmax
+            if charge_balanced or allowed_elements is not None:
+                self._balance_charges(types, type_log_probs, mask, xtal, allowed_elements, weights)
         crystal_pos = frac @ lattice_matrix(lattice.double()).float()  # [B, N, 3]
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
         bonds, charges, meta = None, None, []
@@ -263,14 +278,17 @@ class AllAtomVAE(nn.Module):
                           mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges, meta=meta)
 
     @staticmethod
-    def _balance_charges(types: Tensor, type_log_probs: Tensor, mask: Tensor, xtal: Tensor, allowed_elements: Tensor | None) -> None:
+    def _balance_charges(types: Tensor, type_log_probs: Tensor, mask: Tensor, xtal: Tensor, allowed_elements: Tensor | None,
+                         weights: Tensor) -> None:
         """In place: each crystal's types become its most probable charge-balanced assignment, where one is found
-        (within its requested elements when ``allowed_elements`` is given); the others keep theirs."""
+        (within its requested elements when ``allowed_elements`` is given; tokens counted ``weights [B, N]``
+        times); the others keep theirs."""
         log_probs = type_log_probs.cpu().numpy()  # [B, N, T]
         for b in xtal.nonzero().squeeze(1).tolist():
             real = mask[b].nonzero().squeeze(1)  # [n]
             required = None if allowed_elements is None else allowed_elements[b].nonzero().squeeze(1).tolist()
-            balanced, found = balanced_types(log_probs[b, real.cpu().numpy()], required=required)  # [n]
+            balanced, found = balanced_types(log_probs[b, real.cpu().numpy()], required=required,
+                                             multiplicity=weights[b, real].cpu().numpy())  # [n]
             if found:
                 types[b, real] = torch.as_tensor(balanced, device=types.device)
 

@@ -102,7 +102,7 @@ def smact_validity(symbols: list[str], counts: list[int]) -> bool:
 
 
 def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float = 1e-2, max_visits: int = 2000,
-                   required: list[int] | None = None) -> tuple[np.ndarray, bool]:
+                   required: list[int] | None = None, multiplicity: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Most probable atomic numbers ``[n]`` whose composition is SMACT-valid, and whether one was found.
 
     ``log_probs [n, T]``: per-atom log-probabilities over atomic numbers (index = Z; entries that are
@@ -110,8 +110,11 @@ def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float =
     elements with probability >= ``min_prob`` (its argmax always); assignments are visited best-first
     by total log-probability, at most ``max_visits`` of them. ``required`` (a requested element set):
     every atom takes one of these elements, each of them appears, and ``candidates`` / ``min_prob``
-    do not apply. Not found: the (restricted) argmax and False.
+    do not apply. ``multiplicity [n]``: how many atoms of the crystal each row stands for (the orbits of an
+    asymmetric unit; 0: an atom the crystal drops): compositions count each row that many times, and so
+    does its log-probability. Not found: the (restricted) argmax and False.
     """
+    weight = np.ones(len(log_probs), dtype=np.int64) if multiplicity is None else np.asarray(multiplicity, dtype=np.int64)
     if required is not None:
         keep = np.zeros(log_probs.shape[1], dtype=bool)
         keep[required] = True
@@ -120,7 +123,8 @@ def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float =
     lp = np.take_along_axis(log_probs, order, 1)  # [n, C]
     allowed = lp >= math.log(min_prob) if min_prob > 0 else lp > -np.inf  # [n, C]
     allowed[:, 0] = True  # the first candidate always
-    loss = lp[:, :1] - lp  # [n, C] log-probability lost by taking candidate c instead of the first
+    allowed[weight == 0, 1:] = False  # a dropped atom keeps its argmax: nothing depends on it
+    loss = (lp[:, :1] - lp) * weight[:, None]  # [n, C] log-probability lost by taking candidate c instead of the first
     wanted = None if required is None else set(required)
     seen: dict[tuple[tuple[str, ...], tuple[int, ...]], bool] = {}
     heap = [(0.0, (0,) * len(lp), 0)]
@@ -129,8 +133,8 @@ def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float =
             break
         cost, choice, first = heapq.heappop(heap)
         types = order[np.arange(len(choice)), choice]  # [n]
-        if wanted is None or set(types.tolist()) == wanted:
-            key = tuple(map(tuple, reduced_counts(types.tolist())))
+        if wanted is None or set(types[weight > 0].tolist()) == wanted:
+            key = tuple(map(tuple, reduced_counts(np.repeat(types, weight).tolist())))
             if key not in seen:
                 seen[key] = smact_validity(*key)
             if seen[key]:

@@ -121,25 +121,35 @@ def orbit(x: np.ndarray, rot: np.ndarray, trans: np.ndarray, tol: float = 1e-4) 
     return np.array(out)
 
 
+def _orbits(hall_number: int, lattice: np.ndarray, frac: np.ndarray, site_tol: float = SITE_TOL) -> tuple[Lattice, list[np.ndarray | None]]:
+    """The symmetric lattice of ``lattice`` parameters ``[6]`` in setting ``hall_number``, and the orbit ``[m, 3]``
+    of each atom of ``frac [n, 3]`` after projection onto its special position; None for an atom whose special
+    position an earlier atom already holds (two atoms cannot share a site)."""
+    rot, trans = operations(hall_number)
+    lat = Lattice.from_parameters(*symmetric_lattice(np.asarray(lattice, dtype=np.float64), spacegroup_number(hall_number)))
+    orbits: list[np.ndarray | None] = []
+    for x in np.asarray(frac, dtype=np.float64):
+        points = orbit(site_projection(x, lat.matrix, rot, trans, site_tol), rot, trans)
+        placed = [o for o in orbits if o is not None]
+        orbits.append(None if placed and _occupied(points[0], np.concatenate(placed)) else points)
+    return lat, orbits
+
+
+def multiplicities(hall_number: int, lattice: np.ndarray, frac: np.ndarray, site_tol: float = SITE_TOL) -> np.ndarray:
+    """How many atoms of the full cell each atom of an asymmetric unit becomes (:func:`expand`; 0 if dropped):
+    the weights of a unit's composition."""
+    return np.array([0 if o is None else len(o) for o in _orbits(hall_number, lattice, frac, site_tol)[1]], dtype=np.int64)
+
+
 def expand(hall_number: int, lattice: np.ndarray, types: np.ndarray, frac: np.ndarray, site_tol: float = SITE_TOL) -> tuple[Structure, int]:
     """The full conventional cell of an asymmetric unit (``lattice`` parameters ``[6]``, ``types [n]``,
     fractional ``frac [n, 3]``) in the setting ``hall_number``: symmetric metric, special positions, orbits;
     and how many atoms of the unit were dropped because an earlier one already holds their special position
     (two atoms cannot share a site; atoms merely close to each other are kept, for the validity check to judge)."""
-    rot, trans = operations(hall_number)
-    params = symmetric_lattice(np.asarray(lattice, dtype=np.float64), spacegroup_number(hall_number))
-    lat = Lattice.from_parameters(*params)
-    species: list[int] = []
-    coords: list[np.ndarray] = []
-    dropped = 0
-    for z, x in zip(np.asarray(types).tolist(), np.asarray(frac, dtype=np.float64)):
-        points = orbit(site_projection(x, lat.matrix, rot, trans, site_tol), rot, trans)
-        if coords and _occupied(points[0], np.concatenate(coords)):
-            dropped += 1
-            continue
-        species += [int(z)] * len(points)
-        coords.append(points)
-    return Structure(lat, species, np.concatenate(coords)), dropped
+    lat, orbits = _orbits(hall_number, lattice, frac, site_tol)
+    kept = [(int(z), o) for z, o in zip(np.asarray(types).tolist(), orbits) if o is not None]
+    species = [z for z, o in kept for _ in range(len(o))]
+    return Structure(lat, species, np.concatenate([o for _, o in kept])), len(orbits) - len(kept)
 
 
 def _occupied(x: np.ndarray, placed: np.ndarray, tol: float = 1e-4) -> bool:
