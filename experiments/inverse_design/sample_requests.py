@@ -10,8 +10,9 @@ Writes, each record carrying its request (SD property / manifest column ``reques
 * ``crystals_spacegroup/`` - the ten most common MP-20 training space groups, ``--per-group`` each;
 * ``crystals_elements/`` - the ten most common MP-20 training element sets, ``--per-group`` each;
 * ``crystals_unconditional/`` - the space-group base rate;
-* ``crystals_spacegroup_elements/`` - the ten most common (space group, element set) pairs of MP-20 train,
-  ``--per-group`` each, both requested at once (models of ``experiment=mp20_spacegroup_cond_cpu``);
+* ``crystals_spacegroup_elements/`` - for each of the ten most common MP-20 training space groups, its most
+  common element set among the training crystals in that group, ``--per-group`` each, both requested at once
+  (models of ``experiment=mp20_spacegroup_cond_cpu``);
 * ``crystals_formation_energy/`` - formation energies at the five points above of the training
   distribution, ``--per-group`` each, each with one of the ten most common space groups (cycled; an
   asymmetric-unit model needs a group).
@@ -107,9 +108,10 @@ def main() -> None:
     if "spacegroup_elements" in args.parts:
         pairs = Counter((int(g), tuple(sorted(ast.literal_eval(e)))) for g, e in zip(train["spacegroup.number"], train["elements"]))
         xtals = []
-        for k, ((group, system), _) in enumerate(pairs.most_common(10)):
+        for k, group in enumerate(groups):
+            system = max((pair for pair in pairs if pair[0] == group), key=pairs.__getitem__)[1]
             xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": group, "elements": list(system)},
-                                             guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
+                                             composition=args.composition, guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
         gen.export(_renumber(xtals), args.out / "crystals_spacegroup_elements")
     if "formation_energy" in args.parts:
         key, xtals = "formation_energy", []
