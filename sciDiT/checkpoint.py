@@ -154,12 +154,16 @@ def require_stage(ckpt: Mapping[str, Any], stage: str, path: str | Path, hint: s
 
 
 def load_vae_checkpoint(path: str, stage: str = "vae", what: str = "dit.vae_ckpt") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The VAE's state dict (keys ``model.*`` of the VAE module) and hyper-parameters from a ``stage`` checkpoint.
+    """The VAE's state dict (keys ``model.*`` of the VAE module) and hyper-parameters from a ``stage`` checkpoint,
+    or, for ``stage="vae"``, the VAE inside a DiT-stage checkpoint or shipped model (to train a new DiT on it).
 
     Read without executing code (:func:`load_checkpoint`); a missing, unreadable or
     unsafe file, or a checkpoint of another stage, is one line naming the file and ``what`` read it.
     """
     ckpt = load_checkpoint(path, f"VAE checkpoint ({what})")
+    if stage == "vae" and checkpoint_stage(ckpt) == "dit":
+        state = {k.removeprefix("model.vae."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.vae.")}
+        return state, {"vae": dict(ckpt["hyper_parameters"]["vae"])}
     require_stage(ckpt, stage, path, f"{what} takes <output_dir>/vae/checkpoints/*.ckpt")
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return state, dict(ckpt["hyper_parameters"])

@@ -160,13 +160,20 @@ def test_stored_hyper_parameters_cannot_name_a_target(stage_ckpts, tmp_path):
         load_generator(tmp_path / "target.ckpt")
 
 
-def test_dit_stage_vae_checkpoint_is_read_safely_and_must_be_a_vae(evil, stage_ckpts):
+def test_dit_stage_vae_checkpoint_is_read_safely_and_must_hold_a_vae(evil, stage_ckpts, tmp_path):
+    """dit.vae_ckpt takes a VAE-stage checkpoint or the VAE inside a DiT-stage one (a new DiT on a trained model's VAE)."""
     path, marker = evil
-    for ckpt, match in ((path, "evil.ckpt: refused to load"), (stage_ckpts["dit"], "a DiT-stage checkpoint, but a VAE-stage checkpoint is needed here; dit.vae_ckpt"),
+    torch.save({"state_dict": {"weights": torch.zeros(2)}, "hyper_parameters": {}}, tmp_path / "other.ckpt")
+    for ckpt, match in ((path, "evil.ckpt: refused to load"), (tmp_path / "other.ckpt", "other.ckpt: not a sciDiT checkpoint (no model weights and hyper-parameters), "
+                                                                                       "but a VAE-stage checkpoint is needed here; dit.vae_ckpt"),
                         (stage_ckpts["text"], "notes.ckpt: not a readable VAE checkpoint"), (stage_ckpts["truncated"], "truncated.ckpt: not a readable")):
         with pytest.raises(SciDiTInputError, match=re.escape(match)):
             DiTModule(vae=TINY_VAE, dit=TINY_DIT, vae_ckpt=str(ckpt)).setup("fit")
     assert not marker.exists()
+    module = DiTModule(vae=TINY_VAE, dit=TINY_DIT, vae_ckpt=str(stage_ckpts["dit"]))
+    module.setup("fit")
+    saved = torch.load(stage_ckpts["dit"], weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[f"model.vae.{k}"]) for k, v in module.model.vae.state_dict().items())
 
 
 def test_cell_predictor_and_cell_dit_stage_read_checkpoints_safely(evil, stage_ckpts):
