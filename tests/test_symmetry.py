@@ -171,3 +171,16 @@ def test_the_shipped_spacegroup_model_samples_crystals_in_the_requested_group():
     for group in (225, 194):
         sets = gen.generate_token_sets("crystal", n=3, steps=20, progress=False, condition={"spacegroup": group})
         assert [detect_spacegroup(tok.to_structure(ts), 0.01) for ts in sets] == [group] * 3
+
+
+def test_the_shipped_spacegroup_and_composition_model_takes_both_requests():
+    """pretrained=mp20_spacegroup_cond_cpu: a space group and an element set at once; with composition=requested every
+    crystal holds the group and exactly the elements, its whole-cell composition charge balanced where one was found."""
+    gen = load_generator("mp20_spacegroup_cond_cpu")
+    assert {"spacegroup", "elements", "formation_energy", "band_gap"} <= set(gen.condition_stats)
+    tok = CrystalTokenizer()
+    sets = gen.generate_token_sets("crystal", n=4, steps=20, progress=False, condition={"spacegroup": 62, "elements": ["K", "N", "O"]},
+                                   composition="requested", bf16=False)  # fp32: the same samples on every CPU
+    for ts in sets:
+        assert detect_spacegroup(tok.to_structure(ts), 0.01) == 62 and set(ts.types.tolist()) == {19, 7, 8}
+    assert sum(smact_validity(*reduced_counts(ts.types.tolist())) for ts in sets) >= 3

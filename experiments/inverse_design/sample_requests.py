@@ -18,7 +18,7 @@ Writes, each record carrying its request (SD property / manifest column ``reques
   asymmetric-unit model needs a group).
 ``--guidance``: CFG scale on each request's condition (default 1). ``--composition requested``: element-set
 requests enforced at decoding (each crystal uses exactly the requested elements), a separate figure from
-the conditioning alone (default ``argmax``). ``--sizes marginal``: atom counts of requests from the unconditional
+the conditioning alone (default ``argmax``); ``balanced``: charge-balanced compositions (SMACT). ``--sizes marginal``: atom counts of requests from the unconditional
 histogram instead of the training sizes given the requested value (EDM's protocol, the default). ``--relax``: molecules
 written with force-field relaxed geometries on their decoded graphs (a separately named, lenient figure). ``--parts``: which of the files above to write (default all). Molecule bonds: ``--bond-decoding`` (default joint, as sampling; the other figures are reruns with constrained / argmax).
 """
@@ -63,8 +63,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=1.0,
                         help="classifier-free guidance on the requested condition (1 = plain conditional)")
-    parser.add_argument("--composition", default="argmax", choices=("argmax", "coherent", "requested"),
-                        help="crystal types of the element-set requests (requested: exactly the requested elements)")
+    parser.add_argument("--composition", default="argmax", choices=("argmax", "coherent", "balanced", "requested"),
+                        help="crystal types (requested: exactly the requested elements; balanced: charge balanced)")
     parser.add_argument("--sizes", default="conditional", choices=("conditional", "marginal"),
                         help="atom counts of requests: from the training sizes given the requested value (EDM's protocol) or the unconditional histogram")
     parser.add_argument("--relax", action="store_true", help="write force-field relaxed molecule geometries (a separate, lenient figure)")
@@ -91,7 +91,7 @@ def main() -> None:
         groups = Counter(pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number"])["spacegroup.number"])
         xtals = []
         for k, (group, _) in enumerate(groups.most_common(10)):
-            xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": int(group)},
+            xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": int(group)}, composition=args.composition,
                                              guidance=_guide("spacegroup", args.guidance), **{**common, "seed": args.seed + k})
         gen.export(_renumber(xtals), args.out / "crystals_spacegroup")
     if "elements" in args.parts:
