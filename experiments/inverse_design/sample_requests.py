@@ -13,9 +13,9 @@ Writes, each record carrying its request (SD property / manifest column ``reques
 * ``crystals_spacegroup_elements/`` - for each of the ten most common MP-20 training space groups, its most
   common element set among the training crystals in that group, ``--per-group`` each, both requested at once
   (models of ``experiment=mp20_spacegroup_cond_cpu``);
-* ``crystals_formation_energy/`` - formation energies at the five points above of the training
-  distribution, ``--per-group`` each, each with one of the ten most common space groups (cycled; an
-  asymmetric-unit model needs a group).
+* ``crystals_formation_energy/``, ``crystals_band_gap/`` - formation energies / band gaps at the five points
+  above of the training distribution, ``--per-group`` each, each value with two of the ten most common space
+  groups (an asymmetric-unit model needs a group).
 ``--guidance``: CFG scale on each request's condition (default 1). ``--composition requested``: element-set
 requests enforced at decoding (each crystal uses exactly the requested elements), a separate figure from
 the conditioning alone (default ``argmax``); ``balanced``: charge-balanced compositions (SMACT). ``--sizes marginal``: atom counts of requests from the unconditional
@@ -39,7 +39,7 @@ from sciDiT.generate import load_generator
 from sciDiT.tokenizers.elements import symbol
 
 Z_VALUES = (-1.28, -0.52, 0.0, 0.52, 1.28)
-PARTS = ("molecules", "spacegroup", "elements", "unconditional", "spacegroup_elements", "formation_energy")
+PARTS = ("molecules", "spacegroup", "elements", "unconditional", "spacegroup_elements", "formation_energy", "band_gap")
 
 
 def _renumber(sets: list) -> list:
@@ -102,7 +102,7 @@ def main() -> None:
             xtals += gen.generate_token_sets("crystal", args.per_group, condition={"elements": list(system)}, composition=args.composition,
                                              guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
         gen.export(_renumber(xtals), args.out / "crystals_elements")
-    if {"spacegroup_elements", "formation_energy"} & set(args.parts):
+    if {"spacegroup_elements", "formation_energy", "band_gap"} & set(args.parts):
         train = pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number", "elements"])
         groups = [int(g) for g, _ in Counter(train["spacegroup.number"]).most_common(10)]
     if "spacegroup_elements" in args.parts:
@@ -113,15 +113,17 @@ def main() -> None:
             xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": group, "elements": list(system)},
                                              composition=args.composition, guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
         gen.export(_renumber(xtals), args.out / "crystals_spacegroup_elements")
-    if "formation_energy" in args.parts:
-        key, xtals = "formation_energy", []
-        for k, z in enumerate(Z_VALUES):
-            value = round(stats[key]["mean"] + z * stats[key]["std"], 3)
+    for key in ("formation_energy", "band_gap"):
+        if key not in args.parts:
+            continue
+        xtals = []
+        for k, z in enumerate(Z_VALUES):  # clipped to the training range (band gaps: many metals at 0 eV)
+            value = round(min(max(stats[key]["mean"] + z * stats[key]["std"], stats[key]["min"]), stats[key]["max"]), 3)
             for j in range(2):  # two groups per value, so the ten groups are each requested once
                 group = groups[(2 * k + j) % len(groups)]
                 xtals += gen.generate_token_sets("crystal", args.per_group // 2, condition={key: value, "spacegroup": group},
                                                  guidance=_guide(key, args.guidance), **{**common, "seed": args.seed + 10 * k + j})
-        gen.export(_renumber(xtals), args.out / "crystals_formation_energy")
+        gen.export(_renumber(xtals), args.out / f"crystals_{key}")
 
 if __name__ == "__main__":
     main()
