@@ -168,3 +168,8 @@ def test_dit_fine_tune_adds_conditions_to_a_shipped_model(data_dir: Path, cache_
                   f"paths.output_dir={tmp_path / 'bad'}"], data_dir, cache_dir)
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and "Traceback" not in res.stderr and "spacegroup" in last, res.stderr[-2000:]
+    # a kept scalar condition that this (tiny) data would standardise differently: one line, exit 2
+    res = _train(["experiment=mp20_spacegroup_cond_cpu", *tiny, "stage=dit", "trainer.max_steps=1", f"dit.init_ckpt={shipped.with_name('mp20_spacegroup_cond_cpu.pt')}",
+                  f"paths.output_dir={tmp_path / 'other_data'}"], data_dir, cache_dir)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "standardised condition 'formation_energy'" in last, res.stderr[-2000:]

@@ -101,13 +101,13 @@ class DiTModule(L.LightningModule):
         check_condition_names(names, self.hparams.dit.get("conditions"))
         if getattr(datamodule, "asymmetric_units", False) and "spacegroup" not in names:
             raise SciDiTInputError("a DiT on asymmetric-unit crystals needs the spacegroup condition (data.conditions) to expand its samples")
-        if names and set(names) - set(self.condition_stats):  # a new model, or new conditions added by dit.init_ckpt
+        if names:  # the batches are standardised with the data's statistics: a checkpoint's (init_ckpt, resume) must agree
             data_stats = datamodule.condition_stats()
-            for name, kept in self.condition_stats.items():  # the batches are standardised with the data's statistics
+            for name, kept in self.condition_stats.items():
                 if name in data_stats and any(not math.isclose(kept[k], data_stats[name][k], rel_tol=1e-6) for k in ("mean", "std") if k in kept):
-                    raise SciDiTInputError(f"condition {name!r} of dit.init_ckpt was standardised with mean {kept['mean']:.6g}, std {kept['std']:.6g}; "
-                                           f"this training data gives {data_stats[name]['mean']:.6g}, {data_stats[name]['std']:.6g}: fine-tune on the data it was trained on")
-            self.condition_stats = {**data_stats, **self.condition_stats}
+                    raise SciDiTInputError(f"the checkpoint standardised condition {name!r} with mean {kept['mean']:.6g}, std {kept['std']:.6g}; "
+                                           f"this training data gives {data_stats[name]['mean']:.6g}, {data_stats[name]['std']:.6g}: train on the data it was trained on")
+            self.condition_stats = {**data_stats, **self.condition_stats}  # new conditions (dit.init_ckpt) from the data
         if bool(self.model.prepared):  # resumed, or already prepared
             return
         batches = [b.to(self.device) for b in itertools.islice(datamodule.train_dataloader(), self.hparams.stats_batches)]
