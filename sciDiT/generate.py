@@ -336,21 +336,23 @@ class Generator:
         return out
 
 
+def _degenerate(lattice: Tensor, hall: int) -> bool:
+    """Whether even the metric of group ``hall`` leaves decoded ``lattice [6]`` degenerate: the unit then stays unexpanded."""
+    return bool(lattice_problem(symmetric_lattice(lattice.double().numpy(), spacegroup_number(hall)).tolist()))
+
+
 def _expand(ts: TokenSet, hall: int) -> TokenSet:
     """A decoded asymmetric unit expanded in setting ``hall`` (:func:`sciDiT.tokenizers.symmetry.expand`); left as
-    decoded where even the group's metric leaves its lattice degenerate (the export lists the lattice problem)."""
-    if lattice_problem(symmetric_lattice(ts.lattice.double().numpy(), spacegroup_number(hall)).tolist()):
-        return ts
-    return expand_token_set(ts, hall)
+    decoded where its lattice is degenerate (the export lists the lattice problem)."""
+    return ts if _degenerate(ts.lattice, hall) else expand_token_set(ts, hall)
 
 
 def _unit_weights(hall: int, frac: Tensor, lattice: Tensor) -> Tensor:
     """``[n]`` atoms of the expanded crystal per atom of a decoded asymmetric unit (:func:`sciDiT.tokenizers.symmetry.multiplicities`):
-    how ``composition=balanced/requested`` count it; ones where the unit stays unexpanded (degenerate lattice, as :func:`_expand`)."""
-    params = lattice.double().numpy()
-    if lattice_problem(symmetric_lattice(params, spacegroup_number(hall)).tolist()):
+    how ``composition=balanced/requested`` count it; ones where the unit stays unexpanded (as :func:`_expand`)."""
+    if _degenerate(lattice, hall):
         return torch.ones(len(frac), dtype=torch.long)
-    return torch.from_numpy(multiplicities(hall, params, frac.double().numpy()))
+    return torch.from_numpy(multiplicities(hall, lattice.double().numpy(), frac.double().numpy()))
 
 
 def _step_noise(sizes: Tensor, generators: Sequence[torch.Generator], latent_dim: int) -> NoiseFn:

@@ -43,20 +43,37 @@ def test_a_balanced_argmax_is_kept_and_a_hopeless_set_falls_back_to_the_argmax()
     assert types.tolist() == [HE, NA] and not found
 
 
+def _random_log_probs(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n, T] random log-probabilities over a small pool of elements."""
+    pool = [NA, CL, O, MG, F]
+    lp = np.full((n, T), -np.inf)
+    lp[:, pool] = rng.normal(0, 1.5, (n, len(pool)))
+    return lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+
+
+def _score(lp: np.ndarray, types, mult: np.ndarray) -> float:
+    return sum(m * lp[i, z] for i, (z, m) in enumerate(zip(types, mult)))
+
+
+def _brute_force_best(lp: np.ndarray, mult: np.ndarray) -> float | None:
+    """Best score over every assignment balanced_types may visit (a row's top 3 elements of >= 1%, its argmax
+    always; a dropped row only its argmax) whose expanded composition is SMACT-valid; None if there is none."""
+    top = np.argsort(-lp, 1)[:, :3]
+    options = [[z for z in top[i] if (lp[i, z] >= math.log(1e-2) and mult[i] > 0) or z == top[i, 0]] for i in range(len(lp))]
+    scores = [_score(lp, a, mult) for a in itertools.product(*options) if _valid(np.repeat(a, mult))]
+    return max(scores) if scores else None
+
+
 def test_balanced_types_is_the_brute_force_optimum():
     rng = np.random.default_rng(0)
-    pool = [NA, CL, O, MG, F]
+    ones = np.ones(4, dtype=np.int64)
     for _ in range(30):
-        lp = np.full((4, T), -np.inf)
-        lp[:, pool] = rng.normal(0, 1.5, (4, len(pool)))
-        lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+        lp = _random_log_probs(rng, 4)
         types, found = balanced_types(lp, max_visits=10_000)
-        top = np.argsort(-lp, 1)[:, :3]
-        options = [[z for z in top[i] if lp[i, z] >= math.log(1e-2) or z == top[i, 0]] for i in range(4)]
-        scores = [sum(lp[i, z] for i, z in enumerate(a)) for a in itertools.product(*options) if _valid(a)]
-        assert found == bool(scores)
-        if scores:
-            assert _valid(types) and sum(lp[i, z] for i, z in enumerate(types)) == pytest.approx(max(scores))
+        best = _brute_force_best(lp, ones)
+        assert found == (best is not None)
+        if best is not None:
+            assert _valid(types) and _score(lp, types, ones) == pytest.approx(best)
 
 
 def test_decode_hook_balances_crystals_only():
@@ -92,21 +109,14 @@ def test_multiplicities_weight_compositions_and_log_probabilities_like_the_expan
     """An asymmetric unit with orbit multiplicities: the same optimum as brute force over the expanded counts,
     each row's log-probability counted once per atom it stands for; a dropped row (0) keeps its argmax."""
     rng = np.random.default_rng(1)
-    pool = [NA, CL, O, MG, F]
     for _ in range(30):
-        lp = np.full((3, T), -np.inf)
-        lp[:, pool] = rng.normal(0, 1.5, (3, len(pool)))
-        lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+        lp = _random_log_probs(rng, 3)
         mult = rng.choice([1, 2, 4, 0], size=3, p=[0.3, 0.3, 0.3, 0.1])
         mult[0] = max(mult[0], 1)
         types, found = balanced_types(lp, max_visits=10_000, multiplicity=mult)
-        top = np.argsort(-lp, 1)[:, :3]
-        options = [[z for z in top[i] if (lp[i, z] >= math.log(1e-2) and mult[i] > 0) or z == top[i, 0]] for i in range(3)]
-        scores = [sum(m * lp[i, z] for i, (z, m) in enumerate(zip(a, mult))) for a in itertools.product(*options)
-                  if _valid(np.repeat(a, mult))]
-        assert found == bool(scores)
-        if scores:
-            assert _valid(np.repeat(types, mult))
-            assert sum(m * lp[i, z] for i, (z, m) in enumerate(zip(types, mult))) == pytest.approx(max(scores))
+        best = _brute_force_best(lp, mult)
+        assert found == (best is not None)
+        if best is not None:
+            assert _valid(np.repeat(types, mult)) and _score(lp, types, mult) == pytest.approx(best)
     nacl = _log_probs([{NA: 0.9}, {CL: 0.6, O: 0.35}])
     assert balanced_types(nacl, multiplicity=np.array([2, 1]))[0].tolist() == [NA, O]  # Na2O, where 1:1 would be NaCl

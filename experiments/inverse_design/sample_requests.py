@@ -87,11 +87,13 @@ def main() -> None:
         gen.export(gen.generate_token_sets("molecule", args.n_unconditional, bond_decoding=args.bond_decoding, **common),
                    args.out / "molecules_unconditional.sdf", relax=args.relax)
         gen.export(gen.generate_token_sets("crystal", args.n_unconditional, **common), args.out / "crystals_unconditional")
+    if {"spacegroup", "spacegroup_elements", "formation_energy", "band_gap"} & set(args.parts):
+        mp20_train = pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number", "elements"])
+        groups = [int(g) for g, _ in Counter(mp20_train["spacegroup.number"]).most_common(10)]
     if "spacegroup" in args.parts:
-        groups = Counter(pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number"])["spacegroup.number"])
         xtals = []
-        for k, (group, _) in enumerate(groups.most_common(10)):
-            xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": int(group)}, composition=args.composition,
+        for k, group in enumerate(groups):
+            xtals += gen.generate_token_sets("crystal", args.per_group, condition={"spacegroup": group}, composition=args.composition,
                                              guidance=_guide("spacegroup", args.guidance), **{**common, "seed": args.seed + k})
         gen.export(_renumber(xtals), args.out / "crystals_spacegroup")
     if "elements" in args.parts:
@@ -102,11 +104,8 @@ def main() -> None:
             xtals += gen.generate_token_sets("crystal", args.per_group, condition={"elements": list(system)}, composition=args.composition,
                                              guidance=_guide("elements", args.guidance), **{**common, "seed": args.seed + k})
         gen.export(_renumber(xtals), args.out / "crystals_elements")
-    if {"spacegroup_elements", "formation_energy", "band_gap"} & set(args.parts):
-        train = pd.read_csv(resolve_data_dir() / "mp20" / "train.csv.gz", usecols=["spacegroup.number", "elements"])
-        groups = [int(g) for g, _ in Counter(train["spacegroup.number"]).most_common(10)]
     if "spacegroup_elements" in args.parts:
-        pairs = Counter((int(g), tuple(sorted(ast.literal_eval(e)))) for g, e in zip(train["spacegroup.number"], train["elements"]))
+        pairs = Counter((int(g), tuple(sorted(ast.literal_eval(e)))) for g, e in zip(mp20_train["spacegroup.number"], mp20_train["elements"]))
         xtals = []
         for k, group in enumerate(groups):
             system = max((pair for pair in pairs if pair[0] == group), key=pairs.__getitem__)[1]

@@ -14,8 +14,8 @@ output heads -> losses -> weight initialisation -> size registry.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -250,12 +250,13 @@ class AllAtomVAE(nn.Module):
         type_logits = type_logits.float().clone()
         type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
         type_log_probs = type_logits.log_softmax(-1)  # [B, N, T], read by every type rule and the graph decoder
-        is_crystal = (domain == Domain.CRYSTAL)[:, None]  # [B, 1]
+        xtal = domain == Domain.CRYSTAL  # [B]
+        is_crystal = xtal[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
         lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
         argmax = type_logits.argmax(-1) * mask  # [B, N]
         types = argmax.clone()  # [B, N]
-        if (xtal := domain == Domain.CRYSTAL).any():
+        if xtal.any():
             weights = mask.long()  # [B, N] atoms of the output crystal per token
             if site_weights is not None and (charge_balanced or allowed_elements is not None):
                 for b in xtal.nonzero().squeeze(1).tolist():
