@@ -2,14 +2,16 @@
 
     python experiments/quality_vs_budget/evaluate.py outputs/budget_90min [--n 1000] [--sweep-n 200]
 
-1. Sampler choice on the DiT's last (EMA) checkpoint: Euler 100 steps at CFG 1 and 2 (the earlier sweep
+1. Sampler choice on the run's model (``<run>/model.pt``, the DiT with its fine-tuned decoder, written
+   by today's ``train.sh``; the DiT's last checkpoint for runs of the former recipe): Euler 100 steps at CFG 1 and 2 (the earlier sweep
    in ``experiments/qm9_mp20_joint_cpu`` found Heun no better), ``--sweep-n`` sets per domain and seed 1,
    scored with the cheap validity of ``sciDiT.evaluation.quick``; each domain keeps its best CFG.
 2. ``python -m sciDiT.sample`` at that setting, seed 0, ``--n`` sets per domain.
-3. ``python -m sciDiT.evaluate`` with every metric on (PoseBusters for molecules; coverage and the
-   CHGNet proxy for crystals; ``--skip-slow`` leaves those two out).
+3. ``python -m sciDiT.evaluate`` with every metric on: coverage and the CHGNet proxy for crystals
+   (``--skip-slow`` leaves those two out); PoseBusters for the first ``--pb-n`` molecules of the SD file
+   (its energy-ratio check embeds conformers and takes seconds per molecule), in ``molecules_pb.json``.
 
-Writes ``<run>/eval/{sweep,molecules,crystals}.json`` (+ the evaluation's Markdown reports) and
+Writes ``<run>/eval/{sweep,molecules,molecules_pb,crystals}.json`` (+ the evaluation's Markdown reports) and
 ``<run>/eval/commands.txt``.
 """
 
@@ -40,6 +42,12 @@ def sweep(ckpt: Path, n: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def write_first_records(sdf: Path, out: Path, n: int) -> None:
+    """Copy the first ``n`` records of an SD file verbatim (bonds and properties as the sampler wrote them)."""
+    records = sdf.read_text().split("$$$$\n")[:n]
+    out.write_text("".join(r + "$$$$\n" for r in records if r.strip()))
+
+
 def run(cmd: list[str], log: list[str]) -> None:
     log.append(" ".join(cmd))
     start = time.time()
@@ -52,11 +60,14 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="output folder of experiments/quality_vs_budget/train.sh")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--sweep-n", type=int, default=200)
+    parser.add_argument("--pb-n", type=int, default=200, help="molecules scored by PoseBusters (the first of the SD file)")
     parser.add_argument("--skip-slow", action="store_true", help="leave out coverage and the CHGNet proxy (about 10 minutes)")
     args = parser.parse_args()
-    ckpt = args.run / "dit" / "checkpoints" / "last.ckpt"
+    ckpt = args.run / "model.pt"
     if not ckpt.is_file():
-        sys.exit(f"error: {ckpt}: no DiT checkpoint (has the run finished?)")
+        ckpt = args.run / "dit" / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        sys.exit(f"error: {args.run}: no model.pt and no DiT checkpoint (has the run finished?)")
     eval_dir, sample_dir = args.run / "eval", args.run / "samples"
     eval_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
@@ -68,7 +79,10 @@ def main() -> None:
     common = [f"ckpt={ckpt}", f"n={args.n}", f"steps={STEPS}", "seed=0"]
     run([py, "-m", "sciDiT.sample", *common, "domain=molecule", f"cfg_scale={best['molecule']}", f"out={sample_dir / 'molecules.sdf'}"], log)
     run([py, "-m", "sciDiT.sample", *common, "domain=crystal", f"cfg_scale={best['crystal']}", f"out={sample_dir / 'crystals'}/"], log)
-    run([py, "-m", "sciDiT.evaluate", f"molecules={sample_dir / 'molecules.sdf'}", "reference=qm9", "posebusters=1", f"out={eval_dir / 'molecules.json'}"], log)
+    run([py, "-m", "sciDiT.evaluate", f"molecules={sample_dir / 'molecules.sdf'}", "reference=qm9", f"out={eval_dir / 'molecules.json'}"], log)
+    subset = sample_dir / f"molecules_first{args.pb_n}.sdf"
+    write_first_records(sample_dir / "molecules.sdf", subset, args.pb_n)
+    run([py, "-m", "sciDiT.evaluate", f"molecules={subset}", "reference=qm9", "posebusters=1", f"out={eval_dir / 'molecules_pb.json'}"], log)
     slow = "0" if args.skip_slow else "1"
     run([py, "-m", "sciDiT.evaluate", f"crystals={sample_dir / 'crystals'}/", "reference=mp20", f"coverage={slow}", f"chgnet={slow}", f"out={eval_dir / 'crystals.json'}"], log)
     (eval_dir / "commands.txt").write_text("\n".join(log) + "\n")

@@ -34,7 +34,8 @@ CRYSTAL_ROWS = [
     ("chgnet_energy_per_atom", "CHGNet energy (eV/atom)"), ("chgnet_max_force", "CHGNet max force (eV/A)"),
     ("chgnet_relax_displacement", "CHGNet 50-step relaxation displacement (A)"),
 ]
-PLOTTED = [("molecules", "validity", "QM9 validity (strict)"), ("molecules", "validity_openbabel", "QM9 validity (OpenBabel)"),
+PLOTTED = [("molecules", "validity", "QM9 validity (strict, decoded bonds)"), ("molecules", "validity_connected", "QM9 valid and connected"),
+           ("molecules", "validity_openbabel", "QM9 validity (OpenBabel)"),
            ("molecules", "atom_stability", "QM9 atom stability"), ("crystals", "structural_validity", "MP-20 structural validity"),
            ("crystals", "validity", "MP-20 overall validity")]
 
@@ -43,8 +44,13 @@ def load(run: Path) -> dict:
     out = {"name": run.name, "minutes": float(re.search(r"(\d+)min", run.name).group(1))}
     for stage in ("vae", "dit"):
         out[stage] = json.loads((run / stage / "metrics.json").read_text())
+    decoder = run / "decoder_ft" / "vae" / "metrics.json"  # today's recipe: the decoder fine-tuned at larger latent noise
+    out["decoder"] = json.loads(decoder.read_text()) if decoder.is_file() else None
     for part in ("molecules", "crystals", "sweep"):
         out[part] = json.loads((run / "eval" / f"{part}.json").read_text())
+    pb = run / "eval" / "molecules_pb.json"  # PoseBusters on the first molecules of the file (today's evaluate.py)
+    if pb.is_file():
+        out["molecules"].update({k: v for k, v in json.loads(pb.read_text()).items() if k.startswith("pb_")})
     return out
 
 
@@ -58,8 +64,14 @@ def table(runs: list[dict]) -> str:
     head = "| metric | " + " | ".join(f"{r['minutes']:.0f} min" for r in runs) + " |"
     lines = [head, "|---" * (len(runs) + 1) + "|"]
     lines.append("| VAE / DiT steps | " + " | ".join(f"{r['vae']['steps']:.0f} / {r['dit']['steps']:.0f}" for r in runs) + " |")
-    lines.append("| VAE QM9 match rate / MP-20 type accuracy | " + " | ".join(
-        f"{r['vae']['test/molecule/match_rate']:.3f} / {r['vae']['test/crystal/type_accuracy']:.3f}" for r in runs) + " |")
+    lines.append("| decoder fine-tune steps | " + " | ".join(fmt(r["decoder"]["steps"]) if r["decoder"] else "-" for r in runs) + " |")
+    for label, key in (("QM9 match rate", "test/molecule/match_rate"), ("QM9 graph match", "test/molecule/graph_match_rate"),
+                       ("QM9 RMSD (A)", "test/molecule/rmsd_mean"), ("MP-20 type accuracy", "test/crystal/type_accuracy"),
+                       ("MP-20 StructureMatcher match", "test/crystal/match_rate")):
+        for name, part in (("VAE", "vae"), ("fine-tuned decoder", "decoder")):
+            if part == "decoder" and not any(r["decoder"] for r in runs):
+                continue
+            lines.append(f"| {name} {label} | " + " | ".join(fmt((r[part] or {}).get(key)) for r in runs) + " |")
     lines.append("| CFG scale (molecules / crystals) | " + " | ".join(f"{r['sweep']['best_cfg']['molecule']} / {r['sweep']['best_cfg']['crystal']}" for r in runs) + " |")
     for part, rows in (("molecules", MOLECULE_ROWS), ("crystals", CRYSTAL_ROWS)):
         lines.append(f"| **{part}** |" + " |" * len(runs))
