@@ -45,7 +45,7 @@ def load(run: Path) -> dict:
     for stage in ("vae", "dit"):
         out[stage] = json.loads((run / stage / "metrics.json").read_text())
     decoder = run / "decoder_ft" / "vae" / "metrics.json"  # today's recipe: the decoder fine-tuned at larger latent noise
-    out["decoder"] = json.loads(decoder.read_text()) if decoder.is_file() else None
+    out["decoder"] = json.loads(decoder.read_text()) if decoder.is_file() else {}
     for part in ("molecules", "crystals", "sweep"):
         out[part] = json.loads((run / "eval" / f"{part}.json").read_text())
     pb = run / "eval" / "molecules_pb.json"  # PoseBusters on the first molecules of the file (today's evaluate.py)
@@ -65,13 +65,12 @@ def table(runs: list[dict]) -> str:
     lines = [head, "|---" * (len(runs) + 1) + "|"]
     lines.append("| VAE / DiT steps | " + " | ".join(f"{r['vae']['steps']:.0f} / {r['dit']['steps']:.0f}" for r in runs) + " |")
     lines.append("| decoder fine-tune steps | " + " | ".join(fmt(r["decoder"]["steps"]) if r["decoder"] else "-" for r in runs) + " |")
+    models = [("VAE", "vae")] + ([("fine-tuned decoder", "decoder")] if any(r["decoder"] for r in runs) else [])
     for label, key in (("QM9 match rate", "test/molecule/match_rate"), ("QM9 graph match", "test/molecule/graph_match_rate"),
                        ("QM9 RMSD (A)", "test/molecule/rmsd_mean"), ("MP-20 type accuracy", "test/crystal/type_accuracy"),
                        ("MP-20 StructureMatcher match", "test/crystal/match_rate")):
-        for name, part in (("VAE", "vae"), ("fine-tuned decoder", "decoder")):
-            if part == "decoder" and not any(r["decoder"] for r in runs):
-                continue
-            lines.append(f"| {name} {label} | " + " | ".join(fmt((r[part] or {}).get(key)) for r in runs) + " |")
+        for name, part in models:
+            lines.append(f"| {name} {label} | " + " | ".join(fmt(r[part].get(key)) for r in runs) + " |")
     lines.append("| CFG scale (molecules / crystals) | " + " | ".join(f"{r['sweep']['best_cfg']['molecule']} / {r['sweep']['best_cfg']['crystal']}" for r in runs) + " |")
     for part, rows in (("molecules", MOLECULE_ROWS), ("crystals", CRYSTAL_ROWS)):
         lines.append(f"| **{part}** |" + " |" * len(runs))
