@@ -46,10 +46,11 @@ from sciDiT.checkpoint import load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
-from sciDiT.flow import DEFAULT_SDE_NOISE, SOLVERS
+from sciDiT.flow import DEFAULT_SDE_NOISE, SOLVERS, AutoGuidance
 from sciDiT.flow.solvers import NoiseFn
+from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
-from sciDiT.pretrained import pretrained_path
+from sciDiT.pretrained import GUIDE_KEY, guide_section, pretrained_path
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
@@ -91,11 +92,12 @@ class Generator:
     """Samples molecules and crystals from a trained :class:`LatentDiffusion` (see module docstring)."""
 
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu",
-                 condition_stats: Mapping[str, Mapping[str, Any]] | None = None):
+                 condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None):
         self.device = usable_device(device)
         self.condition_stats = dict(condition_stats or {})  # what requests are checked against (sciDiT.data.conditions)
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
+        self.weak_dit = None if weak_dit is None else weak_dit.to(self.device).eval()  # autoguidance's weaker model, if any
         self._compiled: dict[bool, nn.Module] = {}
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -162,6 +164,8 @@ class Generator:
         allow_extrapolation: bool = False,
         condition_sizes: bool = True,
         reproducible: bool = False,
+        autoguidance: float = 1.0,
+        autoguidance_interval: Sequence[float] = (0.5, 1.0),
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -211,6 +215,9 @@ class Generator:
         values (EDM's protocol: ``p(num_atoms | condition)``, stored in the checkpoint), not from the
         unconditional histogram; ``num_atoms`` overrides both.
         Every sample's ``meta['request']`` holds the request as JSON (written into SD / manifest files).
+        ``autoguidance``: guide the DiT with the weaker DiT packed in the checkpoint (or given to :func:`load_generator`
+        as ``guide``) at this scale, for ``t`` in ``autoguidance_interval`` (:class:`sciDiT.flow.AutoGuidance`; 1 = off).
+        Late in the path it sharpens coordinates: experiments/autoguidance/README.md.
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -220,6 +227,7 @@ class Generator:
             raise SciDiTInputError(f"sde_noise must be a finite number >= 0, got {sde_noise}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
+        interval = _check_autoguidance(autoguidance, autoguidance_interval, self.weak_dit is not None)
         try:
             bf16 = resolve_bf16(bf16, self.device)
         except ValueError as err:
@@ -272,6 +280,8 @@ class Generator:
         order = torch.argsort(sizes, stable=True)  # batches of similar sizes: little padding
         batches = torch.arange(n).split(1) if reproducible else order.split(batch_size)
         dit = self._dit(use_ema, compile)
+        if autoguidance != 1.0:
+            dit = AutoGuidance(dit, self.weak_dit, autoguidance, *interval)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         out: list[TokenSet | None] = [None] * n
         with tqdm(total=n, desc=f"sampling {dom.name.lower()}s", unit="set", disable=not progress) as bar:
@@ -389,6 +399,22 @@ def _guidance(guidance: Mapping[str, float] | None, request: Mapping[str, Any], 
     return out
 
 
+def _check_autoguidance(scale: float, interval: Sequence[float], has_weak: bool) -> tuple[float, float]:
+    """The autoguidance interval as two floats; one-line errors for a bad scale or interval, or no weak model."""
+    if not math.isfinite(scale):
+        raise SciDiTInputError(f"autoguidance must be a finite number, got {scale}")
+    try:
+        t_min, t_max = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise SciDiTInputError(f"autoguidance_interval must be two times [t_min, t_max], got {interval!r}") from None
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise SciDiTInputError(f"autoguidance_interval must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
+    if scale != 1.0 and not has_weak:
+        raise SciDiTInputError("autoguidance needs a weaker DiT on the same VAE: this checkpoint carries none; give one with "
+                               "guide=<dit checkpoint> (or pack it: python -m sciDiT.pretrained ... guide=...)")
+    return t_min, t_max
+
+
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -412,18 +438,25 @@ def _check_seed(seed: int) -> int:
     return value
 
 
-def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Generator:
+def _resolve(ckpt: str | Path) -> Path:
+    """A checkpoint path, or a bare name of a model shipped in the package (one-line error listing them otherwise)."""
+    path = Path(ckpt)
+    if isinstance(ckpt, str) and not path.exists() and path.name == ckpt and not path.suffix:
+        return pretrained_path(ckpt)
+    return path
+
+
+def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None) -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
     or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
-    :mod:`sciDiT.pretrained`).
+    :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
+    (default: the one packed in ``ckpt``, if any).
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
     """
     usable_device(device)  # before reading anything, so a bad device fails fast
-    path = Path(ckpt)
-    if isinstance(ckpt, str) and not path.exists() and path.name == ckpt and not path.suffix:
-        path = pretrained_path(ckpt)  # a bare name: a shipped model (one-line error listing them otherwise)
+    path = _resolve(ckpt)
     raw = load_checkpoint(path, "checkpoint")  # weights only: nothing in the file runs
     require_stage(raw, "dit", path, "sampling needs <output_dir>/dit/checkpoints/*.ckpt")
     hparams = raw["hyper_parameters"]
@@ -438,7 +471,15 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Gene
         raise SciDiTInputError(f"checkpoint weights do not fit its hyperparameters: {str(err).splitlines()[0]}", path) from err
     if not bool(module.model.prepared):
         raise SciDiTInputError("checkpoint has no latent statistics or set-size histograms (saved before DiT training started)", path)
+    section = guide_section(state, hparams, _resolve(guide)) if guide is not None else raw.get(GUIDE_KEY)
+    weak = None
+    if section is not None:
+        weak = DiT(latent_dim=module.model.vae.latent_dim, **section["dit"])
+        try:
+            weak.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in section["state_dict"].items()})
+        except RuntimeError as err:
+            raise SciDiTInputError(f"the guide's weights do not fit its hyperparameters: {str(err).splitlines()[0]}", guide or path) from err
     try:
-        return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY))
+        return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak)
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

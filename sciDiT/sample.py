@@ -62,6 +62,10 @@ def _atoms(text: str) -> int | None:
     return None if text.strip().lower() in ("null", "none", "") else int(text)
 
 
+def _interval(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.strip().strip("[]()").split(","))
+
+
 # key -> (parser, default, help)
 KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "ckpt": (str, None, "DiT-stage checkpoint (<output_dir>/dit/checkpoints/last.ckpt); this or pretrained is required"),
@@ -74,6 +78,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "method": (str, "euler", "solver: euler, heun or midpoint (ODE), or sde (stochastic, same marginals: corrects the DiT's drift)"),
     "sde_noise": (float, 2.0, "method=sde: noise strength s, diffusion g(t)^2 = 2 s (1 - t) (0 = euler)"),
     "cfg_scale": (float, 1.0, "classifier-free guidance scale on all conditions at once: the domain and any request (1 = none; per condition: guidance.KEY)"),
+    "autoguidance": (float, 1.0, "guide the DiT with a weaker DiT on the same VAE (packed in the checkpoint, or guide=) at this scale (1 = none)"),
+    "autoguidance_interval": (_interval, (0.5, 1.0), "times [t_min,t_max] of the path where autoguidance acts (default the late half: sharper coordinates)"),
+    "guide": (str, None, "autoguidance: a weaker DiT-stage checkpoint trained on the same VAE (default: the one packed in the checkpoint)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
     "reproducible": (_bool, False, "each sample in a batch of its own: bit-identical output for a seed, whatever batch_size (slower)"),
@@ -184,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sciDiT.pretrained import pretrained_path
 
             opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
-        gen = load_generator(opts["ckpt"], device=opts["device"])
+        gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],
@@ -193,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bond_decoding=opts["bond_decoding"], bond_min_prob=opts["bond_min_prob"],
             condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
             condition_sizes=opts["condition_sizes"], reproducible=opts["reproducible"],
+            autoguidance=opts["autoguidance"], autoguidance_interval=opts["autoguidance_interval"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

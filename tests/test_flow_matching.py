@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sciDiT.flow import (
+    AutoGuidance,
     SelfConditioning,
     flow_matching_loss,
     guided_velocity,
@@ -219,3 +220,38 @@ def test_guidance_is_one_batched_forward_and_combines_branches():
     calls.clear()
     torch.testing.assert_close(guided_velocity(model, x, t, mask, cond, scale=1.0), model(x, t, mask, cond))
     assert calls == [4, 4]
+
+
+def test_autoguidance_extrapolates_from_the_weak_model_inside_its_interval_only():
+    class Affine(torch.nn.Module):
+        """v = a x + b; counts its calls; records the self-conditioning input it got."""
+
+        def __init__(self, a: float, b: float, self_condition: bool):
+            super().__init__()
+            self.a, self.b, self.self_condition, self.calls, self.got = a, b, self_condition, 0, []
+
+        def forward(self, x, t, mask, cond=None, x_self_cond=None, drop_cond=None):
+            self.calls += 1
+            self.got.append(x_self_cond)
+            return self.a * x + self.b
+
+    main, weak = Affine(2.0, 1.0, True), Affine(1.0, 0.0, False)
+    guided = AutoGuidance(main, weak, scale=3.0, t_min=0.5)
+    x, mask = torch.randn(4, 5, 3), torch.ones(4, 5, dtype=torch.bool)
+    t = torch.tensor([0.0, 0.49, 0.5, 1.0])
+    v = guided(x, t, mask, x_self_cond=torch.zeros_like(x))
+    expected = x + 3.0 * ((2 * x + 1) - x)  # v_weak + s (v_main - v_weak)
+    assert torch.allclose(v[2:], expected[2:]) and torch.allclose(v[:2], (2 * x + 1)[:2])
+    assert weak.got == [None] and main.got[0] is not None  # a weak model without self-conditioning gets none
+    assert guided.self_condition  # the sampler self-conditions when the main model does
+    weak.calls = 0
+    assert torch.equal(guided(x, torch.full((4,), 0.2), mask), 2 * x + 1) and weak.calls == 0  # outside: the main model alone
+    assert torch.equal(AutoGuidance(main, weak, scale=1.0)(x, t, mask), 2 * x + 1) and weak.calls == 0
+    with pytest.raises(ValueError, match="interval"):
+        AutoGuidance(main, weak, 2.0, t_min=0.7, t_max=0.6)
+
+
+def test_network_evaluations_count_the_weak_models_calls_inside_the_interval():
+    assert network_evaluations("euler", 100, autoguidance=(0.5, 1.0)) == 150  # t = 0.50 .. 0.99
+    assert network_evaluations("euler", 10, cfg_scale=2.0, autoguidance=(0.0, 1.0)) == 40
+    assert network_evaluations("heun", 4, autoguidance=(0.5, 1.0)) == 8 + 5  # evaluations at 0.5, 0.75 (x2), 1.0

@@ -13,6 +13,7 @@ from sciDiT.flow.path import (
 )
 from sciDiT.flow.solvers import (
     DEFAULT_SDE_NOISE,
+    AutoGuidance,
     SOLVERS,
     SelfConditioning,
     VelocityFn,
@@ -28,6 +29,7 @@ from sciDiT.flow.solvers import (
 )
 
 __all__ = [
+    "AutoGuidance",
     "DEFAULT_SDE_NOISE",
     "SOLVERS",
     "TIME_SCHEDULES",

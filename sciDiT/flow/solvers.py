@@ -7,7 +7,8 @@ imperfect velocity field toward the data) and only ever call a velocity function
 for any model (and for closed-form velocity fields in the tests). :func:`model_velocity` turns a
 :class:`~sciDiT.flow.path.VelocityModel` into such a function, adding classifier-free guidance
 (one batched forward for both branches) and self-conditioning (each call receives the previous
-call's ``x1`` estimate). :func:`sample` is the one-call entry point.
+call's ``x1`` estimate). :class:`AutoGuidance` guides a model with a weaker version of itself.
+:func:`sample` is the one-call entry point.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sciDiT.flow.path import VelocityModel, sample_noise, x1_from_velocity
 
@@ -95,18 +96,23 @@ def stochastic_euler(velocity_fn: VelocityFn, x0: Tensor, steps: int, noise_fn: 
 
 
 SOLVERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "midpoint": midpoint, "heun": heun, "sde": stochastic_euler}
-_EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "sde": 1}
 
 
-def network_evaluations(method: str, steps: int, cfg_scale: float = 1.0) -> int:
+def network_evaluations(method: str, steps: int, cfg_scale: float = 1.0, autoguidance: tuple[float, float] | None = None) -> int:
     """Forwards of the velocity network per sample: the cost measure for comparing samplers.
 
     One per step for Euler, two for midpoint / Heun; guidance (``cfg_scale != 1``) doubles it, the
     conditional and the unconditional branch (batched into one call, but twice the work).
+    ``autoguidance``: the ``[t_min, t_max]`` interval of :class:`AutoGuidance`, whose weak model adds one
+    forward at each evaluation time inside it (counted as a full one, though the weak model may be smaller).
     """
     if method not in SOLVERS:
         raise ValueError(f"unknown ODE solver {method!r}; expected one of {sorted(SOLVERS)}")
-    return steps * _EVALUATIONS_PER_STEP[method] * (1 if cfg_scale == 1.0 else 2)
+    h = 1.0 / steps
+    offsets = {"euler": (0.0,), "sde": (0.0,), "midpoint": (0.0, 0.5), "heun": (0.0, 1.0)}[method]
+    times = [(k + o) * h for k in range(steps) for o in offsets]  # where the solver evaluates the network
+    weak = 0 if autoguidance is None else sum(autoguidance[0] <= t <= autoguidance[1] for t in times)
+    return (len(times) + weak) * (1 if cfg_scale == 1.0 else 2)
 
 
 def integrate(velocity_fn: VelocityFn, x0: Tensor, steps: int = 100, method: str = "euler", noise_fn: NoiseFn | None = None,
@@ -194,6 +200,38 @@ def _per_condition_guided(
     for (_, s), v_k in zip(guided, v_without):
         out = out + (s - 1.0) * (v_c - v_k)
     return out
+
+
+class AutoGuidance(nn.Module):
+    """Autoguidance: a velocity model guided by a weaker model of the same latents (Karras et al.,
+    "Guiding a diffusion model with a bad version of itself", NeurIPS 2024).
+
+    ``v = v_weak + scale * (v_main - v_weak)`` for samples whose ``t`` lies in ``[t_min, t_max]`` (a
+    guidance interval, Kynkaenniemi et al. 2024), ``v_main`` elsewhere. The weak model (less trained or
+    smaller) errs like the main one, only more, so the difference points away from those errors rather
+    than away from the unconditional distribution as classifier-free guidance does; late in the path
+    (``t_min`` ~ 0.5) it sharpens fine detail (coordinates) and leaves the coarse choices to the main
+    model. ``scale = 1`` is the main model. A :class:`~sciDiT.flow.path.VelocityModel` itself, so it
+    composes with classifier-free guidance (``drop_cond`` reaches both models) and self-conditioning.
+    """
+
+    def __init__(self, main: nn.Module, weak: nn.Module, scale: float, t_min: float = 0.0, t_max: float = 1.0):
+        super().__init__()
+        if not 0.0 <= t_min < t_max <= 1.0:
+            raise ValueError(f"the autoguidance interval must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
+        self.main, self.weak, self.scale, self.t_min, self.t_max = main, weak, float(scale), float(t_min), float(t_max)
+        self.self_condition = bool(getattr(main, "self_condition", False))
+
+    def forward(self, x: Tensor, t: Tensor, mask: Tensor, cond: dict[str, Tensor] | None = None,
+                x_self_cond: Tensor | None = None, drop_cond: Tensor | None = None) -> Tensor:
+        v = self.main(x, t, mask, cond, x_self_cond=x_self_cond, drop_cond=drop_cond)  # [B, N, D]
+        inside = (t >= self.t_min) & (t <= self.t_max)  # [B]
+        if self.scale == 1.0 or not bool(inside.any()):
+            return v
+        weak_self_cond = x_self_cond if getattr(self.weak, "self_condition", False) else None
+        v_weak = self.weak(x, t, mask, cond, x_self_cond=weak_self_cond, drop_cond=drop_cond)  # [B, N, D]
+        guided = v_weak + self.scale * (v - v_weak)  # [B, N, D]
+        return torch.where(inside[:, None, None], guided, v)  # [B, N, D]
 
 
 class SelfConditioning:

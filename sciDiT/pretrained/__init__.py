@@ -5,8 +5,9 @@ them from this folder: no download, no training. A shipped file is a slim DiT-st
 by :func:`export_pretrained`: hyper-parameters, the frozen VAE, latent statistics, set-size
 histograms, a conditional model's condition statistics and the EMA DiT weights (stored as
 ``model.dit.*``; the raw, non-averaged weights and the optimiser state are dropped), loadable with
-``torch.load(weights_only=True)``. The model card ``<name>.md`` beside it says data, steps, command
-and measured metrics.
+``torch.load(weights_only=True)``. A file may also carry a ``guide`` section: the EMA weights of a weaker
+DiT trained on the same VAE, for autoguidance (:func:`guide_section`). The model card ``<name>.md`` beside
+it says data, steps, command and measured metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sciDiT.checkpoint import load_checkpoint, require_stage, restore_ema, slim_state
+from sciDiT.checkpoint import EMA_PREFIX, load_checkpoint, require_stage, restore_ema, slim_state
 from sciDiT.errors import SciDiTInputError
 
 FOLDER = Path(__file__).resolve().parent
@@ -56,9 +57,47 @@ def with_decoder(state: dict[str, torch.Tensor], vae_hparams: dict[str, Any], de
     return {**state, **{f"model.vae.{k}": v for k, v in vae_state.items()}}
 
 
-def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None) -> Path:
-    """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` to ``out`` (atomically);
-    ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`)."""
+GUIDE_KEY = "guide"
+LATENT_STAT_TOLERANCE = 0.05  # a guide's latent mean may differ by this many stds, its std by this factor in log
+
+
+def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide_ckpt: str | Path) -> dict[str, Any]:
+    """The ``guide`` section for a DiT module's ``state``: the EMA DiT of DiT-stage checkpoint ``guide_ckpt``
+    (its hyper-parameters, weights in bfloat16, its training steps), for :class:`sciDiT.flow.AutoGuidance`.
+
+    Only a DiT trained on the same latents fits: the same VAE sizes and encoder weights, and latent
+    statistics within :data:`LATENT_STAT_TOLERANCE`. One line naming the file otherwise.
+    """
+    raw = load_checkpoint(guide_ckpt, "guide checkpoint")
+    require_stage(raw, "dit", guide_ckpt, "guide= takes a DiT trained on the same VAE")
+    guide_state = restore_ema(raw["state_dict"])
+    if dict(raw["hyper_parameters"]["vae"]) != dict(hparams["vae"]):
+        raise SciDiTInputError("its VAE sizes differ from the model's: a guide must be trained on the same VAE", guide_ckpt)
+    from sciDiT.models.vae import AllAtomVAE
+
+    vae = AllAtomVAE(**hparams["vae"])
+    frozen = {id(p) for p in vae.encoder_modules().parameters()}
+    encoder = [f"model.vae.{k}" for k, p in vae.named_parameters() if id(p) in frozen]
+    changed = [k for k in encoder if not torch.equal(state[k], guide_state[k])]
+    if changed:
+        raise SciDiTInputError(f"its VAE encoder differs from the model's ({len(changed)} tensors, e.g. {changed[0]}): a guide must sample "
+                               "the same latents (train it with dit.vae_ckpt=<this model>)", guide_ckpt)
+    mean, std = state["model.latent_mean"], state["model.latent_std"]
+    shift = ((guide_state["model.latent_mean"] - mean) / std).abs().max().item()
+    scale = (guide_state["model.latent_std"] / std).log().abs().max().item()
+    if max(shift, scale) > LATENT_STAT_TOLERANCE:
+        raise SciDiTInputError(f"its latent statistics differ from the model's (mean by {shift:.3f} std, log std by {scale:.3f}; "
+                               f"tolerance {LATENT_STAT_TOLERANCE})", guide_ckpt)
+    weights = {k.removeprefix(EMA_PREFIX): v.to(torch.bfloat16) if v.is_floating_point() else v
+               for k, v in guide_state.items() if k.startswith(EMA_PREFIX)}
+    return {"dit": dict(raw["hyper_parameters"]["dit"]), "state_dict": weights, "global_step": int(raw.get("global_step", 0))}
+
+
+def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None) -> Path:
+    """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` (or of a shipped file) to ``out``
+    (atomically); ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`);
+    ``guide``: a weaker DiT on the same VAE, packed for autoguidance (:func:`guide_section`; a guide already in
+    ``ckpt`` is kept otherwise)."""
     from sciDiT.training.checkpoint import atomic_torch_save
     from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
@@ -71,5 +110,8 @@ def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | N
                             "global_step": int(raw.get("global_step", 0))}
     if CONDITION_STATS_KEY in raw:  # a conditional model keeps what its requests are validated against
         slim[CONDITION_STATS_KEY] = raw[CONDITION_STATS_KEY]
+    if guide is not None:
+        slim[GUIDE_KEY] = guide_section(state, raw["hyper_parameters"], guide)
+    elif GUIDE_KEY in raw:
+        slim[GUIDE_KEY] = raw[GUIDE_KEY]
     return atomic_torch_save(slim, out)
-
