@@ -3,7 +3,6 @@
 import numpy as np
 import torch
 from rdkit import Chem
-from rdkit.Chem import AllChem
 
 from sciDiT.tokenizers.valence import constrained_bond_orders, joint_graph
 
@@ -172,72 +171,3 @@ def test_generator_bond_decoding_changes_only_the_bonds(tiny_dit_ckpt):
             assert torch.equal(j.types, a.types)
     with pytest.raises(SciDiTInputError, match="bond_decoding"):
         gen.generate_token_sets("molecule", n=1, steps=1, progress=False, bond_decoding="greedy")
-
-
-def _noisy_molecule_probs(rng: np.random.Generator, smiles: str, noise: float) -> tuple[np.ndarray, ...]:
-    """Decoder-like outputs for a real molecule (RDKit geometry): its elements, charges and bond orders made
-    uncertain by log-normal noise of strength ``noise``, so that low-noise cases have a feasible argmax graph
-    and high-noise ones need the solver."""
-    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-    Chem.Kekulize(mol, clearAromaticFlags=True)
-    AllChem.EmbedMolecule(mol, randomSeed=0)
-    n = mol.GetNumAtoms()
-    types = np.full((n, 10), 1e-3)
-    types[np.arange(n), [a.GetAtomicNum() for a in mol.GetAtoms()]] = 1.0
-    charges = np.tile([1e-3, 1.0, 1e-3], (n, 1))
-    orders = np.zeros((n, n, 4))
-    orders[..., 0] = 1.0
-    for b in mol.GetBonds():
-        i, j, k = b.GetBeginAtomIdx(), b.GetEndAtomIdx(), int(b.GetBondTypeAsDouble())
-        orders[i, j] = orders[j, i] = np.eye(4)[k]
-    orders = orders + 0.02
-    noisy = [p * np.exp(noise * rng.normal(size=p.shape)) for p in (types, charges, orders)]
-    noisy[2] = (noisy[2] + noisy[2].transpose(1, 0, 2)) / 2
-    logs = [np.log(p / p.sum(-1, keepdims=True)) for p in noisy]
-    return logs[0], logs[1], logs[2], mol.GetConformer().GetPositions()
-
-
-def test_skipping_the_solver_when_the_argmax_is_feasible_gives_the_solvers_answer(monkeypatch):
-    import sciDiT.tokenizers.valence as valence
-
-    rng = np.random.default_rng(0)
-    smiles = ["CCO", "c1ccccc1", "CC(=O)N", "C#CC=O", "OC1CC1N", "c1ccncc1O", "CC[NH3+].[O-]C=O"]
-    cases = [_noisy_molecule_probs(rng, smi, noise) for smi in smiles for noise in (0.0, 0.5, 1.0, 2.0)]
-    calls = {"fast": 0, "solver only": 0}
-    solver = valence.milp
-
-    def decode_all(mode: str) -> list:
-        def counted(*args, **kwargs):
-            calls[mode] += 1
-            return solver(*args, **kwargs)
-
-        monkeypatch.setattr(valence, "milp", counted)
-        return [joint_graph(t, c, b, pos=p) for t, c, b, p in cases] + [
-            constrained_bond_orders(t.argmax(1), c.argmax(1) - 1, b) for t, c, b, _ in cases]
-
-    fast = decode_all("fast")
-    monkeypatch.setattr(valence, "_greedy", lambda bond_gain, option_gain, owner, n: np.zeros(bond_gain.size + option_gain.size))
-    slow = decode_all("solver only")  # an all-zero guess breaks the one-option-per-atom rows: the solver always runs
-    assert 0 < calls["fast"] < calls["solver only"]  # both paths were taken
-    assert sum(s is not None for s in slow) > 10
-    for f, s in zip(fast, slow):
-        assert (f is None) == (s is None)
-        if isinstance(f, np.ndarray):
-            assert (f == s).all()
-        elif f is not None:
-            assert (f.types == s.types).all() and (f.charges == s.charges).all() and (f.orders == s.orders).all()
-
-
-def test_a_molecule_whose_argmax_graph_is_valid_needs_no_solver(monkeypatch):
-    import sciDiT.tokenizers.valence as valence
-
-    def no_solver(*args, **kwargs):
-        raise AssertionError("the solver ran although the argmax graph is feasible")
-
-    monkeypatch.setattr(valence, "milp", no_solver)
-    # methanol C0 O1 H2-H4 on C, H5 on O, every head sure of itself
-    rows = [{6: 1.0}, {8: 1.0}] + [{1: 1.0}] * 4
-    pairs = {(0, 1): [0.05, 0.9, 0.05, 0], (0, 2): [0.05, 0.95, 0, 0], (0, 3): [0.05, 0.95, 0, 0], (0, 4): [0.05, 0.95, 0, 0],
-             (1, 5): [0.05, 0.95, 0, 0]}
-    graph = joint_graph(_atom_log_probs(rows), np.log(np.tile([1e-6, 1.0 - 2e-6, 1e-6], (6, 1))), _log_probs(6, pairs))
-    assert graph.types.tolist() == [6, 8, 1, 1, 1, 1] and graph.orders.sum() == 2 * 5 and graph.orders[0, 1] == 1

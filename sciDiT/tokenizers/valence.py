@@ -11,10 +11,7 @@ farther apart than :data:`COV_FACTOR` x the sum of their covalent radii (the con
 RDKit's ``rdDetermineBonds``), are never bonded, so the written graph is one the geometry supports.
 
 Two rules, both exact for their objective (a programme that needs more than :data:`NODE_LIMIT`
-branch-and-bound nodes counts as infeasible: a deterministic bound on the work per molecule). When the
-objective's maximum without the valence, charge, geometry and connectivity rows (each pair's and each
-atom's most probable choice) already satisfies them, it is the optimum and the solver is not called:
-the common case for a well-decoded molecule, and most of the decoding time otherwise.
+branch-and-bound nodes counts as infeasible: a deterministic bound on the work per molecule):
 
 - :func:`constrained_bond_orders` (``bond_decoding=constrained``): atoms fixed to their argmax
   element and charge, only the bonds are chosen. A composition with an odd number of electrons has
@@ -142,36 +139,16 @@ def _solve(options: list[list[tuple[int, int, float]]], log_probs: np.ndarray, d
     a = coo_array((np.concatenate([b[2] for b in blocks]), (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))),
                   shape=(int(sum(map(len, lo))), n_bond + n_opt)).tocsr()
     gain = np.concatenate([(log_probs[i, j, 1:] - log_probs[i, j, :1]).ravel(), [lp for _, _, lp in flat]])  # bonds: gain over "no bond"
-    lower, upper = np.concatenate(lo), np.concatenate(hi)
-    x = _greedy(gain[:n_bond].reshape(m, MAX_ORDER), gain[n_bond:], owner, n)  # the objective's maximum, constraints aside
-    rows_x = a @ x
-    if not (np.all(rows_x >= lower) and np.all(rows_x <= upper)):  # it breaks a constraint: solve the programme
-        result = milp(c=-gain, integrality=np.ones(n_bond + n_opt), bounds=Bounds(0, 1),
-                      constraints=[LinearConstraint(a, lower, upper)], options={"node_limit": NODE_LIMIT})
-        if result.status != 0 or result.x is None:
-            return None
-        x = np.rint(result.x)
+    result = milp(c=-gain, integrality=np.ones(n_bond + n_opt), bounds=Bounds(0, 1),
+                  constraints=[LinearConstraint(a, np.concatenate(lo), np.concatenate(hi))], options={"node_limit": NODE_LIMIT})
+    if result.status != 0 or result.x is None:
+        return None
+    x = np.rint(result.x)
     chosen = x[:n_bond].reshape(m, MAX_ORDER) @ orders  # [m] order of each candidate pair
     bonds = np.zeros((n, n), dtype=np.int64)
     bonds[i, j] = bonds[j, i] = chosen.astype(np.int64)
     picked = [flat[k] for k in np.flatnonzero(x[n_bond:])]  # one per atom, in atom order
     return MolecularGraph(np.array([z for z, _, _ in picked], dtype=np.int64), np.array([q for _, q, _ in picked], dtype=np.int64), bonds)
-
-
-def _greedy(bond_gain: np.ndarray, option_gain: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """The 0/1 vector that maximises the programme's objective under its choice rows only: each pair's
-    best order where it gains over no bond (``bond_gain [m, 3]``), each atom's best option (``option_gain [O]``,
-    ``owner [O]``). When it also satisfies every other row it is the programme's optimum, and the solver is skipped."""
-    m = len(bond_gain)
-    bonds = np.zeros((m, MAX_ORDER))
-    best_order = bond_gain.argmax(1) if m else np.zeros(0, dtype=np.int64)  # [m]
-    bonded = bond_gain[np.arange(m), best_order] > 0
-    bonds[np.flatnonzero(bonded), best_order[bonded]] = 1.0
-    options = np.zeros(len(option_gain))
-    for a in range(n):
-        mine = np.flatnonzero(owner == a)
-        options[mine[option_gain[mine].argmax()]] = 1.0
-    return np.concatenate([bonds.ravel(), options])
 
 
 def _distances(pos: np.ndarray | None) -> np.ndarray | None:
