@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from rdkit import Chem
 from conftest import TINY_VAE
 
 from sciDiT.errors import SciDiTInputError
@@ -54,6 +55,11 @@ def test_the_shipped_model_loads_by_name_and_generates_decoded_graphs(tmp_path):
     gen = load_generator("qm9_mp20_cpu")
     mols = gen.generate("molecule", n=3, steps=4, seed=0, progress=False)
     assert all(m.GetProp("bond_source") in ("decoded", "decoded_joint") for m in mols) and len(mols) == 3  # joint decoding by default
+    assert gen.weak_dit is not None  # its autoguidance model is packed in the file
+    guided = gen.generate("molecule", n=3, steps=4, seed=0, progress=False, autoguidance=2.0)
+    assert len(guided) == 3 and any(Chem.MolToSmiles(a) != Chem.MolToSmiles(b) or
+                                    abs(a.GetConformer().GetPositions() - b.GetConformer().GetPositions()).max() > 1e-3
+                                    for a, b in zip(mols, guided))
     assert sample_main(["pretrained=qm9_mp20_cpu", "domain=crystal", "n=2", "steps=4", f"out={tmp_path / 'x'}", "progress=false"]) == 0
     assert len(list((tmp_path / "x").glob("*.cif"))) + sum(1 for _ in open(tmp_path / "x" / "manifest.tsv")) > 1
 
@@ -85,3 +91,36 @@ def test_a_decoder_fine_tuned_on_the_dit_encoder_replaces_the_decoder(tiny_dit_c
     with pytest.raises(SciDiTInputError, match="encoder differs from the DiT's"):
         export_pretrained(tiny_dit_ckpt, tmp_path / "bad.pt", decoder=_vae_ckpt(other, tmp_path / "other.ckpt"))
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_autoguidance_packs_a_weaker_dit_of_the_same_vae_and_uses_it(tiny_dit_ckpt, tmp_path):
+    full = torch.load(tiny_dit_ckpt, weights_only=True)
+    weak_state = dict(full["state_dict"])
+    for k in [k for k in weak_state if k.startswith("ema.module.")]:
+        weak_state[k] = weak_state[k] * 0.5  # a different, "weaker" DiT on the same VAE and latents
+    weak = tmp_path / "weak.ckpt"
+    torch.save({**full, "state_dict": weak_state}, weak)
+    kwargs = dict(steps=4, seed=3, progress=False, bf16=False)
+    plain = load_generator(tiny_dit_ckpt).generate_token_sets("molecule", 4, **kwargs)
+    with pytest.raises(SciDiTInputError, match="autoguidance needs a weaker DiT"):
+        load_generator(tiny_dit_ckpt).generate_token_sets("molecule", 4, autoguidance=2.0, **kwargs)
+
+    packed = load_generator(str(export_pretrained(tiny_dit_ckpt, tmp_path / "guided.pt", guide=weak)))
+    assert packed.weak_dit is not None
+    same = packed.generate_token_sets("molecule", 4, autoguidance=1.0, **kwargs)  # scale 1: the main model alone
+    assert all(torch.equal(x.pos, y.pos) for x, y in zip(plain, same))
+    guided = packed.generate_token_sets("molecule", 4, autoguidance=2.0, autoguidance_interval=(0.5, 1.0), **kwargs)
+    assert not all(torch.allclose(x.pos, y.pos) for x, y in zip(plain, guided))
+    by_path = load_generator(tiny_dit_ckpt, guide=weak).generate_token_sets("molecule", 4, autoguidance=2.0, **kwargs)
+    assert all(torch.allclose(x.pos, y.pos, atol=1e-2) for x, y in zip(by_path, guided))  # the packed copy is bf16
+    with pytest.raises(SciDiTInputError, match="autoguidance_interval"):
+        packed.generate_token_sets("molecule", 2, autoguidance=2.0, autoguidance_interval=(0.8, 0.2), **kwargs)
+
+    other_vae = dict(full["state_dict"])
+    other_vae["model.vae.to_latent.weight"] = other_vae["model.vae.to_latent.weight"] + 1.0  # another encoder
+    other = tmp_path / "other.ckpt"
+    torch.save({**full, "state_dict": other_vae}, other)
+    with pytest.raises(SciDiTInputError, match="encoder differs"):
+        load_generator(tiny_dit_ckpt, guide=other)
+    assert sample_main([f"ckpt={tiny_dit_ckpt}", "domain=molecule", "n=2", "steps=2", f"out={tmp_path / 'm.sdf'}", "autoguidance=2"]) == 2
+    assert not (tmp_path / "m.sdf").exists()
