@@ -4,6 +4,7 @@
     gen = load_generator("outputs/run/dit/checkpoints/last.ckpt")
     mols = gen.generate("molecule", n=100, seed=0)          # RDKit molecules with their decoded bonds
     mols = gen.generate("molecule", n=100, relax=True)      # ... geometries minimised (MMFF94/UFF)
+    mols = gen.generate("molecule", n=100, autoguidance=2)  # ... guided by a weaker DiT (sharper coordinates)
     xtals = gen.generate("crystal", n=100, num_atoms=8)     # pymatgen Structures (None if degenerate)
     gen.export(gen.generate_token_sets("molecule", n=1000), "molecules.sdf")
 

@@ -69,12 +69,14 @@ def main() -> None:
                         help="atom counts of requests: from the training sizes given the requested value (EDM's protocol) or the unconditional histogram")
     parser.add_argument("--relax", action="store_true", help="write force-field relaxed molecule geometries (a separate, lenient figure)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which request sets to sample")
+    parser.add_argument("--autoguidance", type=float, default=1.0, help="autoguidance scale on [0.5, 1] (needs a packed or --guide weak DiT)")
+    parser.add_argument("--guide", default=None, help="a weaker DiT-stage checkpoint on the same VAE, for --autoguidance")
     args = parser.parse_args()
 
-    gen = load_generator(args.ckpt)
+    gen = load_generator(args.ckpt, guide=args.guide)
     stats = gen.condition_stats
     args.out.mkdir(parents=True, exist_ok=True)
-    common = dict(progress=False, seed=args.seed, condition_sizes=args.sizes == "conditional")
+    common = dict(progress=False, seed=args.seed, condition_sizes=args.sizes == "conditional", autoguidance=args.autoguidance)
     if "molecules" in args.parts:
         mols = []
         for key in QM9_PROPERTIES:
