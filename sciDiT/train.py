@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from sciDiT.checkpoint import load_checkpoint, require_stage
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export.atomic import nearest_existing
-from sciDiT.training.checkpoint import NonFiniteWeightsError, RNGState, remove_stale_temp_files
+from sciDiT.training.checkpoint import NonFiniteWeightsError, RNGState, StepSnapshots, remove_stale_temp_files
 from sciDiT.training.checkpoint_io import SafeCheckpointIO
 from sciDiT.training.checks import check_train_config, compose_train_config
 from sciDiT.training.guards import NonFiniteTrainingError
@@ -55,7 +55,7 @@ def _trainer(cfg: DictConfig, stage: str, stage_dir: Path) -> L.Trainer:
     """A Trainer for one stage: the stage's step and time budgets, its own checkpoint folder and loggers."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] + [RNGState()]
     for cb in callbacks:
-        if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
+        if isinstance(cb, (L.pytorch.callbacks.ModelCheckpoint, StepSnapshots)):
             cb.dirpath = str(stage_dir / "checkpoints")
     loggers = [instantiate(lg, name=stage) for lg in cfg.logger.values()]
     max_steps = cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.max_steps[stage]

@@ -60,12 +60,18 @@ def test_every_atom_experiment_trains_a_step(experiment: str, data_dir: Path, ca
 @pytest.mark.slow
 def test_both_stages_train_test_and_resume(data_dir: Path, cache_dir: Path, tmp_path: Path):
     out = tmp_path / "run"
-    res = _train(["experiment=quickstart", *TINY_ATOMS, "trainer.max_steps=2", "trainer.limit_test_batches=1.0", f"paths.output_dir={out}"], data_dir, cache_dir)
+    res = _train(["experiment=quickstart", *TINY_ATOMS, "trainer.max_steps=2", "trainer.limit_test_batches=1.0", f"paths.output_dir={out}",
+                  "callbacks.snapshots.steps=[1]"], data_dir, cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     for stage in ("vae", "dit"):
         assert (out / stage / "checkpoints" / "last.ckpt").exists()
+        assert (out / stage / "checkpoints" / "step-1.ckpt").exists()  # the snapshot asked for
         assert (out / stage / "metrics.csv").exists()
         assert json.loads((out / stage / "metrics.json").read_text())["steps"] == 2
+    from sciDiT.generate import load_generator  # an early snapshot guides the final DiT (autoguidance)
+
+    gen = load_generator(out / "dit" / "checkpoints" / "last.ckpt", guide=out / "dit" / "checkpoints" / "step-1.ckpt")
+    assert len(gen.generate_token_sets("molecule", 2, steps=2, autoguidance=2.0, progress=False)) == 2
     vae_metrics = json.loads((out / "vae" / "metrics.json").read_text())
     assert 0.0 <= vae_metrics["test/molecule/match_rate"] <= 1.0 and 0.0 <= vae_metrics["test/crystal/match_rate"] <= 1.0
     # the same command with a larger budget continues each stage from its last.ckpt

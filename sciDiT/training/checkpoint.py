@@ -98,6 +98,22 @@ class LastAndBestCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class StepSnapshots(L.Callback):
+    """Full checkpoints ``step-<k>.ckpt`` beside the others when training reaches each of ``steps``.
+
+    An earlier snapshot of a DiT is a weak model for autoguidance at no extra training
+    (``python -m sciDiT.sample ... guide=<dir>/step-<k>.ckpt autoguidance=2``). ``dirpath`` is set per stage by
+    the entry point, as for the checkpoint callback.
+    """
+
+    def __init__(self, steps: list[int] | None = None, dirpath: str | None = None):
+        self.steps, self.dirpath = sorted(set(steps or [])), dirpath
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step in self.steps and self.dirpath is not None:
+            trainer.save_checkpoint(str(Path(self.dirpath) / f"step-{trainer.global_step}.ckpt"))
+
+
 # -- RNG state ----------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """The torch (CPU, CUDA), NumPy and Python RNG states as tensors and plain numbers."""
