@@ -35,22 +35,29 @@ def pretrained_path(name: str) -> Path:
     return FOLDER / f"{name}.pt"
 
 
+def changed_encoder_tensors(vae_hparams: dict[str, Any], state: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> list[str]:
+    """Keys ``model.vae.*`` of the VAE encoder's tensors that differ between two DiT-module state dicts: a DiT
+    samples its encoder's latents, so only a decoder or a guide on an equal encoder fits it."""
+    from sciDiT.models.vae import AllAtomVAE
+
+    vae = AllAtomVAE(**vae_hparams)
+    frozen = {id(p) for p in vae.encoder_modules().parameters()}
+    keys = [f"model.vae.{k}" for k, p in vae.named_parameters() if id(p) in frozen]
+    return [k for k in keys if not torch.equal(state[k], other[k])]
+
+
 def with_decoder(state: dict[str, torch.Tensor], vae_hparams: dict[str, Any], decoder_ckpt: str | Path) -> dict[str, torch.Tensor]:
     """A DiT module's ``state`` with the VAE decoder of VAE-stage checkpoint ``decoder_ckpt``.
 
     Only a decoder fine-tuned on the *same* encoder fits (``vae.train_decoder_only=true``): the DiT
     samples that encoder's latents. One line naming the file when the encoder or the sizes differ.
     """
-    from sciDiT.models.vae import AllAtomVAE
     from sciDiT.checkpoint import load_vae_checkpoint
 
     vae_state, hparams = load_vae_checkpoint(str(decoder_ckpt), what="decoder")
     if dict(hparams["vae"]) != dict(vae_hparams):
         raise SciDiTInputError(f"its VAE sizes {dict(hparams['vae'])} differ from the DiT checkpoint's {dict(vae_hparams)}", decoder_ckpt)
-    vae = AllAtomVAE(**vae_hparams)
-    frozen = {id(p) for p in vae.encoder_modules().parameters()}
-    encoder_keys = [k for k, p in vae.named_parameters() if id(p) in frozen]
-    changed = [k for k in encoder_keys if not torch.equal(vae_state[k], state[f"model.vae.{k}"])]
+    changed = changed_encoder_tensors(vae_hparams, state, {f"model.vae.{k}": v for k, v in vae_state.items()})
     if changed:
         raise SciDiTInputError(f"its encoder differs from the DiT's ({len(changed)} tensors, e.g. {changed[0]}): only a decoder "
                                "fine-tuned with vae.train_decoder_only=true from the DiT's own VAE fits", decoder_ckpt)
@@ -73,12 +80,7 @@ def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide
     guide_state = restore_ema(raw["state_dict"])
     if dict(raw["hyper_parameters"]["vae"]) != dict(hparams["vae"]):
         raise SciDiTInputError("its VAE sizes differ from the model's: a guide must be trained on the same VAE", guide_ckpt)
-    from sciDiT.models.vae import AllAtomVAE
-
-    vae = AllAtomVAE(**hparams["vae"])
-    frozen = {id(p) for p in vae.encoder_modules().parameters()}
-    encoder = [f"model.vae.{k}" for k, p in vae.named_parameters() if id(p) in frozen]
-    changed = [k for k in encoder if not torch.equal(state[k], guide_state[k])]
+    changed = changed_encoder_tensors(hparams["vae"], state, guide_state)
     if changed:
         raise SciDiTInputError(f"its VAE encoder differs from the model's ({len(changed)} tensors, e.g. {changed[0]}): a guide must sample "
                                "the same latents (train it with dit.vae_ckpt=<this model>)", guide_ckpt)
