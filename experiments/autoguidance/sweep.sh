@@ -2,7 +2,7 @@
 # Autoguidance sweep on the shipped qm9_mp20_cpu model (issue 10): sample with a weaker DiT on the same VAE as
 # the guide, score with the strict evaluator, print the table. Usage:
 #   bash experiments/autoguidance/sweep.sh <weak DiT last.ckpt> <out dir> [n=500]
-# The weak DiT: python -m sciDiT.train experiment=quickstart_dit dit.lr=3e-4 paths.output_dir=outputs/guide
+# The weak DiT: python -m sciDiT.train experiment=quickstart_dit dit.lr=3e-4 max_steps.dit=10000 paths.output_dir=outputs/guide
 # (10,000 DiT-T steps on the shipped VAE; the one packed in sciDiT/pretrained/qm9_mp20_cpu.pt).
 # Each arm is "domain scale t_min t_max"; two arms run side by side, one thread each.
 set -euo pipefail
