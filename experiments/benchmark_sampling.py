@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from benchmark_dit import machine  # the DiT benchmark's machine line (this folder)
 from sciDiT.evaluation.molecules import is_single_fragment, openbabel_molecule, strict_sanitized
 from sciDiT.export import to_molecules
 from sciDiT.generate import load_generator
 from sciDiT.models.vae import AllAtomVAE
-from sciDiT.training.precision import cpu_has_native_bf16, read_cpuinfo
+from sciDiT.training.precision import cpu_has_native_bf16
 
 # name -> (generate_token_sets keywords, network evaluations per molecule)
 CONFIGS: dict[str, tuple[dict, int]] = {
@@ -57,12 +57,6 @@ def timed_decoding(clock: dict[str, float]) -> Iterator[None]:
         AllAtomVAE.decode_to_batch = original
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``'s), or the platform's machine type."""
-    names = [line.split(":", 1)[1].strip() for line in read_cpuinfo().splitlines() if line.startswith("model name")]
-    return names[0] if names else platform.machine()
-
-
 def run(gen, kwargs: dict, n: int) -> dict[str, float]:
     """Sample ``n`` molecules (seed 0), time them, and score them."""
     clock = {"decode": 0.0}
@@ -90,8 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gen = load_generator(args.ckpt)
     lines = [f"- command: `python experiments/benchmark_sampling.py --n {args.n} --threads {args.threads}`",
-             f"- machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-             f"bf16 native: {cpu_has_native_bf16()}; model `{args.ckpt}`; {args.n} molecules per row, seed 0",
+             f"- machine: {machine(torch.device('cpu'), cpu_has_native_bf16())}; model `{args.ckpt}`; {args.n} molecules per row, seed 0",
              "", "| sampler | network evals / molecule | seconds (network + decoding) | molecules/s | vs reference | strict, decoded bonds | "
              "valid and connected | OpenBabel path |", "|---|---|---|---|---|---|---|---|"]
     reference = None

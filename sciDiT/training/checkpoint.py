@@ -107,7 +107,7 @@ class StepSnapshots(L.Callback):
     """
 
     def __init__(self, steps: list[int] | None = None, dirpath: str | None = None):
-        self.steps, self.dirpath = sorted(set(steps or [])), dirpath
+        self.steps, self.dirpath = frozenset(steps or ()), dirpath
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step in self.steps and self.dirpath is not None:
