@@ -5,6 +5,8 @@
     mols = gen.generate("molecule", n=100, seed=0)          # RDKit molecules with their decoded bonds
     mols = gen.generate("molecule", n=100, relax=True)      # ... geometries minimised (MMFF94/UFF)
     mols = gen.generate("molecule", n=100, autoguidance=2)  # ... guided by a weaker DiT (sharper coordinates)
+    gen = load_generator("qm9_mp20_cpu", property_guide="qm9_props.pt")   # a noisy-latent property regressor
+    mols = gen.generate("molecule", n=100, condition={"gap": 7.5}, property_guidance=2)  # classifier guidance
     xtals = gen.generate("crystal", n=100, num_atoms=8)     # pymatgen Structures (None if degenerate)
     gen.export(gen.generate_token_sets("molecule", n=1000), "molecules.sdf")
 
@@ -47,7 +49,7 @@ from sciDiT.checkpoint import load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
-from sciDiT.flow import DEFAULT_SDE_NOISE, SOLVERS, AutoGuidance
+from sciDiT.flow import DEFAULT_SDE_NOISE, PROPERTY_KNOWN_KEY, PROPERTY_TARGET_KEY, SOLVERS, AutoGuidance, PropertyGuidance
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
@@ -58,6 +60,7 @@ from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
+from sciDiT.training.property_regressor import load_property_regressor
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
@@ -93,9 +96,14 @@ class Generator:
     """Samples molecules and crystals from a trained :class:`LatentDiffusion` (see module docstring)."""
 
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu",
-                 condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None):
+                 condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None,
+                 regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None):
         self.device = usable_device(device)
-        self.condition_stats = dict(condition_stats or {})  # what requests are checked against (sciDiT.data.conditions)
+        self.condition_stats = dict(condition_stats or {})  # the DiT's own conditions (sciDiT.data.conditions)
+        self.regressor = None if regressor is None else regressor.to(self.device).eval()  # classifier guidance's p(y | x_t), if any
+        self.regressor_stats = dict(regressor_stats or {})  # its properties, in its output order
+        # what requests are checked against and sized by: the regressor's properties, and the DiT's conditions (which win)
+        self.request_stats = {**self.regressor_stats, **self.condition_stats}
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self.weak_dit = None if weak_dit is None else weak_dit.to(self.device).eval()  # autoguidance's weaker model, if any
@@ -113,7 +121,7 @@ class Generator:
             if request:
                 marginal = self.model.size_counts[int(domain)].cpu().numpy()
                 if marginal.sum() > 0:
-                    p = size_distribution(request, self.condition_stats, marginal)
+                    p = size_distribution(request, self.request_stats, marginal)
                     weights = None if p is None else torch.from_numpy(p)
                 if weights is None:
                     warnings.warn("this checkpoint has no table of sizes given its conditions: set sizes are drawn from the "
@@ -167,6 +175,8 @@ class Generator:
         reproducible: bool = False,
         autoguidance: float = 1.0,
         autoguidance_interval: Sequence[float] = (0.5, 1.0),
+        property_guidance: float = 1.0,
+        property_guidance_interval: Sequence[float] = (0.1, 1.0),
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -219,6 +229,11 @@ class Generator:
         ``autoguidance``: guide the DiT with the weaker DiT packed in the checkpoint (or given to :func:`load_generator`
         as ``guide``) at this scale, for ``t`` in ``autoguidance_interval`` (:class:`sciDiT.flow.AutoGuidance`; 1 = off).
         Late in the path it sharpens coordinates: experiments/autoguidance/README.md.
+        ``property_guidance``: with a property regressor (``load_generator(..., property_guide=FILE)``), the requested values
+        of its properties steer the sampling by classifier guidance at this scale (1 = Bayes' rule, larger follows the
+        request harder, 0 = sizes given the request only), for ``t`` in ``property_guidance_interval``
+        (:class:`sciDiT.flow.PropertyGuidance`); it works on unconditional DiTs and adds to a conditional DiT's own
+        conditioning. experiments/property_guidance/README.md.
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -229,6 +244,7 @@ class Generator:
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
         interval = _check_autoguidance(autoguidance, autoguidance_interval, self.weak_dit is not None)
+        property_interval = _check_property_guidance(property_guidance, property_guidance_interval)
         try:
             bf16 = resolve_bf16(bf16, self.device)
         except ValueError as err:
@@ -245,7 +261,9 @@ class Generator:
         if coherent and self.model.element_log_prior(dom) is None:
             raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "
                                    "with experiments/crystal_composition/add_element_prior.py")
-        request = validate_request(condition, dom, self.condition_stats, allow_extrapolation)
+        request = validate_request(condition, dom, self.request_stats, allow_extrapolation)
+        dit_request = {k: v for k, v in request.items() if k in self.condition_stats}  # what the DiT's own embedders take
+        regressed = [k for k in self.regressor_stats if k in request]  # what classifier guidance steers
         allowed = None
         if composition in ("balanced", "requested") and dom == Domain.CRYSTAL:
             try:
@@ -269,8 +287,13 @@ class Generator:
             if num_atoms is not None:
                 raise SciDiTInputError("give num_atoms or condition.num_atoms, not both")
             num_atoms = request[SIZE_KEY]
-        scale = _guidance(guidance, request, cfg_scale)
-        request_cond = encode_conditions([request], self.condition_stats, [k for k in request if k != SIZE_KEY])  # one set's tensors
+        scale = _guidance(guidance, dit_request, cfg_scale)
+        request_cond = encode_conditions([request], self.condition_stats, list(dit_request))  # one set's tensors
+        if regressed:
+            stats = self.regressor_stats
+            request_cond[PROPERTY_TARGET_KEY] = torch.tensor([[(request[k] - stats[k]["mean"]) / stats[k]["std"] if k in request else 0.0
+                                                              for k in stats]], dtype=torch.float32)  # [1, P]
+            request_cond[PROPERTY_KNOWN_KEY] = torch.tensor([[float(k in request) for k in stats]])  # [1, P]
         seed = _check_seed(seed)
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: sizes, then noise
         sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()),
@@ -283,6 +306,8 @@ class Generator:
         dit = self._dit(use_ema, compile)
         if autoguidance != 1.0:
             dit = AutoGuidance(dit, self.weak_dit, autoguidance, *interval)
+        if regressed and property_guidance != 0.0:
+            dit = PropertyGuidance(dit, self.regressor, property_guidance, *property_interval)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         out: list[TokenSet | None] = [None] * n
         with tqdm(total=n, desc=f"sampling {dom.name.lower()}s", unit="set", disable=not progress) as bar:
@@ -395,7 +420,8 @@ def _guidance(guidance: Mapping[str, float] | None, request: Mapping[str, Any], 
     out = {}
     for key, value in guidance.items():
         if key != "domain" and (key not in request or key == SIZE_KEY):
-            raise SciDiTInputError(f"guidance.{key}: only requested conditions (or domain) can be guided; requested: {', '.join(request) or 'none'}")
+            raise SciDiTInputError(f"guidance.{key}: only requested conditions of the DiT (or domain) take classifier-free guidance; requested: "
+                                   f"{', '.join(request) or 'none'} (a property steered by a regressor takes property_guidance=)")
         out[key] = finite_number(f"guidance.{key}", value)
     return out
 
@@ -413,6 +439,19 @@ def _check_autoguidance(scale: float, interval: Sequence[float], has_weak: bool)
     if scale != 1.0 and not has_weak:
         raise SciDiTInputError("autoguidance needs a weaker DiT on the same VAE: this checkpoint carries none; give one with "
                                "guide=<dit checkpoint> (or pack it: python -m sciDiT.pretrained ... guide=...)")
+    return t_min, t_max
+
+
+def _check_property_guidance(scale: float, interval: Sequence[float]) -> tuple[float, float]:
+    """The property guidance interval as two floats; one-line errors for a bad scale or interval."""
+    if not math.isfinite(scale):
+        raise SciDiTInputError(f"property_guidance must be a finite number, got {scale}")
+    try:
+        t_min, t_max = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise SciDiTInputError(f"property_guidance_interval must be two times [t_min, t_max], got {interval!r}") from None
+    if not 0.0 < t_min < t_max <= 1.0:
+        raise SciDiTInputError(f"property_guidance_interval must satisfy 0 < t_min < t_max <= 1, got [{t_min}, {t_max}]")
     return t_min, t_max
 
 
@@ -447,11 +486,13 @@ def _resolve(ckpt: str | Path) -> Path:
     return path
 
 
-def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None) -> Generator:
+def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
+                   property_guide: str | Path | None = None) -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
     or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
     :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
-    (default: the one packed in ``ckpt``, if any).
+    (default: the one packed in ``ckpt``, if any). ``property_guide``: a noisy-latent property regressor trained on the
+    same VAE (:mod:`sciDiT.training.property_regressor`), for classifier guidance towards requested property values.
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
@@ -480,7 +521,12 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
             weak.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in section["state_dict"].items()})
         except RuntimeError as err:
             raise SciDiTInputError(f"the guide's weights do not fit its hyperparameters: {str(err).splitlines()[0]}", guide or path) from err
+    regressor, regressor_stats = None, None
+    if property_guide is not None:
+        regressor, contents = load_property_regressor(property_guide, module.model.latent_mean, module.model.latent_std)
+        regressor_stats = {k: contents["condition_stats"][k] for k in contents["properties"]}
     try:
-        return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak)
+        return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak,
+                         regressor=regressor, regressor_stats=regressor_stats)
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

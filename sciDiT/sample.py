@@ -4,9 +4,11 @@
     python -m sciDiT.sample ckpt=... domain=crystal n=1000 out=crystals/ steps=100 cfg_scale=2.0 seed=0
     python -m sciDiT.sample ckpt=... domain=molecule n=100 out=gap.sdf condition.gap=6.5 guidance.gap=2.0
     python -m sciDiT.sample ckpt=... domain=crystal n=100 out=lfpo/ condition.spacegroup=225 condition.elements=[Li,Fe,P,O]
+    python -m sciDiT.sample pretrained=qm9_mp20_cpu property_guide=qm9_props.pt domain=molecule n=100 out=gap.sdf condition.gap=7.5 property_guidance=2
 
 Arguments are ``key=value`` pairs (see ``KEYS``; ``python -m sciDiT.sample --help`` lists them).
-``condition.KEY=VALUE`` requests a property of a conditional checkpoint (keys and units:
+``condition.KEY=VALUE`` requests a property of a conditional checkpoint, or of a property regressor
+given as ``property_guide`` (classifier guidance; keys and units:
 :mod:`sciDiT.data.conditions`; lists as ``[Li,Fe,P,O]``), ``guidance.KEY=SCALE`` guides on it, and
 ``allow_extrapolation=true`` admits values outside the training range. The request is written into
 every SD record (property ``request``) and manifest row (column ``request``).
@@ -81,6 +83,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "autoguidance": (float, 1.0, "guide the DiT with a weaker DiT on the same VAE (packed in the checkpoint, or guide=) at this scale (1 = none)"),
     "autoguidance_interval": (_interval, (0.5, 1.0), "times [t_min,t_max] of the path where autoguidance acts (default the late half: sharper coordinates)"),
     "guide": (str, None, "autoguidance: a weaker DiT-stage checkpoint trained on the same VAE (default: the one packed in the checkpoint)"),
+    "property_guide": (str, None, "a noisy-latent property regressor on the same VAE: condition.KEY requests of its properties steer sampling (classifier guidance)"),
+    "property_guidance": (float, 1.0, "classifier guidance scale of property_guide (1 = Bayes' rule, larger follows the request harder, 0 = sizes only)"),
+    "property_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where property guidance acts (t_min > 0)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
     "reproducible": (_bool, False, "each sample in a batch of its own: bit-identical output for a seed, whatever batch_size (slower)"),
@@ -191,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sciDiT.pretrained import pretrained_path
 
             opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
-        gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"])
+        gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"], property_guide=opts["property_guide"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],
@@ -201,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
             condition_sizes=opts["condition_sizes"], reproducible=opts["reproducible"],
             autoguidance=opts["autoguidance"], autoguidance_interval=opts["autoguidance_interval"],
+            property_guidance=opts["property_guidance"], property_guidance_interval=opts["property_guidance_interval"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

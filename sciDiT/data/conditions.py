@@ -413,7 +413,7 @@ def validate_request(request: Mapping[str, Any] | None, domain: Domain, stats: M
             raise SciDiTInputError(f"condition.{key} applies to domain={info.domain.name.lower()}, not domain={domain.name.lower()}")
         if key not in stats:
             trained = ", ".join(stats) or "none: it samples unconditionally only"
-            raise SciDiTInputError(f"condition.{key}: this checkpoint was not trained with it (its conditions: {trained})")
+            raise SciDiTInputError(f"condition.{key}: this checkpoint was not trained with it (its conditions: {trained}; a property regressor 'property_guide' can steer it)")
         st = stats[key]
         if info.kind == "vector":
             x = finite_number(f"condition.{key}", value, info.unit)

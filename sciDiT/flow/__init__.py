@@ -14,6 +14,9 @@ from sciDiT.flow.path import (
 from sciDiT.flow.solvers import (
     DEFAULT_SDE_NOISE,
     AutoGuidance,
+    PROPERTY_KNOWN_KEY,
+    PROPERTY_TARGET_KEY,
+    PropertyGuidance,
     SOLVERS,
     SelfConditioning,
     VelocityFn,
@@ -31,6 +34,9 @@ from sciDiT.flow.solvers import (
 __all__ = [
     "AutoGuidance",
     "DEFAULT_SDE_NOISE",
+    "PROPERTY_KNOWN_KEY",
+    "PROPERTY_TARGET_KEY",
+    "PropertyGuidance",
     "SOLVERS",
     "TIME_SCHEDULES",
     "SelfConditioning",

@@ -7,7 +7,8 @@ imperfect velocity field toward the data) and only ever call a velocity function
 for any model (and for closed-form velocity fields in the tests). :func:`model_velocity` turns a
 :class:`~sciDiT.flow.path.VelocityModel` into such a function, adding classifier-free guidance
 (one batched forward for both branches) and self-conditioning (each call receives the previous
-call's ``x1`` estimate). :class:`AutoGuidance` guides a model with a weaker version of itself.
+call's ``x1`` estimate). :class:`AutoGuidance` guides a model with a weaker version of itself,
+:class:`PropertyGuidance` with a regressor of properties on the noisy latents (classifier guidance).
 :func:`sample` is the one-call entry point.
 """
 
@@ -231,6 +232,57 @@ class AutoGuidance(nn.Module):
         weak_self_cond = x_self_cond if getattr(self.weak, "self_condition", False) else None
         v_weak = self.weak(x, t, mask, cond, x_self_cond=weak_self_cond, drop_cond=drop_cond)  # [B, N, D]
         guided = v_weak + self.scale * (v - v_weak)  # [B, N, D]
+        return torch.where(inside[:, None, None], guided, v)  # [B, N, D]
+
+
+PROPERTY_TARGET_KEY = "property_target"  # cond entry [B, P]: standardised property targets of PropertyGuidance
+PROPERTY_KNOWN_KEY = "property_known"  # cond entry [B, P]: 1 where the target is requested, 0 elsewhere
+
+
+class PropertyGuidance(nn.Module):
+    """Classifier guidance (Dhariwal & Nichol 2021) of a velocity model by a regressor ``p(y | x_t)``.
+
+    On the linear path ``x_t = (1 - t) x0 + t x1`` with Gaussian ``x0``, the velocity and the score are
+    tied by ``v = x / t + (1 - t) / t * score``, so guiding the score by ``scale * grad log p(y | x_t)``
+    adds ``scale * (1 - t) / t * grad log p(y | x_t)`` to the velocity. The regressor (e.g.
+    :class:`~sciDiT.models.property_regressor.LatentPropertyRegressor`) returns a Gaussian mean and log
+    variance per property; its variance, held fixed in the gradient, weighs each request by how much
+    ``x_t`` tells about it (little early in the path). The targets ride in ``cond``
+    (:data:`PROPERTY_TARGET_KEY`, :data:`PROPERTY_KNOWN_KEY`; taken out before the model sees it), so
+    classifier-free guidance stacks them with the batch. Applied for ``t`` in ``[t_min, t_max]``
+    (``t_min > 0``: the factor ``1 / t`` diverges at the noise end); ``scale = 0`` is the model alone.
+    The gradient is taken in float32 outside any autocast. A velocity model itself, like :class:`AutoGuidance`.
+    """
+
+    def __init__(self, main: nn.Module, regressor: nn.Module, scale: float, t_min: float = 0.1, t_max: float = 1.0):
+        super().__init__()
+        if not 0.0 < t_min < t_max <= 1.0:
+            raise ValueError(f"the property guidance interval must satisfy 0 < t_min < t_max <= 1, got [{t_min}, {t_max}]")
+        self.main, self.regressor, self.scale, self.t_min, self.t_max = main, regressor, float(scale), float(t_min), float(t_max)
+        self.self_condition = bool(getattr(main, "self_condition", False))
+
+    def log_likelihood_grad(self, x: Tensor, t: Tensor, mask: Tensor, target: Tensor, known: Tensor) -> Tensor:
+        """``grad_x log p(y | x_t)`` ``[B, N, D]`` (zeros at padding) for targets ``[B, P]`` where ``known [B, P]``."""
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            xg = x.detach().float().requires_grad_(True)  # [B, N, D]
+            mean, log_var = self.regressor(xg, t.float(), mask)  # [B, P], [B, P]
+            log_p = -0.5 * ((target.float() - mean) ** 2 * torch.exp(-log_var.detach()) * known.float()).sum()
+            (grad,) = torch.autograd.grad(log_p, xg)  # [B, N, D]
+        return grad * mask[..., None]
+
+    def forward(self, x: Tensor, t: Tensor, mask: Tensor, cond: dict[str, Tensor] | None = None,
+                x_self_cond: Tensor | None = None, drop_cond: Tensor | None = None) -> Tensor:
+        cond = dict(cond or {})
+        target, known = cond.pop(PROPERTY_TARGET_KEY, None), cond.pop(PROPERTY_KNOWN_KEY, None)
+        v = self.main(x, t, mask, cond, x_self_cond=x_self_cond, drop_cond=drop_cond)  # [B, N, D]
+        inside = (t >= self.t_min) & (t <= self.t_max)  # [B]
+        if target is None or self.scale == 0.0 or not bool(inside.any()):
+            return v
+        if known is None:
+            known = torch.ones_like(target)
+        grad = self.log_likelihood_grad(x, t, mask, target, known)  # [B, N, D]
+        tt = t.float().clamp_min(self.t_min).view(-1, 1, 1)  # [B, 1, 1]
+        guided = v + (self.scale * (1.0 - tt) / tt * grad).to(v.dtype)  # [B, N, D]
         return torch.where(inside[:, None, None], guided, v)  # [B, N, D]
 
 

@@ -1,0 +1,168 @@
+"""Classifier guidance by a noisy-latent property regressor: closed form, training, file checks, requests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from sciDiT.errors import SciDiTInputError
+from sciDiT.flow import PROPERTY_KNOWN_KEY, PROPERTY_TARGET_KEY, PropertyGuidance
+from sciDiT.models.property_regressor import LatentPropertyRegressor, gaussian_nll
+from sciDiT.training.property_regressor import encode_sets, load_property_regressor, noised, pad_latents, save_property_regressor, train_regressor
+
+S2, TAU2 = 2.0, 0.5  # data x1 ~ N(0, S2) per latent coordinate; the property y = x1 + N(0, TAU2)
+
+
+def _var(t: Tensor) -> Tensor:
+    return t**2 * S2 + (1 - t) ** 2  # Var(x_t) on the linear path
+
+
+class ExactVelocity(nn.Module):
+    """The marginal velocity E[x1 - x0 | x_t] of Gaussian data N(0, S2): (t S2 - (1 - t)) x / Var(x_t)."""
+
+    def forward(self, x, t, mask, cond=None, x_self_cond=None, drop_cond=None):
+        tt = t.view(-1, 1, 1)
+        return (tt * S2 - (1 - tt)) * x / _var(tt)
+
+
+class ExactRegressor(nn.Module):
+    """p(y | x_t) in closed form: mean t S2 x / Var(x_t), variance S2 - t^2 S2^2 / Var(x_t) + TAU2."""
+
+    def forward(self, x, t, mask):
+        tt = t.view(-1, 1)
+        mean = tt * S2 * x[:, 0, :] / _var(tt)  # [B, 1]
+        var = S2 - tt**2 * S2**2 / _var(tt) + TAU2
+        return mean, var.log().expand_as(mean)
+
+
+def test_property_guidance_at_scale_one_is_the_exact_conditional_velocity():
+    """Bayes' rule in closed form: guiding the exact marginal velocity by the exact p(y | x_t) gives the velocity of the
+    posterior data distribution N(S2 y / (S2 + TAU2), S2 TAU2 / (S2 + TAU2))."""
+    y = 1.7
+    mu, sigma2 = S2 * y / (S2 + TAU2), S2 * TAU2 / (S2 + TAU2)
+    x = torch.linspace(-2.0, 2.0, 9).view(9, 1, 1)  # one token of one coordinate per set
+    mask = torch.ones(9, 1, dtype=torch.bool)
+    cond = {PROPERTY_TARGET_KEY: torch.full((9, 1), y), PROPERTY_KNOWN_KEY: torch.ones(9, 1)}
+    guided = PropertyGuidance(ExactVelocity(), ExactRegressor(), scale=1.0, t_min=0.05)
+    for t_value in (0.1, 0.5, 0.9):
+        t = torch.full((9,), t_value)
+        v_cond = mu + (t_value * sigma2 - (1 - t_value)) * (x - t_value * mu) / (t_value**2 * sigma2 + (1 - t_value) ** 2)
+        torch.testing.assert_close(guided(x, t, mask, dict(cond)), v_cond, atol=1e-5, rtol=1e-5)
+
+
+def test_property_guidance_leaves_the_model_alone_outside_its_interval_without_targets_or_at_scale_zero():
+    x, mask = torch.randn(3, 2, 1), torch.ones(3, 2, dtype=torch.bool)
+    cond = {PROPERTY_TARGET_KEY: torch.ones(3, 1), PROPERTY_KNOWN_KEY: torch.ones(3, 1)}
+    main, reg = ExactVelocity(), ExactRegressor()
+    t = torch.tensor([0.05, 0.5, 0.95])
+    plain = main(x, t, mask)
+    out = PropertyGuidance(main, reg, scale=2.0, t_min=0.2, t_max=0.9)(x, t, mask, dict(cond))
+    assert torch.equal(out[0], plain[0]) and torch.equal(out[2], plain[2]) and not torch.allclose(out[1], plain[1])
+    assert torch.equal(PropertyGuidance(main, reg, scale=2.0)(x, t, mask, {}), plain)  # no request
+    assert torch.equal(PropertyGuidance(main, reg, scale=0.0)(x, t, mask, dict(cond)), plain)
+    unknown = {PROPERTY_TARGET_KEY: torch.ones(3, 1), PROPERTY_KNOWN_KEY: torch.zeros(3, 1)}  # nothing requested
+    assert torch.allclose(PropertyGuidance(main, reg, scale=2.0)(x, t, mask, unknown), plain)
+    with pytest.raises(ValueError, match="0 < t_min < t_max <= 1"):
+        PropertyGuidance(main, reg, 1.0, t_min=0.0)
+
+
+def test_regressor_is_permutation_invariant_and_ignores_padding():
+    torch.manual_seed(0)
+    reg = LatentPropertyRegressor(latent_dim=4, num_properties=2, hidden_size=32, depth=2, num_heads=2)
+    for p in reg.parameters():  # leave the zero-initialised head and adaLN gates non-trivial
+        p.data.normal_(0, 0.1)
+    x, t = torch.randn(2, 5, 4), torch.tensor([0.3, 0.8])
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    mean, log_var = reg(x, t, mask)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    mean_p, _ = reg(x[:, perm], t, mask[:, perm])
+    torch.testing.assert_close(mean_p, mean, atol=1e-5, rtol=1e-5)
+    x2 = x.clone()
+    x2[1, 3:] = 100.0  # padding content changes nothing
+    torch.testing.assert_close(reg(x2, t, mask)[0], mean)
+    assert mean.shape == log_var.shape == (2, 2)
+
+
+def test_untrained_regressor_predicts_the_prior_and_training_lowers_the_nll():
+    torch.manual_seed(0)
+    latents = [torch.randn(int(n), 3) for n in torch.randint(3, 9, (256,))]
+    y = np.array([[float(x.sum())] for x in latents])  # an extensive property of the set
+    y = (y - y.mean()) / y.std()
+    reg = LatentPropertyRegressor(latent_dim=3, num_properties=1, hidden_size=32, depth=1, num_heads=2)
+    x, mask = pad_latents(latents)
+    mean, log_var = reg(x[:4], torch.ones(4), mask[:4])
+    assert torch.equal(mean, torch.zeros(4, 1)) and torch.equal(log_var, torch.zeros(4, 1))  # N(0, 1): the standardised prior
+    trained, facts = train_regressor(latents, y, size="R-T", batch_size=64, steps=150, minutes=5, log_every=0)
+    with torch.no_grad():
+        t = torch.ones(len(latents))
+        before = gaussian_nll(*reg(x, t, mask), torch.tensor(y, dtype=torch.float32), torch.ones(len(y), 1))
+        after = gaussian_nll(*trained(x, t, mask), torch.tensor(y, dtype=torch.float32), torch.ones(len(y), 1))
+    assert facts["steps"] == 150 and after < before - 0.5
+
+
+def test_noised_is_the_flow_path():
+    x1, mask = torch.ones(2, 3, 2), torch.tensor([[True, True, False], [True, True, True]])
+    assert torch.equal(noised(x1, mask, torch.ones(2)), x1)
+    x0 = noised(x1, mask, torch.zeros(2), torch.Generator().manual_seed(0))
+    assert torch.equal(x0[0, 2], torch.zeros(2)) and x0.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def regressor_file(tiny_dit_ckpt, data_dir, cache_dir, tmp_path_factory):
+    """A regressor of the QM9 gap on the tiny checkpoint's latents (30 steps: it exercises the path, it is not good)."""
+    from sciDiT.data.conditions import condition_stats
+    from sciDiT.data.qm9 import load_qm9_properties, load_qm9_split
+    from sciDiT.generate import load_generator
+
+    gen = load_generator(tiny_dit_ckpt)
+    data = load_qm9_split("train", data_dir, cache_dir, limit=200)
+    gap = load_qm9_properties(("gap",), data_dir, cache_dir)["gap"].reindex(np.asarray(data.meta_column("qm9_index"))).to_numpy()
+    stats = condition_stats(["gap"], [(data, {"gap": gap})])
+    latents = encode_sets(gen.model, [data[i] for i in range(len(data))])
+    y = ((gap - stats["gap"]["mean"]) / stats["gap"]["std"])[:, None]
+    model, facts = train_regressor(latents, y, batch_size=16, steps=30, log_every=0)
+    path = tmp_path_factory.mktemp("regressor") / "gap.pt"
+    save_property_regressor(path, model, ["gap"], stats, gen.model.latent_mean, gen.model.latent_std, "R-T", facts)
+    return path
+
+
+def test_a_gap_request_steered_by_the_regressor_changes_the_samples_and_is_written(tiny_dit_ckpt, regressor_file):
+    from sciDiT.generate import load_generator
+
+    gen = load_generator(tiny_dit_ckpt, property_guide=regressor_file)
+    assert list(gen.request_stats) == ["gap"] and gen.condition_stats == {}
+    kwargs = dict(n=4, steps=4, seed=0, progress=False, bond_decoding="argmax", num_atoms=[5, 6, 7, 8])
+    plain = gen.generate_token_sets("molecule", **kwargs)
+    sizes_only = gen.generate_token_sets("molecule", condition={"gap": 7.0}, property_guidance=0.0, **kwargs)
+    steered = gen.generate_token_sets("molecule", condition={"gap": 7.0}, property_guidance=50.0, **kwargs)
+    assert all(torch.equal(a.pos, b.pos) for a, b in zip(plain, sizes_only))  # scale 0: the model alone
+    assert any(not torch.allclose(a.pos, b.pos) for a, b in zip(plain, steered))
+    assert json.loads(steered[0].meta["request"]) == {"gap": 7.0}
+
+
+def test_property_guide_errors_are_one_line(tiny_dit_ckpt, regressor_file, tmp_path):
+    from sciDiT.generate import load_generator
+
+    with pytest.raises(SciDiTInputError, match="not a property regressor file"):
+        load_generator(tiny_dit_ckpt, property_guide=tiny_dit_ckpt)
+    raw = torch.load(regressor_file, weights_only=True)
+    raw["latent_mean"] = raw["latent_mean"] + 1.0
+    other = tmp_path / "other.pt"
+    torch.save(raw, other)
+    with pytest.raises(SciDiTInputError, match="trained on other latents than the model's"):
+        load_generator(tiny_dit_ckpt, property_guide=other)
+    gen = load_generator(tiny_dit_ckpt, property_guide=regressor_file)
+    with pytest.raises(SciDiTInputError, match="outside the training range"):
+        gen.generate_token_sets("molecule", 2, condition={"gap": 100.0}, steps=2, progress=False)
+    with pytest.raises(SciDiTInputError, match="takes property_guidance="):
+        gen.generate_token_sets("molecule", 2, condition={"gap": 7.0}, guidance={"gap": 2.0}, steps=2, progress=False)
+    with pytest.raises(SciDiTInputError, match="property_guidance_interval must satisfy"):
+        gen.generate_token_sets("molecule", 2, condition={"gap": 7.0}, property_guidance_interval=(0.0, 1.0), steps=2, progress=False)
+    with pytest.raises(SciDiTInputError, match="can steer it"):
+        load_generator(tiny_dit_ckpt).generate_token_sets("molecule", 2, condition={"gap": 7.0}, steps=2, progress=False)
+    model, _ = load_property_regressor(regressor_file, gen.model.latent_mean, gen.model.latent_std)
+    assert not model.training
