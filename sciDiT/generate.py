@@ -49,7 +49,7 @@ from sciDiT.checkpoint import load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
-from sciDiT.flow import DEFAULT_SDE_NOISE, PROPERTY_KNOWN_KEY, PROPERTY_TARGET_KEY, SOLVERS, AutoGuidance, PropertyGuidance
+from sciDiT.flow import DEFAULT_SDE_NOISE, PROPERTY_KNOWN_KEY, PROPERTY_TARGET_KEY, SOLVERS, AutoGuidance, DiscriminatorGuidance, PropertyGuidance
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
@@ -60,7 +60,7 @@ from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
-from sciDiT.training.property_regressor import load_property_regressor
+from sciDiT.training.latent_guides import load_discriminator, load_property_regressor
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
@@ -97,13 +97,16 @@ class Generator:
 
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu",
                  condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None,
-                 regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None):
+                 regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None,
+                 discriminator: nn.Module | None = None, discriminator_domain: str | None = None):
         self.device = usable_device(device)
         self.condition_stats = dict(condition_stats or {})  # the DiT's own conditions (sciDiT.data.conditions)
         self.regressor = None if regressor is None else regressor.to(self.device).eval()  # classifier guidance's p(y | x_t), if any
         self.regressor_stats = dict(regressor_stats or {})  # its properties, in its output order
         # what requests are checked against and sized by: the regressor's properties, and the DiT's conditions (which win)
         self.request_stats = {**self.regressor_stats, **self.condition_stats}
+        self.discriminator = None if discriminator is None else discriminator.to(self.device).eval()  # discriminator guidance's, if any
+        self.discriminator_domain = discriminator_domain
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self.weak_dit = None if weak_dit is None else weak_dit.to(self.device).eval()  # autoguidance's weaker model, if any
@@ -177,6 +180,8 @@ class Generator:
         autoguidance_interval: Sequence[float] = (0.5, 1.0),
         property_guidance: float = 1.0,
         property_guidance_interval: Sequence[float] = (0.1, 1.0),
+        discriminator_guidance: float = 0.0,
+        discriminator_guidance_interval: Sequence[float] = (0.1, 1.0),
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -234,6 +239,10 @@ class Generator:
         request harder, 0 = sizes given the request only), for ``t`` in ``property_guidance_interval``
         (:class:`sciDiT.flow.PropertyGuidance`); it works on unconditional DiTs and adds to a conditional DiT's own
         conditioning. experiments/property_guidance/README.md.
+        ``discriminator_guidance``: with a latent discriminator between the data and this model's own samples
+        (``load_generator(..., discriminator=FILE)``), add its log density ratio to the score at this scale (0 = off,
+        1 = the correction of Kim et al. 2023) for ``t`` in ``discriminator_guidance_interval``
+        (:class:`sciDiT.flow.DiscriminatorGuidance`; experiments/discriminator_guidance/README.md).
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size)
@@ -244,7 +253,13 @@ class Generator:
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
         interval = _check_autoguidance(autoguidance, autoguidance_interval, self.weak_dit is not None)
-        property_interval = _check_property_guidance(property_guidance, property_guidance_interval)
+        property_interval = _check_score_guidance("property_guidance", property_guidance, property_guidance_interval)
+        discriminator_interval = _check_score_guidance("discriminator_guidance", discriminator_guidance, discriminator_guidance_interval)
+        if discriminator_guidance != 0.0 and self.discriminator is None:
+            raise SciDiTInputError("discriminator_guidance needs a latent discriminator: load_generator(..., discriminator=FILE) "
+                                   "(experiments/discriminator_guidance/train_discriminator.py)")
+        if discriminator_guidance != 0.0 and self.discriminator_domain != dom.name.lower():
+            raise SciDiTInputError(f"the discriminator was trained on {self.discriminator_domain}s, not {dom.name.lower()}s")
         try:
             bf16 = resolve_bf16(bf16, self.device)
         except ValueError as err:
@@ -306,6 +321,8 @@ class Generator:
         dit = self._dit(use_ema, compile)
         if autoguidance != 1.0:
             dit = AutoGuidance(dit, self.weak_dit, autoguidance, *interval)
+        if discriminator_guidance != 0.0:
+            dit = DiscriminatorGuidance(dit, self.discriminator, discriminator_guidance, *discriminator_interval)
         if regressed and property_guidance != 0.0:
             dit = PropertyGuidance(dit, self.regressor, property_guidance, *property_interval)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -442,16 +459,16 @@ def _check_autoguidance(scale: float, interval: Sequence[float], has_weak: bool)
     return t_min, t_max
 
 
-def _check_property_guidance(scale: float, interval: Sequence[float]) -> tuple[float, float]:
-    """The property guidance interval as two floats; one-line errors for a bad scale or interval."""
+def _check_score_guidance(name: str, scale: float, interval: Sequence[float]) -> tuple[float, float]:
+    """A score guidance's interval as two floats; one-line errors naming ``name`` for a bad scale or interval."""
     if not math.isfinite(scale):
-        raise SciDiTInputError(f"property_guidance must be a finite number, got {scale}")
+        raise SciDiTInputError(f"{name} must be a finite number, got {scale}")
     try:
         t_min, t_max = (float(v) for v in interval)
     except (TypeError, ValueError):
-        raise SciDiTInputError(f"property_guidance_interval must be two times [t_min, t_max], got {interval!r}") from None
+        raise SciDiTInputError(f"{name}_interval must be two times [t_min, t_max], got {interval!r}") from None
     if not 0.0 < t_min < t_max <= 1.0:
-        raise SciDiTInputError(f"property_guidance_interval must satisfy 0 < t_min < t_max <= 1, got [{t_min}, {t_max}]")
+        raise SciDiTInputError(f"{name}_interval must satisfy 0 < t_min < t_max <= 1, got [{t_min}, {t_max}]")
     return t_min, t_max
 
 
@@ -487,12 +504,13 @@ def _resolve(ckpt: str | Path) -> Path:
 
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
-                   property_guide: str | Path | None = None) -> Generator:
+                   property_guide: str | Path | None = None, discriminator: str | Path | None = None) -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
     or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
     :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
     (default: the one packed in ``ckpt``, if any). ``property_guide``: a noisy-latent property regressor trained on the
-    same VAE (:mod:`sciDiT.training.property_regressor`), for classifier guidance towards requested property values.
+    same VAE (:mod:`sciDiT.training.latent_guides`), for classifier guidance towards requested property values.
+    ``discriminator``: a latent discriminator between the data and this model's samples, for discriminator guidance.
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
@@ -525,8 +543,12 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     if property_guide is not None:
         regressor, contents = load_property_regressor(property_guide, module.model.latent_mean, module.model.latent_std)
         regressor_stats = {k: contents["condition_stats"][k] for k in contents["properties"]}
+    disc, disc_domain = None, None
+    if discriminator is not None:
+        disc, contents = load_discriminator(discriminator, module.model.latent_mean, module.model.latent_std)
+        disc_domain = contents["domain"]
     try:
         return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak,
-                         regressor=regressor, regressor_stats=regressor_stats)
+                         regressor=regressor, regressor_stats=regressor_stats, discriminator=disc, discriminator_domain=disc_domain)
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

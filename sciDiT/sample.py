@@ -86,6 +86,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "property_guide": (str, None, "a noisy-latent property regressor on the same VAE: condition.KEY requests of its properties steer sampling (classifier guidance)"),
     "property_guidance": (float, 1.0, "classifier guidance scale of property_guide (1 = Bayes' rule, larger follows the request harder, 0 = sizes only)"),
     "property_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where property guidance acts (t_min > 0)"),
+    "discriminator": (str, None, "a latent discriminator between the data and this model's samples, for discriminator_guidance"),
+    "discriminator_guidance": (float, 0.0, "discriminator guidance scale (0 = off, 1 = the density-ratio correction of Kim et al. 2023)"),
+    "discriminator_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where discriminator guidance acts (t_min > 0)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
     "batch_size": (int, 256, "samples per forward pass"),
     "reproducible": (_bool, False, "each sample in a batch of its own: bit-identical output for a seed, whatever batch_size (slower)"),
@@ -196,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sciDiT.pretrained import pretrained_path
 
             opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
-        gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"], property_guide=opts["property_guide"])
+        gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"], property_guide=opts["property_guide"],
+                             discriminator=opts["discriminator"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],
@@ -207,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             condition_sizes=opts["condition_sizes"], reproducible=opts["reproducible"],
             autoguidance=opts["autoguidance"], autoguidance_interval=opts["autoguidance_interval"],
             property_guidance=opts["property_guidance"], property_guidance_interval=opts["property_guidance_interval"],
+            discriminator_guidance=opts["discriminator_guidance"], discriminator_guidance_interval=opts["discriminator_guidance_interval"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

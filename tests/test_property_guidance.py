@@ -1,4 +1,4 @@
-"""Classifier guidance by a noisy-latent property regressor: closed form, training, file checks, requests."""
+"""Score guidance by heads on noisy latents (a property regressor, a discriminator): closed forms, training, files, requests."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.errors import SciDiTInputError
-from sciDiT.flow import PROPERTY_KNOWN_KEY, PROPERTY_TARGET_KEY, PropertyGuidance
-from sciDiT.models.property_regressor import LatentPropertyRegressor, gaussian_nll
-from sciDiT.training.property_regressor import encode_sets, load_property_regressor, noised, pad_latents, save_property_regressor, train_regressor
+from sciDiT.flow import PROPERTY_KNOWN_KEY, PROPERTY_TARGET_KEY, DiscriminatorGuidance, PropertyGuidance
+from sciDiT.models.latent_guides import LatentDiscriminator, LatentPropertyRegressor, gaussian_nll
+from sciDiT.training.latent_guides import (discriminator_accuracy, encode_sets, load_property_regressor, noised, pad_latents, save_discriminator,
+                                          save_property_regressor, train_discriminator, train_regressor)
 
 S2, TAU2 = 2.0, 0.5  # data x1 ~ N(0, S2) per latent coordinate; the property y = x1 + N(0, TAU2)
 
@@ -22,11 +23,28 @@ def _var(t: Tensor) -> Tensor:
 
 
 class ExactVelocity(nn.Module):
-    """The marginal velocity E[x1 - x0 | x_t] of Gaussian data N(0, S2): (t S2 - (1 - t)) x / Var(x_t)."""
+    """The marginal velocity E[x1 - x0 | x_t] of Gaussian data N(0, s2): (t s2 - (1 - t)) x / Var(x_t)."""
+
+    def __init__(self, s2: float = S2):
+        super().__init__()
+        self.s2 = s2
 
     def forward(self, x, t, mask, cond=None, x_self_cond=None, drop_cond=None):
         tt = t.view(-1, 1, 1)
-        return (tt * S2 - (1 - tt)) * x / _var(tt)
+        return (tt * self.s2 - (1 - tt)) * x / (tt**2 * self.s2 + (1 - tt) ** 2)
+
+
+class ExactLogRatio(nn.Module):
+    """log p_data,t(x) - log p_model,t(x) for data N(0, S2) and a model N(0, s2_model): the ideal discriminator's logit."""
+
+    def __init__(self, s2_model: float):
+        super().__init__()
+        self.s2_model = s2_model
+
+    def forward(self, x, t, mask):
+        tt = t.view(-1, 1, 1)
+        v_data, v_model = _var(tt), tt**2 * self.s2_model + (1 - tt) ** 2
+        return (-0.5 * x**2 / v_data + 0.5 * x**2 / v_model - 0.5 * torch.log(v_data / v_model)).sum((1, 2))
 
 
 class ExactRegressor(nn.Module):
@@ -54,6 +72,26 @@ def test_property_guidance_at_scale_one_is_the_exact_conditional_velocity():
         torch.testing.assert_close(guided(x, t, mask, dict(cond)), v_cond, atol=1e-5, rtol=1e-5)
 
 
+def test_discriminator_guidance_with_the_ideal_discriminator_turns_a_wrong_model_into_the_data_velocity():
+    """A model of N(0, 0.5) corrected by the exact log density ratio to data N(0, S2) moves as the data's flow."""
+    x, mask = torch.linspace(-2.0, 2.0, 9).view(9, 1, 1), torch.ones(9, 1, dtype=torch.bool)
+    guided = DiscriminatorGuidance(ExactVelocity(0.5), ExactLogRatio(0.5), scale=1.0, t_min=0.05)
+    for t_value in (0.1, 0.5, 0.9):
+        t = torch.full((9,), t_value)
+        torch.testing.assert_close(guided(x, t, mask), ExactVelocity(S2)(x, t, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_a_discriminator_learns_to_tell_shifted_sets_apart():
+    torch.manual_seed(0)
+    real = [torch.randn(int(n), 3) for n in torch.randint(3, 9, (300,))]
+    fake = [torch.randn(int(n), 3) + 1.0 for n in torch.randint(3, 9, (300,))]
+    model, facts = train_discriminator(real[50:], fake[50:], batch_size=64, steps=150, log_every=0)
+    accuracy = discriminator_accuracy(model, real[:50], fake[:50], times=(1.0, 0.05))
+    assert facts["steps"] == 150 and accuracy[1.0] > 0.9 and accuracy[0.05] < accuracy[1.0]
+    x, mask = pad_latents(real[:2])
+    assert torch.equal(LatentDiscriminator(latent_dim=3, hidden_size=32, depth=1, num_heads=2)(x, torch.ones(2), mask), torch.zeros(2))  # even odds
+
+
 def test_property_guidance_leaves_the_model_alone_outside_its_interval_without_targets_or_at_scale_zero():
     x, mask = torch.randn(3, 2, 1), torch.ones(3, 2, dtype=torch.bool)
     cond = {PROPERTY_TARGET_KEY: torch.ones(3, 1), PROPERTY_KNOWN_KEY: torch.ones(3, 1)}
@@ -66,7 +104,7 @@ def test_property_guidance_leaves_the_model_alone_outside_its_interval_without_t
     assert torch.equal(PropertyGuidance(main, reg, scale=0.0)(x, t, mask, dict(cond)), plain)
     unknown = {PROPERTY_TARGET_KEY: torch.ones(3, 1), PROPERTY_KNOWN_KEY: torch.zeros(3, 1)}  # nothing requested
     assert torch.allclose(PropertyGuidance(main, reg, scale=2.0)(x, t, mask, unknown), plain)
-    with pytest.raises(ValueError, match="0 < t_min < t_max <= 1"):
+    with pytest.raises(ValueError, match="guidance interval must satisfy 0 < t_min < t_max <= 1"):
         PropertyGuidance(main, reg, 1.0, t_min=0.0)
 
 
@@ -96,7 +134,7 @@ def test_untrained_regressor_predicts_the_prior_and_training_lowers_the_nll():
     x, mask = pad_latents(latents)
     mean, log_var = reg(x[:4], torch.ones(4), mask[:4])
     assert torch.equal(mean, torch.zeros(4, 1)) and torch.equal(log_var, torch.zeros(4, 1))  # N(0, 1): the standardised prior
-    trained, facts = train_regressor(latents, y, size="R-T", batch_size=64, steps=150, minutes=5, log_every=0)
+    trained, facts = train_regressor(latents, y, size="H-T", batch_size=64, steps=150, minutes=5, log_every=0)
     with torch.no_grad():
         t = torch.ones(len(latents))
         before = gaussian_nll(*reg(x, t, mask), torch.tensor(y, dtype=torch.float32), torch.ones(len(y), 1))
@@ -126,7 +164,7 @@ def regressor_file(tiny_dit_ckpt, data_dir, cache_dir, tmp_path_factory):
     y = ((gap - stats["gap"]["mean"]) / stats["gap"]["std"])[:, None]
     model, facts = train_regressor(latents, y, batch_size=16, steps=30, log_every=0)
     path = tmp_path_factory.mktemp("regressor") / "gap.pt"
-    save_property_regressor(path, model, ["gap"], stats, gen.model.latent_mean, gen.model.latent_std, "R-T", facts)
+    save_property_regressor(path, model, ["gap"], stats, gen.model.latent_mean, gen.model.latent_std, facts)
     return path
 
 
@@ -166,3 +204,26 @@ def test_property_guide_errors_are_one_line(tiny_dit_ckpt, regressor_file, tmp_p
         load_generator(tiny_dit_ckpt).generate_token_sets("molecule", 2, condition={"gap": 7.0}, steps=2, progress=False)
     model, _ = load_property_regressor(regressor_file, gen.model.latent_mean, gen.model.latent_std)
     assert not model.training
+
+
+def test_discriminator_guidance_in_the_generator(tiny_dit_ckpt, tmp_path):
+    from sciDiT.generate import load_generator
+
+    gen = load_generator(tiny_dit_ckpt)
+    kwargs = dict(n=3, steps=4, seed=0, progress=False, bond_decoding="argmax", num_atoms=6)
+    with pytest.raises(SciDiTInputError, match="discriminator_guidance needs a latent discriminator"):
+        gen.generate_token_sets("molecule", discriminator_guidance=1.0, **kwargs)
+    torch.manual_seed(0)
+    disc = LatentDiscriminator(latent_dim=gen.model.vae.latent_dim, hidden_size=32, depth=1, num_heads=2)
+    for p in disc.parameters():
+        p.data.normal_(0, 0.3)
+    path = save_discriminator(tmp_path / "d.pt", disc, "molecule", gen.model.latent_mean, gen.model.latent_std, {})
+    with pytest.raises(SciDiTInputError, match="not a latent discriminator file"):
+        load_generator(tiny_dit_ckpt, discriminator=tiny_dit_ckpt)
+    guided = load_generator(tiny_dit_ckpt, discriminator=path)
+    plain = gen.generate_token_sets("molecule", **kwargs)
+    assert all(torch.equal(a.pos, b.pos) for a, b in zip(plain, guided.generate_token_sets("molecule", **kwargs)))  # off by default
+    moved = guided.generate_token_sets("molecule", discriminator_guidance=5.0, **kwargs)
+    assert any(not torch.allclose(a.pos, b.pos) for a, b in zip(plain, moved))
+    with pytest.raises(SciDiTInputError, match="trained on molecules, not crystals"):
+        guided.generate_token_sets("crystal", discriminator_guidance=1.0, **{**kwargs, "bond_decoding": "joint"})

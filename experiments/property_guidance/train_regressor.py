@@ -1,4 +1,4 @@
-"""Train a noisy-latent QM9 property regressor for classifier guidance (:mod:`sciDiT.training.property_regressor`).
+"""Train a noisy-latent QM9 property regressor for classifier guidance (:mod:`sciDiT.training.latent_guides`).
 
     python experiments/property_guidance/train_regressor.py qm9_mp20_cpu --properties gap --minutes 10 \\
         --out outputs/property_guidance/qm9_gap.pt
@@ -22,8 +22,8 @@ from sciDiT.data.conditions import CONDITION_KEYS, condition_stats
 from sciDiT.data.qm9 import QM9_PROPERTIES, QM9_SIZE, edm_property_halves, load_qm9, load_qm9_properties, qm9_split
 from sciDiT.errors import SciDiTInputError
 from sciDiT.generate import load_generator
-from sciDiT.models.property_regressor import REGRESSOR_SIZES
-from sciDiT.training.property_regressor import encode_sets, save_property_regressor, test_errors, train_regressor
+from sciDiT.models.latent_guides import HEAD_SIZES
+from sciDiT.training.latent_guides import encode_sets, save_property_regressor, test_errors, train_regressor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--properties", nargs="+", default=list(QM9_PROPERTIES), choices=list(QM9_PROPERTIES))
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", choices=("B", "train"), default="B", help="QM9 rows: EDM half B of train (default) or all of train")
-    parser.add_argument("--size", choices=sorted(REGRESSOR_SIZES), default="R-T")
+    parser.add_argument("--size", choices=sorted(HEAD_SIZES), default="H-T")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": str(args.model), "test_sets": len(test_latents),
             "test_mae": {f"t={t:g}": {k: float(e[j] * stats[k]["std"]) for j, k in enumerate(args.properties)} for t, e in errors.items()},
             "units": units, "domain": Domain.MOLECULE.name.lower()}
-    save_property_regressor(args.out, model, args.properties, stats, gen.model.latent_mean, gen.model.latent_std, args.size, info)
+    save_property_regressor(args.out, model, args.properties, stats, gen.model.latent_mean, gen.model.latent_std, info)
     print(json.dumps(info, indent=1))
     return 0
 

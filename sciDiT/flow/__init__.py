@@ -14,10 +14,12 @@ from sciDiT.flow.path import (
 from sciDiT.flow.solvers import (
     DEFAULT_SDE_NOISE,
     AutoGuidance,
+    DiscriminatorGuidance,
     PROPERTY_KNOWN_KEY,
     PROPERTY_TARGET_KEY,
     PropertyGuidance,
     SOLVERS,
+    ScoreGuidance,
     SelfConditioning,
     VelocityFn,
     euler,
@@ -33,11 +35,13 @@ from sciDiT.flow.solvers import (
 
 __all__ = [
     "AutoGuidance",
+    "DiscriminatorGuidance",
     "DEFAULT_SDE_NOISE",
     "PROPERTY_KNOWN_KEY",
     "PROPERTY_TARGET_KEY",
     "PropertyGuidance",
     "SOLVERS",
+    "ScoreGuidance",
     "TIME_SCHEDULES",
     "SelfConditioning",
     "VelocityFn",

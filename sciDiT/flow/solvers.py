@@ -8,7 +8,8 @@ for any model (and for closed-form velocity fields in the tests). :func:`model_v
 :class:`~sciDiT.flow.path.VelocityModel` into such a function, adding classifier-free guidance
 (one batched forward for both branches) and self-conditioning (each call receives the previous
 call's ``x1`` estimate). :class:`AutoGuidance` guides a model with a weaker version of itself,
-:class:`PropertyGuidance` with a regressor of properties on the noisy latents (classifier guidance).
+:class:`PropertyGuidance` with a regressor of properties on the noisy latents (classifier guidance),
+:class:`DiscriminatorGuidance` with a discriminator between its own samples and the data.
 :func:`sample` is the one-call entry point.
 """
 
@@ -239,51 +240,83 @@ PROPERTY_TARGET_KEY = "property_target"  # cond entry [B, P]: standardised prope
 PROPERTY_KNOWN_KEY = "property_known"  # cond entry [B, P]: 1 where the target is requested, 0 elsewhere
 
 
-class PropertyGuidance(nn.Module):
-    """Classifier guidance (Dhariwal & Nichol 2021) of a velocity model by a regressor ``p(y | x_t)``.
+class ScoreGuidance(nn.Module):
+    """A velocity model whose score is guided by ``scale * grad_x log r(x_t)`` for some log density (ratio) ``r``.
 
-    On the linear path ``x_t = (1 - t) x0 + t x1`` with Gaussian ``x0``, the velocity and the score are
-    tied by ``v = x / t + (1 - t) / t * score``, so guiding the score by ``scale * grad log p(y | x_t)``
-    adds ``scale * (1 - t) / t * grad log p(y | x_t)`` to the velocity. The regressor (e.g.
-    :class:`~sciDiT.models.property_regressor.LatentPropertyRegressor`) returns a Gaussian mean and log
-    variance per property; its variance, held fixed in the gradient, weighs each request by how much
-    ``x_t`` tells about it (little early in the path). The targets ride in ``cond``
-    (:data:`PROPERTY_TARGET_KEY`, :data:`PROPERTY_KNOWN_KEY`; taken out before the model sees it), so
-    classifier-free guidance stacks them with the batch. Applied for ``t`` in ``[t_min, t_max]``
-    (``t_min > 0``: the factor ``1 / t`` diverges at the noise end); ``scale = 0`` is the model alone.
-    The gradient is taken in float32 outside any autocast. A velocity model itself, like :class:`AutoGuidance`.
+    On the linear path ``x_t = (1 - t) x0 + t x1`` with Gaussian ``x0``, the velocity and the score are tied by
+    ``v = x / t + (1 - t) / t * score``, so a term added to the score adds ``(1 - t) / t`` times it to the
+    velocity. Applied for ``t`` in ``[t_min, t_max]`` (``t_min > 0``: the factor diverges at the noise end);
+    ``scale = 0`` is the model alone. The gradient is taken in float32 outside any autocast. Subclasses say
+    what ``log r`` is (:meth:`log_density`) and which ``cond`` entries are theirs (:meth:`take`), so that
+    classifier-free guidance stacks those with the batch and the model never sees them.
     """
 
-    def __init__(self, main: nn.Module, regressor: nn.Module, scale: float, t_min: float = 0.1, t_max: float = 1.0):
+    def __init__(self, main: nn.Module, scale: float, t_min: float, t_max: float):
         super().__init__()
         if not 0.0 < t_min < t_max <= 1.0:
-            raise ValueError(f"the property guidance interval must satisfy 0 < t_min < t_max <= 1, got [{t_min}, {t_max}]")
-        self.main, self.regressor, self.scale, self.t_min, self.t_max = main, regressor, float(scale), float(t_min), float(t_max)
+            raise ValueError(f"the guidance interval must satisfy 0 < t_min < t_max <= 1, got [{t_min}, {t_max}]")
+        self.main, self.scale, self.t_min, self.t_max = main, float(scale), float(t_min), float(t_max)
         self.self_condition = bool(getattr(main, "self_condition", False))
 
-    def log_likelihood_grad(self, x: Tensor, t: Tensor, mask: Tensor, target: Tensor, known: Tensor) -> Tensor:
-        """``grad_x log p(y | x_t)`` ``[B, N, D]`` (zeros at padding) for targets ``[B, P]`` where ``known [B, P]``."""
-        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-            xg = x.detach().float().requires_grad_(True)  # [B, N, D]
-            mean, log_var = self.regressor(xg, t.float(), mask)  # [B, P], [B, P]
-            log_p = -0.5 * ((target.float() - mean) ** 2 * torch.exp(-log_var.detach()) * known.float()).sum()
-            (grad,) = torch.autograd.grad(log_p, xg)  # [B, N, D]
-        return grad * mask[..., None]
+    def take(self, cond: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """Remove this guidance's entries from ``cond`` and return them (None: nothing to guide)."""
+        return {}
+
+    def log_density(self, x: Tensor, t: Tensor, mask: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        """``log r(x_t)`` summed over the batch (a scalar to differentiate; float32)."""
+        raise NotImplementedError
 
     def forward(self, x: Tensor, t: Tensor, mask: Tensor, cond: dict[str, Tensor] | None = None,
                 x_self_cond: Tensor | None = None, drop_cond: Tensor | None = None) -> Tensor:
         cond = dict(cond or {})
-        target, known = cond.pop(PROPERTY_TARGET_KEY, None), cond.pop(PROPERTY_KNOWN_KEY, None)
+        extra = self.take(cond)
         v = self.main(x, t, mask, cond, x_self_cond=x_self_cond, drop_cond=drop_cond)  # [B, N, D]
         inside = (t >= self.t_min) & (t <= self.t_max)  # [B]
-        if target is None or self.scale == 0.0 or not bool(inside.any()):
+        if extra is None or self.scale == 0.0 or not bool(inside.any()):
             return v
-        if known is None:
-            known = torch.ones_like(target)
-        grad = self.log_likelihood_grad(x, t, mask, target, known)  # [B, N, D]
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            xg = x.detach().float().requires_grad_(True)  # [B, N, D]
+            (grad,) = torch.autograd.grad(self.log_density(xg, t.float(), mask, extra), xg)  # [B, N, D]
         tt = t.float().clamp_min(self.t_min).view(-1, 1, 1)  # [B, 1, 1]
-        guided = v + (self.scale * (1.0 - tt) / tt * grad).to(v.dtype)  # [B, N, D]
+        guided = v + (self.scale * (1.0 - tt) / tt * grad * mask[..., None]).to(v.dtype)  # [B, N, D]
         return torch.where(inside[:, None, None], guided, v)  # [B, N, D]
+
+
+class PropertyGuidance(ScoreGuidance):
+    """Classifier guidance (Dhariwal & Nichol 2021) by a regressor ``p(y | x_t)``: ``log r = log p(y | x_t)``.
+
+    The regressor (e.g. :class:`~sciDiT.models.latent_guides.LatentPropertyRegressor`) returns a Gaussian
+    mean and log variance per property; its variance, held fixed in the gradient, weighs each request by how
+    much ``x_t`` tells about it (little early in the path). The targets ride in ``cond``
+    (:data:`PROPERTY_TARGET_KEY` ``[B, P]``, :data:`PROPERTY_KNOWN_KEY` ``[B, P]``, 1 where requested).
+    """
+
+    def __init__(self, main: nn.Module, regressor: nn.Module, scale: float, t_min: float = 0.1, t_max: float = 1.0):
+        super().__init__(main, scale, t_min, t_max)
+        self.regressor = regressor
+
+    def take(self, cond: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        target, known = cond.pop(PROPERTY_TARGET_KEY, None), cond.pop(PROPERTY_KNOWN_KEY, None)
+        if target is None:
+            return None
+        return {"target": target, "known": torch.ones_like(target) if known is None else known}
+
+    def log_density(self, x: Tensor, t: Tensor, mask: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        mean, log_var = self.regressor(x, t, mask)  # [B, P], [B, P]
+        return -0.5 * ((extra["target"].float() - mean) ** 2 * torch.exp(-log_var.detach()) * extra["known"].float()).sum()
+
+
+class DiscriminatorGuidance(ScoreGuidance):
+    """Discriminator guidance (Kim et al. 2023): ``log r = log d / (1 - d)``, a discriminator's logit between noised
+    data and noised samples of the guided model itself (:class:`~sciDiT.models.latent_guides.LatentDiscriminator`),
+    i.e. the log density ratio ``p_data / p_model`` at ``x_t`` that corrects the model's score."""
+
+    def __init__(self, main: nn.Module, discriminator: nn.Module, scale: float, t_min: float = 0.1, t_max: float = 1.0):
+        super().__init__(main, scale, t_min, t_max)
+        self.discriminator = discriminator
+
+    def log_density(self, x: Tensor, t: Tensor, mask: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        return self.discriminator(x, t, mask).sum()
 
 
 class SelfConditioning:

@@ -100,6 +100,38 @@ class LatentDiffusion(nn.Module):
         return num_elements_log_prior(counts.cpu()).to(counts.device) if counts.sum() > 0 else None
 
     @torch.no_grad()
+    def sample_latents(
+        self,
+        domain: Tensor,
+        num_tokens: Tensor,
+        *,
+        x0: Tensor | None = None,
+        dit: nn.Module | None = None,
+        steps: int = 100,
+        method: str = "euler",
+        sde_noise: float = DEFAULT_SDE_NOISE,
+        noise_fn: NoiseFn | None = None,
+        cfg_scale: float | Mapping[str, float] = 1.0,
+        cond: Mapping[str, Tensor] | None = None,
+        self_condition: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Standardised latents ``x1 [B, N, L]`` (the DiT's data end, zeros at padding) and their ``mask [B, N]``,
+        before decoding; arguments as :meth:`generate`."""
+        dit = self.dit if dit is None else dit
+        device = self.latent_mean.device
+        n_max = int(num_tokens.max())
+        mask = torch.arange(n_max, device=device)[None, :] < num_tokens.to(device)[:, None]  # [B, N]
+        domain = domain.to(device)
+        x0 = sample_noise(mask, self.vae.latent_dim, generator=generator) if x0 is None else x0.to(device)  # [B, N, L]
+        cond = {"domain": domain, **{k: v.to(device) for k, v in (cond or {}).items()}}
+        velocity = model_velocity(dit.eval(), mask, cond, cfg_scale=cfg_scale,
+                                  self_condition=self_condition and dit.self_condition)
+        if noise_fn is None:  # method="sde": each step's noise, zero at padding
+            noise_fn = lambda: sample_noise(mask, self.vae.latent_dim, generator=generator)  # noqa: E731
+        return integrate(velocity, x0, steps=steps, method=method, noise_fn=noise_fn, sde_noise=sde_noise), mask  # [B, N, L], [B, N]
+
+    @torch.no_grad()
     def generate(
         self,
         domain: Tensor,
@@ -136,18 +168,9 @@ class LatentDiffusion(nn.Module):
         decoded from the pair probabilities (argmax when None; see :meth:`AllAtomVAE.decode_graph`).
         Decoding always runs in float32, outside any autocast.
         """
-        dit = self.dit if dit is None else dit
-        device = self.latent_mean.device
-        n_max = int(num_tokens.max())
-        mask = torch.arange(n_max, device=device)[None, :] < num_tokens.to(device)[:, None]  # [B, N]
-        domain = domain.to(device)
-        x0 = sample_noise(mask, self.vae.latent_dim, generator=generator) if x0 is None else x0.to(device)  # [B, N, L]
-        cond = {"domain": domain, **{k: v.to(device) for k, v in (cond or {}).items()}}
-        velocity = model_velocity(dit.eval(), mask, cond, cfg_scale=cfg_scale,
-                                  self_condition=self_condition and dit.self_condition)
-        if noise_fn is None:  # method="sde": each step's noise, zero at padding
-            noise_fn = lambda: sample_noise(mask, self.vae.latent_dim, generator=generator)  # noqa: E731
-        x1 = integrate(velocity, x0, steps=steps, method=method, noise_fn=noise_fn, sde_noise=sde_noise)  # [B, N, L]
+        x1, mask = self.sample_latents(domain, num_tokens, x0=x0, dit=dit, steps=steps, method=method, sde_noise=sde_noise, noise_fn=noise_fn,
+                                       cfg_scale=cfg_scale, cond=cond, self_condition=self_condition, generator=generator)  # [B, N, L], [B, N]
+        device, domain = x1.device, domain.to(x1.device)
         with torch.autocast(device.type, enabled=False):
             z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
