@@ -182,6 +182,7 @@ class Generator:
         property_guidance_interval: Sequence[float] = (0.1, 1.0),
         discriminator_guidance: float = 0.0,
         discriminator_guidance_interval: Sequence[float] = (0.1, 1.0),
+        property_screen: int = 1,
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -243,9 +244,13 @@ class Generator:
         (``load_generator(..., discriminator=FILE)``), add its log density ratio to the score at this scale (0 = off,
         1 = the correction of Kim et al. 2023) for ``t`` in ``discriminator_guidance_interval``
         (:class:`sciDiT.flow.DiscriminatorGuidance`; experiments/discriminator_guidance/README.md).
+        ``property_screen``: generate-and-screen with the property regressor: each sample is the most probable under the
+        request, by the regressor's reading of the finished latents, of this many candidates of the same size (candidate 0
+        is the unscreened sample; ``property_screen`` times the network evaluations, one decoding). A separate figure from
+        guidance: nothing is optimised against the regressor but the choice among the model's own samples.
         """
         dom = parse_domain(domain)
-        _check_positive(n=n, steps=steps, batch_size=batch_size)
+        _check_positive(n=n, steps=steps, batch_size=batch_size, property_screen=property_screen)
         if method not in SOLVERS:
             raise SciDiTInputError(f"method={method!r} is not one of {', '.join(SOLVERS)}")
         if not (math.isfinite(sde_noise) and sde_noise >= 0):
@@ -302,6 +307,9 @@ class Generator:
             if num_atoms is not None:
                 raise SciDiTInputError("give num_atoms or condition.num_atoms, not both")
             num_atoms = request[SIZE_KEY]
+        if property_screen > 1 and not regressed:
+            raise SciDiTInputError("property_screen chooses by the property regressor's reading: request one of its properties "
+                                   f"({', '.join(self.regressor_stats) or 'none loaded: load_generator(..., property_guide=FILE)'})")
         scale = _guidance(guidance, dit_request, cfg_scale)
         request_cond = encode_conditions([request], self.condition_stats, list(dit_request))  # one set's tensors
         if regressed:
@@ -316,6 +324,9 @@ class Generator:
         latent_dim = self.model.vae.latent_dim
         noise = torch.cat([torch.randn(int(k), latent_dim, generator=g) for k, g in zip(sizes, gens)])  # [sum sizes, L], in sample order
         offsets = torch.cumsum(sizes, 0) - sizes  # [n] first noise row of each sample
+        k = property_screen
+        screen_gens = [[torch.Generator().manual_seed(candidate_seed(seed, i, c)) for c in range(1, k)] for i in range(n)]  # candidates 1..k-1
+        screen_noise = [[torch.randn(int(sizes[i]), latent_dim, generator=g) for g in row] for i, row in enumerate(screen_gens)]
         order = torch.argsort(sizes, stable=True)  # batches of similar sizes: little padding
         batches = torch.arange(n).split(1) if reproducible else order.split(batch_size)
         dit = self._dit(use_ema, compile)
@@ -332,18 +343,27 @@ class Generator:
                 n_max = int(sizes[idx].max())
                 arange = torch.arange(n_max)
                 mask = arange[None, :] < sizes[idx, None]  # [b, N]
-                x0 = torch.zeros(len(idx), n_max, latent_dim)  # [b, N, L]
-                x0[mask] = noise[(offsets[idx, None] + arange[None, :])[mask]]
-                dom_t = torch.full((len(idx),), int(dom), dtype=torch.long)  # [b]
-                cond = {k: v.expand(len(idx), *v.shape[1:]) for k, v in request_cond.items()}  # the same request for every set
+                x0 = torch.zeros(len(idx), k, n_max, latent_dim)  # [b, k, N, L]: candidate 0 is the sample's own noise
+                x0[:, 0][mask] = noise[(offsets[idx, None] + arange[None, :])[mask]]
+                for j, i in enumerate(idx.tolist()):
+                    for c, extra in enumerate(screen_noise[i], start=1):
+                        x0[j, c, : len(extra)] = extra
+                rows = idx.repeat_interleave(k)  # [b k] the sample of each candidate row
+                row_gens = [g for i in idx.tolist() for g in [gens[i], *screen_gens[i]]]
+                dom_t = torch.full((len(rows),), int(dom), dtype=torch.long)  # [b k]
+                cond = {key: v.expand(len(rows), *v.shape[1:]) for key, v in request_cond.items()}  # the same request for every set
                 with autocast:
-                    decoded = self.model.generate(dom_t, sizes[idx], x0=x0, dit=dit, steps=steps, method=method, cfg_scale=scale, cond=cond,
-                                                  sde_noise=sde_noise, noise_fn=_step_noise(sizes[idx], [gens[i] for i in idx.tolist()], latent_dim),
-                                                  self_condition=self_condition and self.ema_dit.self_condition, coherent_elements=coherent,
-                                                  allowed_elements=None if allowed is None else allowed.expand(len(idx), -1),
-                                                  charge_balanced=composition == "balanced",
-                                                  site_weights=None if hall is None else functools.partial(_unit_weights, hall),
-                                                  graph_decoder=graph_decoder)
+                    x1, row_mask = self.model.sample_latents(dom_t, sizes[rows], x0=x0.flatten(0, 1), dit=dit, steps=steps, method=method,
+                                                             cfg_scale=scale, cond=cond, sde_noise=sde_noise,
+                                                             noise_fn=_step_noise(sizes[rows], row_gens, latent_dim),
+                                                             self_condition=self_condition and self.ema_dit.self_condition)  # [b k, N, L], [b k, N]
+                if k > 1:
+                    x1 = self._screened(x1.float(), row_mask, request_cond[PROPERTY_TARGET_KEY], request_cond[PROPERTY_KNOWN_KEY], k)  # [b, N, L]
+                decoded = self.model.decode_latents(x1, row_mask[::k], dom_t[::k], coherent_elements=coherent,
+                                                    allowed_elements=None if allowed is None else allowed.expand(len(idx), -1),
+                                                    charge_balanced=composition == "balanced",
+                                                    site_weights=None if hall is None else functools.partial(_unit_weights, hall),
+                                                    graph_decoder=graph_decoder)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
@@ -352,6 +372,15 @@ class Generator:
                     out[i] = ts
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled
+
+    @torch.no_grad()
+    def _screened(self, x1: Tensor, mask: Tensor, target: Tensor, known: Tensor, k: int) -> Tensor:
+        """Of each ``k`` consecutive candidate latents ``x1 [b k, N, L]``, the one whose regressor reading at ``t = 1`` is most
+        probable under the standardised request ``target [1, P]`` (where ``known``): ``[b, N, L]``."""
+        mean, log_var = self.regressor(x1, torch.ones(len(x1), device=x1.device), mask)  # [b k, P], [b k, P]
+        log_p = -0.5 * (((target - mean) ** 2 * torch.exp(-log_var) + log_var) * known).sum(-1)  # [b k]
+        best = log_p.view(-1, k).argmax(-1)  # [b]
+        return x1.view(-1, k, *x1.shape[1:])[torch.arange(len(best)), best]  # [b, N, L]
 
     def generate(
         self, domain: str | Domain = "molecule", n: int = 100, relax: bool = False, **kwargs
@@ -481,6 +510,12 @@ def _check_positive(**values: int) -> None:
 def sample_seed(seed: int, index: int) -> int:
     """The 64-bit seed of sample ``index``'s generator under ``seed`` (NumPy's SeedSequence: well mixed, stable across versions)."""
     low, high = np.random.SeedSequence([seed % 2**64, index]).generate_state(2, np.uint32)
+    return int(low) | int(high) << 32
+
+
+def candidate_seed(seed: int, index: int, candidate: int) -> int:
+    """The 64-bit seed of candidate ``candidate`` >= 1 of sample ``index`` (``property_screen``); candidate 0 is :func:`sample_seed`."""
+    low, high = np.random.SeedSequence([seed % 2**64, index, candidate]).generate_state(2, np.uint32)
     return int(low) | int(high) << 32
 
 

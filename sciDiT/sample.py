@@ -86,6 +86,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "property_guide": (str, None, "a noisy-latent property regressor on the same VAE: condition.KEY requests of its properties steer sampling (classifier guidance)"),
     "property_guidance": (float, 1.0, "classifier guidance scale of property_guide (1 = Bayes' rule, larger follows the request harder, 0 = sizes only)"),
     "property_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where property guidance acts (t_min > 0)"),
+    "property_screen": (int, 1, "generate-and-screen: keep the most probable under the request of this many candidates per sample, by property_guide's reading"),
     "discriminator": (str, None, "a latent discriminator between the data and this model's samples, for discriminator_guidance"),
     "discriminator_guidance": (float, 0.0, "discriminator guidance scale (0 = off, 1 = the density-ratio correction of Kim et al. 2023)"),
     "discriminator_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where discriminator guidance acts (t_min > 0)"),
@@ -212,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             autoguidance=opts["autoguidance"], autoguidance_interval=opts["autoguidance_interval"],
             property_guidance=opts["property_guidance"], property_guidance_interval=opts["property_guidance_interval"],
             discriminator_guidance=opts["discriminator_guidance"], discriminator_guidance_interval=opts["discriminator_guidance_interval"],
+            property_screen=opts["property_screen"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

@@ -227,3 +227,32 @@ def test_discriminator_guidance_in_the_generator(tiny_dit_ckpt, tmp_path):
     assert any(not torch.allclose(a.pos, b.pos) for a, b in zip(plain, moved))
     with pytest.raises(SciDiTInputError, match="trained on molecules, not crystals"):
         guided.generate_token_sets("crystal", discriminator_guidance=1.0, **{**kwargs, "bond_decoding": "joint"})
+
+
+def test_screening_keeps_the_candidate_whose_reading_is_most_probable_under_the_request():
+    from types import SimpleNamespace
+
+    from sciDiT.generate import Generator
+
+    class FirstCoordinate(nn.Module):  # reads the property off the first latent coordinate of the first token, unit variance
+        def forward(self, x, t, mask):
+            return x[:, 0, :1], torch.zeros(len(x), 1)
+
+    x1 = torch.tensor([0.0, 2.0, 5.0, 1.0, -3.0, 4.0]).view(6, 1, 1).expand(6, 2, 1).clone()  # 2 samples x 3 candidates
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    chosen = Generator._screened(SimpleNamespace(regressor=FirstCoordinate()), x1, mask, torch.tensor([[1.6]]), torch.ones(1, 1), 3)
+    assert chosen[:, 0, 0].tolist() == [2.0, 1.0]
+
+
+def test_property_screen_in_the_generator(tiny_dit_ckpt, regressor_file):
+    from sciDiT.generate import load_generator
+
+    gen = load_generator(tiny_dit_ckpt, property_guide=regressor_file)
+    kwargs = dict(n=4, steps=4, seed=0, progress=False, bond_decoding="argmax", condition={"gap": 7.0}, property_guidance=0.0)
+    once = gen.generate_token_sets("molecule", **kwargs)
+    assert all(torch.equal(a.pos, b.pos) for a, b in zip(once, gen.generate_token_sets("molecule", property_screen=1, **kwargs)))
+    screened = gen.generate_token_sets("molecule", property_screen=4, **kwargs)
+    assert [ts.num_tokens for ts in screened] == [ts.num_tokens for ts in once]  # candidates share their sample's size
+    assert any(not torch.allclose(a.pos, b.pos) for a, b in zip(once, screened))
+    with pytest.raises(SciDiTInputError, match="property_screen chooses by the property regressor"):
+        gen.generate_token_sets("molecule", n=2, steps=2, progress=False, property_screen=2)

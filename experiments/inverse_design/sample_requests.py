@@ -18,7 +18,8 @@ Writes, each record carrying its request (SD property / manifest column ``reques
   groups (an asymmetric-unit model needs a group).
 ``--guidance``: CFG scale on each request's condition (default 1). ``--property-guide FILE --property-guidance S``:
 steer the molecule requests with a noisy-latent property regressor instead of (or beside) a conditional DiT
-(experiments/property_guidance); the checkpoint may then be unconditional. ``--properties``: which QM9 properties to sweep. ``--composition requested``: element-set
+(experiments/property_guidance); the checkpoint may then be unconditional. ``--properties``: which QM9 properties to sweep. ``--property-screen K``: each molecule request keeps the best of K candidates by
+the regressor's reading (generate-and-screen, K times the network evaluations). ``--composition requested``: element-set
 requests enforced at decoding (each crystal uses exactly the requested elements), a separate figure from
 the conditioning alone (default ``argmax``); ``balanced``: charge-balanced compositions (SMACT). ``--sizes marginal``: atom counts of requests from the unconditional
 histogram instead of the training sizes given the requested value (EDM's protocol, the default). ``--relax``: molecules
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--guide", default=None, help="a weaker DiT-stage checkpoint on the same VAE, for --autoguidance")
     parser.add_argument("--property-guide", default=None, help="a noisy-latent property regressor on the same VAE (classifier guidance)")
     parser.add_argument("--property-guidance", type=float, default=1.0, help="its classifier guidance scale")
+    parser.add_argument("--property-screen", type=int, default=1, help="candidates per molecule request, screened by the regressor")
     parser.add_argument("--properties", nargs="+", default=list(QM9_PROPERTIES), choices=list(QM9_PROPERTIES),
                         help="the QM9 properties swept in the molecules part")
     args = parser.parse_args()
@@ -84,13 +86,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     common = dict(progress=False, seed=args.seed, condition_sizes=args.sizes == "conditional", autoguidance=args.autoguidance,
                   property_guidance=args.property_guidance)
+    screen = {"property_screen": args.property_screen} if args.property_screen > 1 else {}
     if "molecules" in args.parts:
         mols = []
         for key in args.properties:
             for k, z in enumerate(Z_VALUES):
                 value = round(stats[key]["mean"] + z * stats[key]["std"], 3)
                 mols += gen.generate_token_sets("molecule", args.per_value, condition={key: value}, guidance=_guide(key, args.guidance) if key in gen.condition_stats else None,
-                                                bond_decoding=args.bond_decoding, **{**common, "seed": args.seed + 1000 * k})
+                                                bond_decoding=args.bond_decoding, **{**common, **screen, "seed": args.seed + 1000 * k})
         gen.export(_renumber(mols), args.out / "molecules.sdf", relax=args.relax)
     if "unconditional" in args.parts:
         gen.export(gen.generate_token_sets("molecule", args.n_unconditional, bond_decoding=args.bond_decoding, **common),

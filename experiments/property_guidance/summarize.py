@@ -2,7 +2,8 @@
 
     python experiments/property_guidance/summarize.py OUT
 
-One row per ``OUT/g<scale>/molecules.json`` (``python -m sciDiT.evaluate ... condition=true``), in order of scale.
+One row per ``OUT/g<scale>/molecules.json`` (guidance) and ``OUT/s<k>/molecules.json`` (screening of k candidates)
+(``python -m sciDiT.evaluate ... condition=true``), in order of setting.
 """
 
 from __future__ import annotations
@@ -33,15 +34,17 @@ def _cell(report: dict, key: str | None, fmt: str | None) -> str:
 
 
 def main(out: str) -> None:
-    runs = sorted(Path(out).glob("g*/molecules.json"), key=lambda p: float(p.parent.name[1:]))
+    runs = sorted([*Path(out).glob("g*/molecules.json"), *Path(out).glob("s*/molecules.json")],
+                  key=lambda p: (p.parent.name[0], float(p.parent.name[1:])))
     if not runs:
-        raise SystemExit(f"error: {out}: no g<scale>/molecules.json reports")
+        raise SystemExit(f"error: {out}: no g<scale>/ or s<k>/molecules.json reports")
     reports = [json.loads(p.read_text()) for p in runs]
     reports = [r.get("metrics", r) for r in reports]
-    print("| property_guidance | " + " | ".join(name for name, _, _ in COLUMNS) + " |")
+    print("| setting | " + " | ".join(name for name, _, _ in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for path, report in zip(runs, reports):
-        print(f"| {path.parent.name[1:]} | " + " | ".join(_cell(report, key, fmt) for _, key, fmt in COLUMNS) + " |")
+        label = f"{'guidance' if path.parent.name[0] == 'g' else 'screen of'} {path.parent.name[1:]}"
+        print(f"| {label} | " + " | ".join(_cell(report, key, fmt) for _, key, fmt in COLUMNS) + " |")
     first = reports[0]
     print(f"\nhalf-A SchNet test MAE {first.get('mae_gap_mev_predictor_qm9_test', float('nan')):.0f} meV, "
           f'"#atoms" on QM9 test {first.get("mae_gap_mev_atoms_baseline_qm9_test", float("nan")):.0f} meV')

@@ -170,6 +170,24 @@ class LatentDiffusion(nn.Module):
         """
         x1, mask = self.sample_latents(domain, num_tokens, x0=x0, dit=dit, steps=steps, method=method, sde_noise=sde_noise, noise_fn=noise_fn,
                                        cfg_scale=cfg_scale, cond=cond, self_condition=self_condition, generator=generator)  # [B, N, L], [B, N]
+        return self.decode_latents(x1, mask, domain, coherent_elements=coherent_elements, allowed_elements=allowed_elements,
+                                   charge_balanced=charge_balanced, site_weights=site_weights, graph_decoder=graph_decoder)
+
+    @torch.no_grad()
+    def decode_latents(
+        self,
+        x1: Tensor,
+        mask: Tensor,
+        domain: Tensor,
+        *,
+        coherent_elements: bool = False,
+        allowed_elements: Tensor | None = None,
+        charge_balanced: bool = False,
+        site_weights: SiteWeights | None = None,
+        graph_decoder: GraphDecoder | None = None,
+    ) -> TokenBatch:
+        """Token sets decoded from standardised latents ``x1 [B, N, L]`` (e.g. of :meth:`sample_latents`) with ``mask [B, N]``;
+        the decoding arguments as :meth:`generate`. Always float32, outside any autocast."""
         device, domain = x1.device, domain.to(x1.device)
         with torch.autocast(device.type, enabled=False):
             z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
