@@ -81,7 +81,7 @@ def main() -> None:
     batches = [collate(truth[k : k + BATCH]) for k in range(0, len(truth), BATCH)]
     mus = [vae.encode(b)[0] for b in batches]  # [B, N, L] posterior means
     atoms = torch.cat([mu[b.mask] for mu, b in zip(mus, batches)])  # [atoms, L]
-    mean, std = atoms.mean(0), atoms.std(0)  # [L] standardisation, as the DiT's latent statistics
+    std = atoms.std(0)  # [L] the latent scale, as the DiT's latent statistics
     report = {"ckpt": args.ckpt, "n": len(truth)}
     for sigma in args.sigmas:
         decoded, constrained = [], []

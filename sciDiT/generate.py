@@ -258,8 +258,8 @@ class Generator:
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
         interval = _check_autoguidance(autoguidance, autoguidance_interval, self.weak_dit is not None)
-        property_interval = _check_score_guidance("property_guidance", property_guidance, property_guidance_interval)
-        discriminator_interval = _check_score_guidance("discriminator_guidance", discriminator_guidance, discriminator_guidance_interval)
+        property_interval = _check_interval("property_guidance", property_guidance, property_guidance_interval, open_start=True)
+        discriminator_interval = _check_interval("discriminator_guidance", discriminator_guidance, discriminator_guidance_interval, open_start=True)
         if discriminator_guidance != 0.0 and self.discriminator is None:
             raise SciDiTInputError("discriminator_guidance needs a latent discriminator: load_generator(..., discriminator=FILE) "
                                    "(experiments/discriminator_guidance/train_discriminator.py)")
@@ -472,32 +472,26 @@ def _guidance(guidance: Mapping[str, float] | None, request: Mapping[str, Any], 
     return out
 
 
-def _check_autoguidance(scale: float, interval: Sequence[float], has_weak: bool) -> tuple[float, float]:
-    """The autoguidance interval as two floats; one-line errors for a bad scale or interval, or no weak model."""
-    if not math.isfinite(scale):
-        raise SciDiTInputError(f"autoguidance must be a finite number, got {scale}")
-    try:
-        t_min, t_max = (float(v) for v in interval)
-    except (TypeError, ValueError):
-        raise SciDiTInputError(f"autoguidance_interval must be two times [t_min, t_max], got {interval!r}") from None
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise SciDiTInputError(f"autoguidance_interval must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
-    if scale != 1.0 and not has_weak:
-        raise SciDiTInputError("autoguidance needs a weaker DiT on the same VAE: this checkpoint carries none; give one with "
-                               "guide=<dit checkpoint> (or pack it: python -m sciDiT.pretrained ... guide=...)")
-    return t_min, t_max
-
-
-def _check_score_guidance(name: str, scale: float, interval: Sequence[float]) -> tuple[float, float]:
-    """A score guidance's interval as two floats; one-line errors naming ``name`` for a bad scale or interval."""
+def _check_interval(name: str, scale: float, interval: Sequence[float], open_start: bool) -> tuple[float, float]:
+    """A guidance's time interval as two floats; one-line errors naming ``name`` for a bad scale or interval
+    (``open_start``: ``t_min`` must be above 0, as score guidance's ``1 / t`` needs)."""
     if not math.isfinite(scale):
         raise SciDiTInputError(f"{name} must be a finite number, got {scale}")
     try:
         t_min, t_max = (float(v) for v in interval)
     except (TypeError, ValueError):
         raise SciDiTInputError(f"{name}_interval must be two times [t_min, t_max], got {interval!r}") from None
-    if not 0.0 < t_min < t_max <= 1.0:
-        raise SciDiTInputError(f"{name}_interval must satisfy 0 < t_min < t_max <= 1, got [{t_min}, {t_max}]")
+    if not (0.0 < t_min if open_start else 0.0 <= t_min) or not t_min < t_max <= 1.0:
+        raise SciDiTInputError(f"{name}_interval must satisfy 0 {'<' if open_start else '<='} t_min < t_max <= 1, got [{t_min}, {t_max}]")
+    return t_min, t_max
+
+
+def _check_autoguidance(scale: float, interval: Sequence[float], has_weak: bool) -> tuple[float, float]:
+    """The autoguidance interval (:func:`_check_interval`); one-line error when there is no weak model to guide with."""
+    t_min, t_max = _check_interval("autoguidance", scale, interval, open_start=False)
+    if scale != 1.0 and not has_weak:
+        raise SciDiTInputError("autoguidance needs a weaker DiT on the same VAE: this checkpoint carries none; give one with "
+                               "guide=<dit checkpoint> (or pack it: python -m sciDiT.pretrained ... guide=...)")
     return t_min, t_max
 
 

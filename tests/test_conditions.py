@@ -300,7 +300,7 @@ def test_num_atoms_in_a_request_sizes_the_sets(gen):
         ("crystal", {"elements": ["Og"]}, {}, "condition.elements: no training crystal contains Og; pass allow_extrapolation=true"),
         ("molecule", {"num_atoms": 0}, {}, "condition.num_atoms must be a positive integer"),
         ("molecule", {"num_atoms": 5}, {"num_atoms": 5}, "give num_atoms or condition.num_atoms, not both"),
-        ("molecule", {"gap": 7.0}, {"guidance": {"mu": 2.0}}, "guidance.mu: only requested conditions (or domain) can be guided"),
+        ("molecule", {"gap": 7.0}, {"guidance": {"mu": 2.0}}, "guidance.mu: only requested conditions of the DiT (or domain) take classifier-free guidance"),
         ("molecule", {"gap": 7.0}, {"guidance": {"gap": 2.0}, "cfg_scale": 2.0}, "give cfg_scale or per-condition guidance"),
         ("molecule", {"gap": 7.0}, {"guidance": {"gap": float("inf")}}, "guidance.gap must be a finite number"),
     ],

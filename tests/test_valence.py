@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-from rdkit import Chem
 
 from sciDiT.tokenizers.valence import constrained_bond_orders, joint_graph
 

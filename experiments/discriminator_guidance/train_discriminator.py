@@ -3,10 +3,13 @@
     python experiments/discriminator_guidance/train_discriminator.py qm9_mp20_cpu --fake 8000 --minutes 10 \\
         --out outputs/discriminator_guidance/qm9.pt
 
-Real sets: the VAE's latents of the first ``--real`` molecules of the QM9 train split (the rows the shipped model
-trained on). Fake sets: the generator's own latents, sampled as ``python -m sciDiT.sample`` does by default
-(Euler 100 steps, CFG 1, EMA DiT, self-conditioning, bf16 where native; sizes from its training histogram).
-``--held-out`` sets of each kind are kept out of training to measure the discriminator's accuracy.
+``--positives data`` (default), Kim et al.'s discriminator: positives are the VAE's latents of the first ``--real``
+molecules of the QM9 train split (the rows the shipped model trained on), negatives the generator's own latents,
+sampled as ``python -m sciDiT.sample`` does by default (Euler 100 steps, CFG 1, EMA DiT, self-conditioning, bf16
+where native; sizes from its training histogram). ``--positives valid``: both kinds are the generator's own
+``--fake`` samples, split by whether their decoded molecule (joint decoding) is strictly valid and one fragment;
+its logit is then the log ratio of the model's valid to invalid samples, and guiding by it tilts the model towards
+its valid molecules. ``--held-out`` sets of each kind are kept out of training to measure the accuracy.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import torch
 from sciDiT.batch import Domain
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.errors import SciDiTInputError
+from sciDiT.evaluation.molecules import is_single_fragment, strict_sanitized
+from sciDiT.export import to_molecules
 from sciDiT.generate import load_generator
 from sciDiT.models.latent_guides import HEAD_SIZES
-from sciDiT.training.latent_guides import discriminator_accuracy, encode_sets, save_discriminator, train_discriminator
+from sciDiT.tokenizers.valence import ValenceGraphDecoder
+from sciDiT.training.latent_guides import discriminator_accuracy, encode_sets, pad_latents, save_discriminator, train_discriminator
 from sciDiT.training.precision import resolve_bf16
 
 
@@ -44,10 +50,26 @@ def sample_latents(gen, n: int, seed: int, batch_size: int = 256) -> list[torch.
     return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
 
 
+def valid_and_connected(gen, latents: list[torch.Tensor], batch_size: int = 256) -> list[bool]:
+    """Whether each latent set decodes (joint decoding, as sampling) to a strictly valid molecule of one fragment."""
+    decoder = ValenceGraphDecoder(joint=True, min_prob=1e-2)
+    out: list[bool] = []
+    for start in range(0, len(latents), batch_size):
+        chunk = latents[start : start + batch_size]
+        x1, mask = pad_latents(chunk)
+        sets = gen.model.decode_latents(x1, mask, torch.full((len(chunk),), int(Domain.MOLECULE)), graph_decoder=decoder).unbatch()
+        for mol in to_molecules(sets):
+            clean = strict_sanitized(mol)
+            out.append(clean is not None and is_single_fragment(clean))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a DiT-stage checkpoint or a shipped model's name")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--positives", choices=("data", "valid"), default="data",
+                        help="data: real latents against the model's samples; valid: the model's valid molecules against its invalid ones")
     parser.add_argument("--real", type=int, default=20000)
     parser.add_argument("--fake", type=int, default=8000)
     parser.add_argument("--held-out", type=int, default=500)
@@ -60,19 +82,26 @@ def main() -> int:
     args = parser.parse_args()
     try:
         gen = load_generator(args.model)
-        data = load_qm9_split("train", limit=None)
+        data = load_qm9_split("train") if args.positives == "data" else None
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    real = encode_sets(gen.model, [data[i] for i in range(min(args.real, len(data)))])
     fake = sample_latents(gen, args.fake, args.seed)
+    if args.positives == "data":
+        real = encode_sets(gen.model, [data[i] for i in range(min(args.real, len(data)))])
+        kinds = {"real": "QM9 train split, first rows", "fake": "Euler 100, CFG 1, EMA, self-conditioning"}
+    else:
+        labels = valid_and_connected(gen, fake)
+        real = [x for x, ok in zip(fake, labels) if ok]
+        fake = [x for x, ok in zip(fake, labels) if not ok]
+        kinds = {"real": "the model's samples decoding to strictly valid, connected molecules", "fake": "its other samples"}
     prepare_seconds = round(time.monotonic() - t0, 1)
     k = args.held_out
     model, facts = train_discriminator(real[k:], fake[k:], size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                                        minutes=args.minutes, seed=args.seed)
     accuracy = discriminator_accuracy(model, real[:k], fake[:k])
-    info = {**facts, "model": str(args.model), "real": "QM9 train split, first rows", "fake": "Euler 100, CFG 1, EMA, self-conditioning",
+    info = {**facts, "model": str(args.model), "positives": args.positives, **kinds,
             "prepare_seconds": prepare_seconds, "held_out_per_kind": k, "held_out_balanced_accuracy": {f"t={t:g}": a for t, a in accuracy.items()}}
     save_discriminator(args.out, model, "molecule", gen.model.latent_mean, gen.model.latent_std, info)
     print(json.dumps(info, indent=1))
