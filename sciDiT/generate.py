@@ -7,6 +7,8 @@
     mols = gen.generate("molecule", n=100, autoguidance=2)  # ... guided by a weaker DiT (sharper coordinates)
     gen = load_generator("qm9_mp20_cpu", property_guide="qm9_props.pt")   # a noisy-latent property regressor
     mols = gen.generate("molecule", n=100, condition={"gap": 7.5}, property_guidance=2)  # classifier guidance
+    gen = load_generator("qm9_mp20_cpu", discriminator="vdisc.pt")  # the model's valid vs invalid samples
+    mols = gen.generate("molecule", n=100, discriminator_guidance=1, autoguidance=2)  # tilted towards its valid molecules
     xtals = gen.generate("crystal", n=100, num_atoms=8)     # pymatgen Structures (None if degenerate)
     gen.export(gen.generate_token_sets("molecule", n=1000), "molecules.sdf")
 
@@ -240,9 +242,9 @@ class Generator:
         request harder, 0 = sizes given the request only), for ``t`` in ``property_guidance_interval``
         (:class:`sciDiT.flow.PropertyGuidance`); it works on unconditional DiTs and adds to a conditional DiT's own
         conditioning. experiments/property_guidance/README.md.
-        ``discriminator_guidance``: with a latent discriminator between the data and this model's own samples
-        (``load_generator(..., discriminator=FILE)``), add its log density ratio to the score at this scale (0 = off,
-        1 = the correction of Kim et al. 2023) for ``t`` in ``discriminator_guidance_interval``
+        ``discriminator_guidance``: with a latent discriminator between the data (or this model's valid samples) and this
+        model's own (other) samples (``load_generator(..., discriminator=FILE)``), add its log density ratio to the score at
+        this scale (0 = off, 1 = the correction of Kim et al. 2023) for ``t`` in ``discriminator_guidance_interval``
         (:class:`sciDiT.flow.DiscriminatorGuidance`; experiments/discriminator_guidance/README.md).
         ``property_screen``: generate-and-screen with the property regressor: each sample is the most probable under the
         request, by the regressor's reading of the finished latents, of this many candidates of the same size (candidate 0

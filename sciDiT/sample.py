@@ -5,6 +5,7 @@
     python -m sciDiT.sample ckpt=... domain=molecule n=100 out=gap.sdf condition.gap=6.5 guidance.gap=2.0
     python -m sciDiT.sample ckpt=... domain=crystal n=100 out=lfpo/ condition.spacegroup=225 condition.elements=[Li,Fe,P,O]
     python -m sciDiT.sample pretrained=qm9_mp20_cpu property_guide=qm9_props.pt domain=molecule n=100 out=gap.sdf condition.gap=7.5 property_guidance=2
+    python -m sciDiT.sample pretrained=qm9_mp20_cpu discriminator=vdisc.pt discriminator_guidance=1 autoguidance=2 domain=molecule n=100 out=m.sdf
 
 Arguments are ``key=value`` pairs (see ``KEYS``; ``python -m sciDiT.sample --help`` lists them).
 ``condition.KEY=VALUE`` requests a property of a conditional checkpoint, or of a property regressor
@@ -87,7 +88,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "property_guidance": (float, 1.0, "classifier guidance scale of property_guide (1 = Bayes' rule, larger follows the request harder, 0 = sizes only)"),
     "property_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where property guidance acts (t_min > 0)"),
     "property_screen": (int, 1, "generate-and-screen: keep the most probable under the request of this many candidates per sample, by property_guide's reading"),
-    "discriminator": (str, None, "a latent discriminator between the data and this model's samples, for discriminator_guidance"),
+    "discriminator": (str, None, "a latent discriminator (the data or the model's valid samples against its other samples), for discriminator_guidance"),
     "discriminator_guidance": (float, 0.0, "discriminator guidance scale (0 = off, 1 = the density-ratio correction of Kim et al. 2023)"),
     "discriminator_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where discriminator guidance acts (t_min > 0)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),
