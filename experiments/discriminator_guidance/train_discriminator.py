@@ -1,4 +1,4 @@
-"""Train a latent discriminator for discriminator guidance (:mod:`sciDiT.training.latent_guides`) of a generator's molecules.
+"""Train a latent discriminator for discriminator guidance (:mod:`sciDiT.training.latent_guides`) of a generator's molecules or crystals.
 
     python experiments/discriminator_guidance/train_discriminator.py qm9_mp20_cpu --fake 8000 --minutes 10 \\
         --out outputs/discriminator_guidance/qm9.pt
@@ -9,7 +9,8 @@ sampled as ``python -m sciDiT.sample`` does by default (Euler 100 steps, CFG 1, 
 where native; sizes from its training histogram). ``--positives valid``: both kinds are the generator's own
 ``--fake`` samples, split by whether their decoded molecule (joint decoding) is strictly valid and one fragment;
 its logit is then the log ratio of the model's valid to invalid samples, and guiding by it tilts the model towards
-its valid molecules. ``--held-out`` sets of each kind are kept out of training to measure the accuracy.
+its valid molecules. ``--domain crystal``: the same on crystals (data: the first MP-20 train crystals; valid: structurally
+and compositionally (SMACT) valid, the MP-20 overall validity of ``sciDiT.evaluate``). ``--held-out`` sets of each kind are kept out of training to measure the accuracy.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import time
 import torch
 
 from sciDiT.batch import Domain
+from sciDiT.data.cdvae import load_cdvae
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.errors import SciDiTInputError
+from sciDiT.evaluation.crystals import composition_validity, structure_validity, to_structure
 from sciDiT.evaluation.molecules import is_single_fragment, strict_sanitized
 from sciDiT.export import to_molecules
 from sciDiT.generate import load_generator
@@ -34,30 +37,34 @@ from sciDiT.training.latent_guides import discriminator_accuracy, encode_sets, p
 from sciDiT.training.precision import resolve_bf16
 
 
-def sample_latents(gen, n: int, seed: int, batch_size: int = 256) -> list[torch.Tensor]:
-    """``n`` molecule latents ``[n_i, L]`` of the generator's default sampler."""
+def sample_latents(gen, domain: Domain, n: int, seed: int, batch_size: int = 256) -> list[torch.Tensor]:
+    """``n`` latents ``[n_i, L]`` of ``domain`` from the generator's default sampler."""
     g = torch.Generator().manual_seed(seed)
-    sizes = gen.model.sample_set_sizes(Domain.MOLECULE, n, g)
+    sizes = gen.model.sample_set_sizes(domain, n, g)
     sizes = sizes[torch.argsort(sizes)]  # little padding
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if resolve_bf16("auto", torch.device("cpu")) else contextlib.nullcontext()
     out: list[torch.Tensor] = []
     for chunk in sizes.split(batch_size):
         with autocast:
-            x1, mask = gen.model.sample_latents(torch.full((len(chunk),), int(Domain.MOLECULE)), chunk, dit=gen.ema_dit, generator=g)
+            x1, mask = gen.model.sample_latents(torch.full((len(chunk),), int(domain)), chunk, dit=gen.ema_dit, generator=g)
         x1 = x1.float()
         out.extend(x1[b, mask[b]].clone() for b in range(len(chunk)))
         print(f"sampled {len(out)} / {n}", flush=True)
     return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
 
 
-def valid_and_connected(gen, latents: list[torch.Tensor], batch_size: int = 256) -> list[bool]:
-    """Whether each latent set decodes (joint decoding, as sampling) to a strictly valid molecule of one fragment."""
-    decoder = ValenceGraphDecoder(joint=True, min_prob=1e-2)
+def valid(gen, domain: Domain, latents: list[torch.Tensor], batch_size: int = 256) -> list[bool]:
+    """Whether each latent set decodes as sampling does to valid matter: a strictly valid molecule of one fragment (joint
+    decoding), or a structurally and compositionally (SMACT) valid crystal."""
+    decoder = ValenceGraphDecoder(joint=True, min_prob=1e-2) if domain == Domain.MOLECULE else None
     out: list[bool] = []
     for start in range(0, len(latents), batch_size):
         chunk = latents[start : start + batch_size]
         x1, mask = pad_latents(chunk)
-        sets = gen.model.decode_latents(x1, mask, torch.full((len(chunk),), int(Domain.MOLECULE)), graph_decoder=decoder).unbatch()
+        sets = gen.model.decode_latents(x1, mask, torch.full((len(chunk),), int(domain)), graph_decoder=decoder).unbatch()
+        if domain == Domain.CRYSTAL:
+            out += [structure_validity(to_structure(ts)) and composition_validity(ts) for ts in sets]
+            continue
         for mol in to_molecules(sets):
             clean = strict_sanitized(mol)
             out.append(clean is not None and is_single_fragment(clean))
@@ -68,6 +75,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a DiT-stage checkpoint or a shipped model's name")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--domain", choices=("molecule", "crystal"), default="molecule")
     parser.add_argument("--positives", choices=("data", "valid"), default="data",
                         help="data: real latents against the model's samples; valid: the model's valid molecules against its invalid ones")
     parser.add_argument("--real", type=int, default=20000)
@@ -82,20 +90,24 @@ def main() -> int:
     args = parser.parse_args()
     try:
         gen = load_generator(args.model)
-        data = load_qm9_split("train") if args.positives == "data" else None
+        domain = Domain[args.domain.upper()]
+        data = None
+        if args.positives == "data":
+            data = load_qm9_split("train") if domain == Domain.MOLECULE else load_cdvae("mp20", "train")
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    fake = sample_latents(gen, args.fake, args.seed)
+    fake = sample_latents(gen, domain, args.fake, args.seed)
     if args.positives == "data":
         real = encode_sets(gen.model, [data[i] for i in range(min(args.real, len(data)))])
-        kinds = {"real": "QM9 train split, first rows", "fake": "Euler 100, CFG 1, EMA, self-conditioning"}
+        kinds = {"real": f"{'QM9' if domain == Domain.MOLECULE else 'MP-20'} train split, first rows", "fake": "Euler 100, CFG 1, EMA, self-conditioning"}
     else:
-        labels = valid_and_connected(gen, fake)
+        labels = valid(gen, domain, fake)
         real = [x for x, ok in zip(fake, labels) if ok]
         fake = [x for x, ok in zip(fake, labels) if not ok]
-        kinds = {"real": "the model's samples decoding to strictly valid, connected molecules", "fake": "its other samples"}
+        kinds = {"real": "the model's samples decoding to valid matter (molecules: strict and connected; crystals: structural and SMACT)",
+                 "fake": "its other samples"}
     prepare_seconds = round(time.monotonic() - t0, 1)
     k = args.held_out
     model, facts = train_discriminator(real[k:], fake[k:], size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
@@ -103,7 +115,7 @@ def main() -> int:
     accuracy = discriminator_accuracy(model, real[:k], fake[:k])
     info = {**facts, "model": str(args.model), "positives": args.positives, **kinds,
             "prepare_seconds": prepare_seconds, "held_out_per_kind": k, "held_out_balanced_accuracy": {f"t={t:g}": a for t, a in accuracy.items()}}
-    save_discriminator(args.out, model, "molecule", gen.model.latent_mean, gen.model.latent_std, info)
+    save_discriminator(args.out, model, args.domain, gen.model.latent_mean, gen.model.latent_std, info)
     print(json.dumps(info, indent=1))
     return 0
 
