@@ -55,6 +55,7 @@ from sciDiT.flow import DEFAULT_SDE_NOISE, PROPERTY_KNOWN_KEY, PROPERTY_TARGET_K
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
+from sciDiT.models.latent_guides import gaussian_log_likelihood
 from sciDiT.pretrained import GUIDE_KEY, guide_section, pretrained_path
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
@@ -380,7 +381,7 @@ class Generator:
         """Of each ``k`` consecutive candidate latents ``x1 [b k, N, L]``, the one whose regressor reading at ``t = 1`` is most
         probable under the standardised request ``target [1, P]`` (where ``known``): ``[b, N, L]``."""
         mean, log_var = self.regressor(x1, torch.ones(len(x1), device=x1.device), mask)  # [b k, P], [b k, P]
-        log_p = -0.5 * (((target - mean) ** 2 * torch.exp(-log_var) + log_var) * known).sum(-1)  # [b k]
+        log_p = gaussian_log_likelihood(mean, log_var, target, known)  # [b k]
         best = log_p.view(-1, k).argmax(-1)  # [b]
         return x1.view(-1, k, *x1.shape[1:])[torch.arange(len(best)), best]  # [b, N, L]
 
@@ -503,16 +504,20 @@ def _check_positive(**values: int) -> None:
             raise SciDiTInputError(f"{name} must be a positive integer, got {value!r}")
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """The 64-bit seed of sample ``index``'s generator under ``seed`` (NumPy's SeedSequence: well mixed, stable across versions)."""
-    low, high = np.random.SeedSequence([seed % 2**64, index]).generate_state(2, np.uint32)
+def _mixed_seed(*entropy: int) -> int:
+    """A 64-bit seed from NumPy's SeedSequence of ``entropy`` (well mixed, stable across versions)."""
+    low, high = np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32)
     return int(low) | int(high) << 32
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The 64-bit seed of sample ``index``'s generator under ``seed``."""
+    return _mixed_seed(seed % 2**64, index)
 
 
 def candidate_seed(seed: int, index: int, candidate: int) -> int:
     """The 64-bit seed of candidate ``candidate`` >= 1 of sample ``index`` (``property_screen``); candidate 0 is :func:`sample_seed`."""
-    low, high = np.random.SeedSequence([seed % 2**64, index, candidate]).generate_state(2, np.uint32)
-    return int(low) | int(high) << 32
+    return _mixed_seed(seed % 2**64, index, candidate)
 
 
 def _check_seed(seed: int) -> int:

@@ -108,10 +108,14 @@ class LatentDiscriminator(LatentSetHead):
         return self.features(x, t, mask)[:, 0]  # [B]
 
 
+def gaussian_log_likelihood(mean: Tensor, log_var: Tensor, target: Tensor, known: Tensor) -> Tensor:
+    """Per set ``[B]``: the Gaussian log-likelihood (constant dropped) of the ``known [B, P]`` entries of ``target [B, P]``."""
+    return -0.5 * ((log_var + (target - mean) ** 2 * torch.exp(-log_var)) * known).sum(-1)
+
+
 def gaussian_nll(mean: Tensor, log_var: Tensor, target: Tensor, known: Tensor) -> Tensor:
     """Mean Gaussian negative log-likelihood (constant dropped) over the ``known [B, P]`` entries of ``target [B, P]``."""
-    nll = 0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var))  # [B, P]
-    return (nll * known).sum() / known.sum().clamp_min(1)
+    return -gaussian_log_likelihood(mean, log_var, target, known).sum() / known.sum().clamp_min(1)
 
 
 # ----------------------------------------------------------------------------------------------

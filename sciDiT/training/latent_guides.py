@@ -154,21 +154,28 @@ def train_discriminator(real: Sequence[Tensor], fake: Sequence[Tensor], *, size:
     return model, {**facts, "batch_size": batch_size, "size": size, "real_sets": len(real), "fake_sets": len(fake)}
 
 
+def _noised_outputs(head: Callable[[Tensor, Tensor, Tensor], Tensor], sets: Sequence[Tensor], t_value: float, gen: torch.Generator,
+                    batch_size: int) -> Tensor:
+    """``head(x_t, t, mask)`` of ``sets`` noised at flow time ``t_value``, in batches, concatenated in order."""
+    out = []
+    for start in range(0, len(sets), batch_size):
+        x1, mask = pad_latents(sets[start : start + batch_size])
+        t = torch.full((len(x1),), float(t_value))
+        out.append(head(noised(x1, mask, t, gen), t, mask))
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def discriminator_accuracy(model: LatentDiscriminator, real: Sequence[Tensor], fake: Sequence[Tensor], times: Sequence[float] = (1.0, 0.8, 0.5),
                            batch_size: int = 512, seed: int = 0) -> dict[float, float]:
     """Balanced accuracy of ``model`` on held-out ``real`` / ``fake`` sets, noised at each flow time (0.5 = cannot tell)."""
     gen = torch.Generator().manual_seed(seed)
-
-    def logits(sets: Sequence[Tensor], t_value: float) -> Tensor:
-        out = []
-        for start in range(0, len(sets), batch_size):
-            x1, mask = pad_latents(sets[start : start + batch_size])
-            t = torch.full((len(x1),), float(t_value))
-            out.append(model(noised(x1, mask, t, gen), t, mask))
-        return torch.cat(out)
-
-    return {float(t): 0.5 * ((logits(real, t) > 0).float().mean().item() + (logits(fake, t) <= 0).float().mean().item()) for t in times}
+    out = {}
+    for t in times:
+        hits_real = (_noised_outputs(model, real, t, gen, batch_size) > 0).float().mean().item()
+        hits_fake = (_noised_outputs(model, fake, t, gen, batch_size) <= 0).float().mean().item()
+        out[float(t)] = 0.5 * (hits_real + hits_fake)
+    return out
 
 
 @torch.no_grad()
@@ -176,16 +183,11 @@ def test_errors(model: LatentPropertyRegressor, latents: Sequence[Tensor], targe
                 batch_size: int = 512, seed: int = 0) -> dict[float, np.ndarray]:
     """Mean absolute error ``[P]`` (standardised units) of the predicted mean at each flow time."""
     gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for t_value in times:
-        preds = []
-        for start in range(0, len(latents), batch_size):
-            x1, mask = pad_latents(latents[start : start + batch_size])
-            t = torch.full((len(x1),), float(t_value))
-            preds.append(model(noised(x1, mask, t, gen), t, mask)[0])
-        pred = torch.cat(preds).numpy()
-        out[float(t_value)] = np.nanmean(np.abs(pred - targets), axis=0)
-    return out
+
+    def mean(x: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+        return model(x, t, mask)[0]  # [B, P]
+
+    return {float(t): np.nanmean(np.abs(_noised_outputs(mean, latents, t, gen, batch_size).numpy() - targets), axis=0) for t in times}
 
 
 # ----------------------------------------------------------------------------------------------
