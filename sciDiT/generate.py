@@ -56,14 +56,14 @@ from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.models.latent_guides import gaussian_log_likelihood
-from sciDiT.pretrained import GUIDE_KEY, guide_section, pretrained_path
+from sciDiT.pretrained import DISCRIMINATORS_KEY, GUIDE_KEY, guide_section, pretrained_path
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
-from sciDiT.training.latent_guides import load_discriminator, load_property_regressor
+from sciDiT.training.latent_guides import load_discriminator, load_property_regressor, packed_discriminator
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
@@ -101,15 +101,15 @@ class Generator:
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu",
                  condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None,
                  regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None,
-                 discriminator: nn.Module | None = None, discriminator_domain: str | None = None):
+                 discriminators: Mapping[str, nn.Module] | None = None):
         self.device = usable_device(device)
         self.condition_stats = dict(condition_stats or {})  # the DiT's own conditions (sciDiT.data.conditions)
         self.regressor = None if regressor is None else regressor.to(self.device).eval()  # classifier guidance's p(y | x_t), if any
         self.regressor_stats = dict(regressor_stats or {})  # its properties, in its output order
         # what requests are checked against and sized by: the regressor's properties, and the DiT's conditions (which win)
         self.request_stats = {**self.regressor_stats, **self.condition_stats}
-        self.discriminator = None if discriminator is None else discriminator.to(self.device).eval()  # discriminator guidance's, if any
-        self.discriminator_domain = discriminator_domain
+        # discriminator guidance's latent discriminators, by domain name ("molecule", "crystal")
+        self.discriminators = {d: m.to(self.device).eval() for d, m in (discriminators or {}).items()}
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self.weak_dit = None if weak_dit is None else weak_dit.to(self.device).eval()  # autoguidance's weaker model, if any
@@ -243,8 +243,9 @@ class Generator:
         request harder, 0 = sizes given the request only), for ``t`` in ``property_guidance_interval``
         (:class:`sciDiT.flow.PropertyGuidance`); it works on unconditional DiTs and adds to a conditional DiT's own
         conditioning. experiments/property_guidance/README.md.
-        ``discriminator_guidance``: with a latent discriminator between the data (or this model's valid samples) and this
-        model's own (other) samples (``load_generator(..., discriminator=FILE)``), add its log density ratio to the score at
+        ``discriminator_guidance``: with a latent discriminator of the domain between the data (or this model's valid samples)
+        and this model's own (other) samples (packed in the model, or ``load_generator(..., discriminator=FILE)``), add its
+        log density ratio to the score at
         this scale (0 = off, 1 = the correction of Kim et al. 2023) for ``t`` in ``discriminator_guidance_interval``
         (:class:`sciDiT.flow.DiscriminatorGuidance`; experiments/discriminator_guidance/README.md).
         ``property_screen``: generate-and-screen with the property regressor: each sample is the most probable under the
@@ -263,11 +264,10 @@ class Generator:
         interval = _check_autoguidance(autoguidance, autoguidance_interval, self.weak_dit is not None)
         property_interval = _check_interval("property_guidance", property_guidance, property_guidance_interval, open_start=True)
         discriminator_interval = _check_interval("discriminator_guidance", discriminator_guidance, discriminator_guidance_interval, open_start=True)
-        if discriminator_guidance != 0.0 and self.discriminator is None:
-            raise SciDiTInputError("discriminator_guidance needs a latent discriminator: load_generator(..., discriminator=FILE) "
-                                   "(experiments/discriminator_guidance/train_discriminator.py)")
-        if discriminator_guidance != 0.0 and self.discriminator_domain != dom.name.lower():
-            raise SciDiTInputError(f"the discriminator was trained on {self.discriminator_domain}s, not {dom.name.lower()}s")
+        if discriminator_guidance != 0.0 and dom.name.lower() not in self.discriminators:
+            have = f" (this model has one for {' and '.join(f'{d}s' for d in self.discriminators)} only)" if self.discriminators else ""
+            raise SciDiTInputError(f"discriminator_guidance needs a latent discriminator of {dom.name.lower()}s{have}: load_generator(..., "
+                                   "discriminator=FILE) (experiments/discriminator_guidance/train_discriminator.py)")
         try:
             bf16 = resolve_bf16(bf16, self.device)
         except ValueError as err:
@@ -336,7 +336,7 @@ class Generator:
         if autoguidance != 1.0:
             dit = AutoGuidance(dit, self.weak_dit, autoguidance, *interval)
         if discriminator_guidance != 0.0:
-            dit = DiscriminatorGuidance(dit, self.discriminator, discriminator_guidance, *discriminator_interval)
+            dit = DiscriminatorGuidance(dit, self.discriminators[dom.name.lower()], discriminator_guidance, *discriminator_interval)
         if regressed and property_guidance != 0.0:
             dit = PropertyGuidance(dit, self.regressor, property_guidance, *property_interval)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -546,7 +546,8 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
     (default: the one packed in ``ckpt``, if any). ``property_guide``: a noisy-latent property regressor trained on the
     same VAE (:mod:`sciDiT.training.latent_guides`), for classifier guidance towards requested property values.
-    ``discriminator``: a latent discriminator between the data and this model's samples, for discriminator guidance.
+    ``discriminator``: a latent discriminator between the data (or the model's valid samples) and this model's samples, for
+    discriminator guidance (default: those packed in ``ckpt``, one per domain; a file replaces the packed one of its domain).
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
@@ -579,12 +580,12 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     if property_guide is not None:
         regressor, contents = load_property_regressor(property_guide, module.model.latent_mean, module.model.latent_std)
         regressor_stats = {k: contents["condition_stats"][k] for k in contents["properties"]}
-    disc, disc_domain = None, None
-    if discriminator is not None:
+    discriminators = {domain: packed_discriminator(entry, path) for domain, entry in raw.get(DISCRIMINATORS_KEY, {}).items()}
+    if discriminator is not None:  # replaces the packed one of its domain
         disc, contents = load_discriminator(discriminator, module.model.latent_mean, module.model.latent_std)
-        disc_domain = contents["domain"]
+        discriminators[contents["domain"]] = disc
     try:
         return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak,
-                         regressor=regressor, regressor_stats=regressor_stats, discriminator=disc, discriminator_domain=disc_domain)
+                         regressor=regressor, regressor_stats=regressor_stats, discriminators=discriminators)
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

@@ -88,7 +88,8 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "property_guidance": (float, 1.0, "classifier guidance scale of property_guide (1 = Bayes' rule, larger follows the request harder, 0 = sizes only)"),
     "property_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where property guidance acts (t_min > 0)"),
     "property_screen": (int, 1, "generate-and-screen: keep the most probable under the request of this many candidates per sample, by property_guide's reading"),
-    "discriminator": (str, None, "a latent discriminator (the data or the model's valid samples against its other samples), for discriminator_guidance"),
+    "discriminator": (str, None, "a latent discriminator (the data or the model's valid samples against its other samples), for discriminator_guidance "
+                      "(default: the one packed in the checkpoint for the domain, if any)"),
     "discriminator_guidance": (float, 0.0, "discriminator guidance scale (0 = off, 1 = the density-ratio correction of Kim et al. 2023)"),
     "discriminator_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where discriminator guidance acts (t_min > 0)"),
     "seed": (int, 0, "random seed (same seed, same samples)"),

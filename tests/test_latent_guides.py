@@ -216,7 +216,7 @@ def test_discriminator_guidance_in_the_generator(tiny_dit_ckpt, tmp_path):
     torch.manual_seed(0)
     disc = LatentDiscriminator(latent_dim=gen.model.vae.latent_dim, hidden_size=32, depth=1, num_heads=2)
     for p in disc.parameters():
-        p.data.normal_(0, 0.3)
+        p.data = p.data.normal_(0, 0.3).bfloat16().float()  # values bfloat16 holds: its packed copy is the same model
     path = save_discriminator(tmp_path / "d.pt", disc, "molecule", gen.model.latent_mean, gen.model.latent_std, {})
     with pytest.raises(SciDiTInputError, match="not a latent discriminator file"):
         load_generator(tiny_dit_ckpt, discriminator=tiny_dit_ckpt)
@@ -225,8 +225,21 @@ def test_discriminator_guidance_in_the_generator(tiny_dit_ckpt, tmp_path):
     assert all(torch.equal(a.pos, b.pos) for a, b in zip(plain, guided.generate_token_sets("molecule", **kwargs)))  # off by default
     moved = guided.generate_token_sets("molecule", discriminator_guidance=5.0, **kwargs)
     assert any(not torch.allclose(a.pos, b.pos) for a, b in zip(plain, moved))
-    with pytest.raises(SciDiTInputError, match="trained on molecules, not crystals"):
+    with pytest.raises(SciDiTInputError, match=r"discriminator of crystals \(this model has one for molecules only\)"):
         guided.generate_token_sets("crystal", discriminator_guidance=1.0, **{**kwargs, "bond_decoding": "joint"})
+
+    from sciDiT.pretrained import export_pretrained
+
+    packed = load_generator(str(export_pretrained(tiny_dit_ckpt, tmp_path / "packed.pt", discriminators=[path])))
+    assert set(packed.discriminators) == {"molecule"}  # packed once, used with no file
+    assert torch.load(tmp_path / "packed.pt", weights_only=True)["discriminators"]["molecule"]["state_dict"]["x_embedder.weight"].dtype == torch.bfloat16
+    assert all(torch.equal(a.pos, b.pos) for a, b in zip(moved, packed.generate_token_sets("molecule", discriminator_guidance=5.0, **kwargs)))
+    again = torch.load(export_pretrained(tmp_path / "packed.pt", tmp_path / "again.pt"), weights_only=True)
+    assert set(again["discriminators"]) == {"molecule"}  # re-exporting keeps the packed section
+    other = save_discriminator(tmp_path / "o.pt", disc, "molecule", gen.model.latent_mean + 1.0, gen.model.latent_std, {})
+    with pytest.raises(SciDiTInputError, match="trained on other latents"):
+        export_pretrained(tiny_dit_ckpt, tmp_path / "bad.pt", discriminators=[other])
+    assert not (tmp_path / "bad.pt").exists()
 
 
 def test_screening_keeps_the_candidate_whose_reading_is_most_probable_under_the_request():

@@ -28,7 +28,7 @@ from sciDiT.data.cdvae import load_cdvae
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.crystals import composition_validity, structure_validity, to_structure
-from sciDiT.evaluation.molecules import is_single_fragment, strict_sanitized
+from sciDiT.evaluation.molecules import canonical_smiles, is_single_fragment, openbabel_molecule, strict_sanitized
 from sciDiT.export import to_molecules
 from sciDiT.generate import load_generator
 from sciDiT.models.latent_guides import HEAD_SIZES
@@ -53,9 +53,10 @@ def sample_latents(gen, domain: Domain, n: int, seed: int, batch_size: int = 256
     return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
 
 
-def valid(gen, domain: Domain, latents: list[torch.Tensor], batch_size: int = 256) -> list[bool]:
+def valid(gen, domain: Domain, latents: list[torch.Tensor], openbabel: bool = False, batch_size: int = 256) -> list[bool]:
     """Whether each latent set decodes as sampling does to valid matter: a strictly valid molecule of one fragment (joint
-    decoding), or a structurally and compositionally (SMACT) valid crystal."""
+    decoding; with ``openbabel`` also valid on ADiT's OpenBabel path, bonds perceived from its coordinates), or a
+    structurally and compositionally (SMACT) valid crystal."""
     decoder = ValenceGraphDecoder(joint=True, min_prob=1e-2) if domain == Domain.MOLECULE else None
     out: list[bool] = []
     for start in range(0, len(latents), batch_size):
@@ -65,9 +66,13 @@ def valid(gen, domain: Domain, latents: list[torch.Tensor], batch_size: int = 25
         if domain == Domain.CRYSTAL:
             out += [structure_validity(to_structure(ts)) and composition_validity(ts) for ts in sets]
             continue
-        for mol in to_molecules(sets):
+        for ts, mol in zip(sets, to_molecules(sets)):
             clean = strict_sanitized(mol)
-            out.append(clean is not None and is_single_fragment(clean))
+            ok = clean is not None and is_single_fragment(clean)
+            if ok and openbabel:
+                perceived = openbabel_molecule(ts)
+                ok = perceived is not None and canonical_smiles(perceived) is not None
+            out.append(ok)
     return out
 
 
@@ -76,8 +81,9 @@ def main() -> int:
     parser.add_argument("model", help="a DiT-stage checkpoint or a shipped model's name")
     parser.add_argument("--out", required=True)
     parser.add_argument("--domain", choices=("molecule", "crystal"), default="molecule")
-    parser.add_argument("--positives", choices=("data", "valid"), default="data",
-                        help="data: real latents against the model's samples; valid: the model's valid molecules against its invalid ones")
+    parser.add_argument("--positives", choices=("data", "valid", "valid+openbabel"), default="data",
+                        help="data: real latents against the model's samples; valid: the model's valid molecules against its invalid ones; "
+                             "valid+openbabel: its molecules valid both on their decoded bonds and on the OpenBabel path against the others")
     parser.add_argument("--real", type=int, default=20000)
     parser.add_argument("--fake", type=int, default=8000)
     parser.add_argument("--held-out", type=int, default=500)
@@ -91,6 +97,8 @@ def main() -> int:
     try:
         gen = load_generator(args.model)
         domain = Domain[args.domain.upper()]
+        if args.positives == "valid+openbabel" and domain != Domain.MOLECULE:
+            raise SciDiTInputError("--positives valid+openbabel is for molecules (the OpenBabel path perceives molecular bonds)")
         data = None
         if args.positives == "data":
             data = load_qm9_split("train") if domain == Domain.MOLECULE else load_cdvae("mp20", "train")
@@ -103,10 +111,11 @@ def main() -> int:
         real = encode_sets(gen.model, [data[i] for i in range(min(args.real, len(data)))])
         kinds = {"real": f"{'QM9' if domain == Domain.MOLECULE else 'MP-20'} train split, first rows", "fake": "Euler 100, CFG 1, EMA, self-conditioning"}
     else:
-        labels = valid(gen, domain, fake)
+        labels = valid(gen, domain, fake, openbabel=args.positives == "valid+openbabel")
         real = [x for x, ok in zip(fake, labels) if ok]
         fake = [x for x, ok in zip(fake, labels) if not ok]
-        kinds = {"real": "the model's samples decoding to valid matter (molecules: strict and connected; crystals: structural and SMACT)",
+        kinds = {"real": "the model's samples decoding to valid matter (molecules: strict and connected"
+                         f"{', and valid on the OpenBabel path' if args.positives == 'valid+openbabel' else ''}; crystals: structural and SMACT)",
                  "fake": "its other samples"}
     prepare_seconds = round(time.monotonic() - t0, 1)
     k = args.held_out

@@ -6,12 +6,14 @@ by :func:`export_pretrained`: hyper-parameters, the frozen VAE, latent statistic
 histograms, a conditional model's condition statistics and the EMA DiT weights (stored as
 ``model.dit.*``; the raw, non-averaged weights and the optimiser state are dropped), loadable with
 ``torch.load(weights_only=True)``. A file may also carry a ``guide`` section: the EMA weights of a weaker
-DiT trained on the same VAE, for autoguidance (:func:`guide_section`). The model card ``<name>.md`` beside
-it says data, steps, command and measured metrics.
+DiT trained on the same VAE, for autoguidance (:func:`guide_section`), and a ``discriminators`` section: per
+domain, a latent discriminator trained on the model's own samples, for discriminator guidance
+(:func:`discriminator_entry`). The model card ``<name>.md`` beside it says data, steps, command and measured metrics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +97,27 @@ def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide
     return {"dit": dict(raw["hyper_parameters"]["dit"]), "state_dict": weights, "global_step": int(raw.get("global_step", 0))}
 
 
-def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None) -> Path:
+DISCRIMINATORS_KEY = "discriminators"
+
+
+def discriminator_entry(state: dict[str, torch.Tensor], path: str | Path) -> tuple[str, dict[str, Any]]:
+    """The domain and packed entry (sizes, weights in bfloat16, the file's training facts) of the latent discriminator
+    file ``path`` (``experiments/discriminator_guidance/train_discriminator.py``) for a DiT module's ``state``; one
+    line naming the file when it was trained on other latents (:func:`sciDiT.training.latent_guides.load_discriminator`)."""
+    from sciDiT.training.latent_guides import load_discriminator
+
+    _, contents = load_discriminator(path, state["model.latent_mean"], state["model.latent_std"])
+    weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in contents["state_dict"].items()}
+    return contents["domain"], {"hparams": dict(contents["hparams"]), "state_dict": weights, "info": dict(contents["info"])}
+
+
+def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None,
+                      discriminators: Sequence[str | Path] = ()) -> Path:
     """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` (or of a shipped file) to ``out``
     (atomically); ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`);
     ``guide``: a weaker DiT on the same VAE, packed for autoguidance (:func:`guide_section`; a guide already in
-    ``ckpt`` is kept otherwise)."""
+    ``ckpt`` is kept otherwise); ``discriminators``: latent discriminator files, packed per domain for discriminator
+    guidance (:func:`discriminator_entry`; each replaces the packed one of its domain, the others are kept)."""
     from sciDiT.training.checkpoint import atomic_torch_save
     from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
@@ -116,4 +134,10 @@ def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | N
         slim[GUIDE_KEY] = guide_section(state, raw["hyper_parameters"], guide)
     elif GUIDE_KEY in raw:
         slim[GUIDE_KEY] = raw[GUIDE_KEY]
+    packed = dict(raw.get(DISCRIMINATORS_KEY, {}))
+    for path in discriminators:
+        domain, entry = discriminator_entry(state, path)
+        packed[domain] = entry
+    if packed:
+        slim[DISCRIMINATORS_KEY] = packed
     return atomic_torch_save(slim, out)

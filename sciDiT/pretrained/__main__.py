@@ -1,21 +1,25 @@
-"""``python -m sciDiT.pretrained <dit last.ckpt> <out.pt> [decoder=<vae last.ckpt>] [guide=<dit last.ckpt>]``: the slim,
-weights-only file to ship (see the package docstring); ``decoder=``: a decoder fine-tuned on the DiT's encoder
+"""``python -m sciDiT.pretrained <dit last.ckpt> <out.pt> [decoder=<vae last.ckpt>] [guide=<dit last.ckpt>] [discriminator=<file>]...``:
+the slim, weights-only file to ship (see the package docstring); ``decoder=``: a decoder fine-tuned on the DiT's encoder
 (``vae.train_decoder_only=true``) replaces the DiT checkpoint's; ``guide=``: a weaker DiT on the same VAE, packed
-for autoguidance (``autoguidance=`` when sampling)."""
+for autoguidance (``autoguidance=`` when sampling); ``discriminator=`` (once per domain): a latent discriminator of the
+model's samples, packed for discriminator guidance (``discriminator_guidance=`` when sampling)."""
 
 import sys
 
 from sciDiT.errors import SciDiTInputError
 from sciDiT.pretrained import export_pretrained
 
+USAGE = ("usage: python -m sciDiT.pretrained <dit last.ckpt> <out.pt> [decoder=<vae last.ckpt>] [guide=<dit last.ckpt>] "
+         "[discriminator=<file>]...")
 args = sys.argv[1:]
-options = {key: next((a.removeprefix(f"{key}=") for a in args if a.startswith(f"{key}=")), None) for key in ("decoder", "guide")}
-paths = [a for a in args if not a.startswith(("decoder=", "guide="))]
-if len(paths) != 2 or len(args) > 2 + sum(v is not None for v in options.values()):
-    print("usage: python -m sciDiT.pretrained <dit last.ckpt> <out.pt> [decoder=<vae last.ckpt>] [guide=<dit last.ckpt>]", file=sys.stderr)
+options = {key: [a.removeprefix(f"{key}=") for a in args if a.startswith(f"{key}=")] for key in ("decoder", "guide", "discriminator")}
+paths = [a for a in args if not a.startswith(("decoder=", "guide=", "discriminator="))]
+if len(paths) != 2 or len(options["decoder"]) > 1 or len(options["guide"]) > 1:
+    print(USAGE, file=sys.stderr)
     sys.exit(2)
 try:
-    print(export_pretrained(paths[0], paths[1], **options))
+    print(export_pretrained(paths[0], paths[1], decoder=next(iter(options["decoder"]), None), guide=next(iter(options["guide"]), None),
+                            discriminators=options["discriminator"]))
 except SciDiTInputError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

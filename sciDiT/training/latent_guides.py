@@ -241,9 +241,20 @@ def _load(path: str | Path, kind: str, cls: type[nn.Module], latent_mean: Tensor
     if max(shift, scale) > LATENT_STAT_TOLERANCE:
         raise SciDiTInputError(f"it was trained on other latents than the model's (mean by {shift:.3f} std, log std by {scale:.3f}; "
                                f"tolerance {LATENT_STAT_TOLERANCE}): train it on this model's VAE", path)
-    model = cls(**raw["hparams"])
+    return _build(cls, raw["hparams"], raw["state_dict"], path), raw
+
+
+def packed_discriminator(entry: dict[str, Any], source: str | Path) -> LatentDiscriminator:
+    """The discriminator of a weights section packed in a shipped model (``sciDiT.pretrained.discriminator_entry``:
+    sizes and bfloat16 weights), in float32 and eval mode; ``source`` names the file in errors."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()}
+    return _build(LatentDiscriminator, entry["hparams"], state, source)  # type: ignore[return-value]
+
+
+def _build(cls: type[nn.Module], hparams: dict[str, Any], state_dict: dict[str, Tensor], source: str | Path) -> nn.Module:
     try:
-        model.load_state_dict(raw["state_dict"])
-    except RuntimeError as err:
-        raise SciDiTInputError(f"its weights do not fit its sizes: {str(err).splitlines()[0]}", path) from None
-    return model.eval(), raw
+        model = cls(**hparams)
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError) as err:
+        raise SciDiTInputError(f"its weights do not fit its sizes: {str(err).splitlines()[0]}", source) from None
+    return model.eval()
