@@ -145,7 +145,8 @@ def train_discriminator(real: Sequence[Tensor], fake: Sequence[Tensor], *, size:
     labels = torch.cat([torch.ones(half), torch.zeros(half)])  # [B]: 1 = data
 
     def batch_loss() -> Tensor:
-        sets = [real[i] for i in rng.choice(len(real), half, replace=False)] + [fake[i] for i in rng.choice(len(fake), half, replace=False)]
+        pick = [rng.choice(len(kind), half, replace=len(kind) < half) for kind in (real, fake)]  # a kind smaller than half a batch repeats
+        sets = [real[i] for i in pick[0]] + [fake[i] for i in pick[1]]
         x1, mask = pad_latents(sets)  # [B, N, L], [B, N]
         t = torch.rand(half, generator=gen).repeat(2)  # [B]: the same times for both halves
         return nn.functional.binary_cross_entropy_with_logits(model(noised(x1, mask, t, gen), t, mask), labels)
