@@ -62,6 +62,11 @@ def test_the_shipped_model_loads_by_name_and_generates_decoded_graphs(tmp_path):
                                     for a, b in zip(mols, guided))
     assert sample_main(["pretrained=qm9_mp20_cpu", "domain=crystal", "n=2", "steps=4", f"out={tmp_path / 'x'}", "progress=false"]) == 0
     assert len(list((tmp_path / "x").glob("*.cif"))) + sum(1 for _ in open(tmp_path / "x" / "manifest.tsv")) > 1
+    assert set(gen.discriminators) == {"molecule", "crystal"}  # validity guidance's heads are packed too
+    tilted = gen.generate("molecule", n=3, steps=4, seed=0, progress=False, discriminator_guidance=20.0)
+    assert any(abs(a.GetConformer().GetPositions() - b.GetConformer().GetPositions()).max() > 1e-3 for a, b in zip(mols, tilted))
+    assert sample_main(["pretrained=qm9_mp20_cpu", "domain=crystal", "n=2", "steps=4", "discriminator_guidance=10", f"out={tmp_path / 'y'}",
+                        "progress=false"]) == 0
 
 
 def _vae_ckpt(module, path) -> str:
