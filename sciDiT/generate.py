@@ -7,8 +7,8 @@
     mols = gen.generate("molecule", n=100, autoguidance=2)  # ... guided by a weaker DiT (sharper coordinates)
     gen = load_generator("qm9_mp20_cpu", property_guide="qm9_props.pt")   # a noisy-latent property regressor
     mols = gen.generate("molecule", n=100, condition={"gap": 7.5}, property_guidance=2)  # classifier guidance
-    gen = load_generator("qm9_mp20_cpu", discriminator="vdisc.pt")  # the model's valid vs invalid samples
-    mols = gen.generate("molecule", n=100, discriminator_guidance=1, autoguidance=2)  # tilted towards its valid molecules
+    mols = gen.generate("molecule", n=100, discriminator_guidance=20, autoguidance=2)  # tilted towards its valid molecules
+    gen = load_generator("qm9_mp20_cpu", discriminator="disc.pt")  # your own discriminator replaces the packed one
     xtals = gen.generate("crystal", n=100, num_atoms=8)     # pymatgen Structures (None if degenerate)
     gen.export(gen.generate_token_sets("molecule", n=1000), "molecules.sdf")
 

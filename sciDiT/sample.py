@@ -5,7 +5,7 @@
     python -m sciDiT.sample ckpt=... domain=molecule n=100 out=gap.sdf condition.gap=6.5 guidance.gap=2.0
     python -m sciDiT.sample ckpt=... domain=crystal n=100 out=lfpo/ condition.spacegroup=225 condition.elements=[Li,Fe,P,O]
     python -m sciDiT.sample pretrained=qm9_mp20_cpu property_guide=qm9_props.pt domain=molecule n=100 out=gap.sdf condition.gap=7.5 property_guidance=2
-    python -m sciDiT.sample pretrained=qm9_mp20_cpu discriminator=vdisc.pt discriminator_guidance=1 autoguidance=2 domain=molecule n=100 out=m.sdf
+    python -m sciDiT.sample pretrained=qm9_mp20_cpu discriminator_guidance=20 autoguidance=2 domain=molecule n=100 out=m.sdf
 
 Arguments are ``key=value`` pairs (see ``KEYS``; ``python -m sciDiT.sample --help`` lists them).
 ``condition.KEY=VALUE`` requests a property of a conditional checkpoint, or of a property regressor
