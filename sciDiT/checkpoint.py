@@ -202,6 +202,25 @@ def restore_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # -- conversion of trusted files ------------------------------------------------------------------
 
 
+LATENT_STAT_TOLERANCE = 0.05  # latent mean shift (in stds) and |log std ratio| that still count as the same latents
+
+
+def latent_stat_mismatch(mean: torch.Tensor, std: torch.Tensor, other_mean: torch.Tensor, other_std: torch.Tensor) -> str | None:
+    """Why latents standardised by ``other_mean`` / ``other_std`` are not those of ``mean`` / ``std`` (how far apart,
+    against :data:`LATENT_STAT_TOLERANCE`), or None when they are the same latents: a guide or a latent head trained
+    on other latents does not fit a model."""
+    shift = ((other_mean - mean) / std).abs().max().item()
+    scale = (other_std / std).log().abs().max().item()
+    if max(shift, scale) <= LATENT_STAT_TOLERANCE:
+        return None
+    return f"mean by {shift:.3f} std, log std by {scale:.3f}; tolerance {LATENT_STAT_TOLERANCE}"
+
+
+def cast_floats(state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``state`` with its floating-point tensors in ``dtype`` (packed weights are stored in bfloat16, run in float32)."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
 def to_plain(obj: Any, key: str = "checkpoint") -> Any:
     """``obj`` as tensors and plain containers/scalars only (what :func:`load_checkpoint` accepts).
 

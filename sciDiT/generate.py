@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
 from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, size_distribution, validate_request
-from sciDiT.checkpoint import load_checkpoint, require_stage, restore_ema
+from sciDiT.checkpoint import cast_floats, load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
@@ -573,7 +573,7 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     if section is not None:
         weak = DiT(latent_dim=module.model.vae.latent_dim, **section["dit"])
         try:
-            weak.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in section["state_dict"].items()})
+            weak.load_state_dict(cast_floats(section["state_dict"], torch.float32))
         except RuntimeError as err:
             raise SciDiTInputError(f"the guide's weights do not fit its hyperparameters: {str(err).splitlines()[0]}", guide or path) from err
     regressor, regressor_stats = None, None

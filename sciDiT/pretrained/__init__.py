@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sciDiT.checkpoint import EMA_PREFIX, load_checkpoint, require_stage, restore_ema, slim_state
+from sciDiT.checkpoint import EMA_PREFIX, cast_floats, latent_stat_mismatch, load_checkpoint, require_stage, restore_ema, slim_state
 from sciDiT.errors import SciDiTInputError
 
 FOLDER = Path(__file__).resolve().parent
@@ -67,7 +67,6 @@ def with_decoder(state: dict[str, torch.Tensor], vae_hparams: dict[str, Any], de
 
 
 GUIDE_KEY = "guide"
-LATENT_STAT_TOLERANCE = 0.05  # a guide's latent mean may differ by this many stds, its std by this factor in log
 
 
 def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide_ckpt: str | Path) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide
     (its hyper-parameters, weights in bfloat16, its training steps), for :class:`sciDiT.flow.AutoGuidance`.
 
     Only a DiT trained on the same latents fits: the same VAE sizes and encoder weights, and latent
-    statistics within :data:`LATENT_STAT_TOLERANCE`. One line naming the file otherwise.
+    statistics within :data:`sciDiT.checkpoint.LATENT_STAT_TOLERANCE`. One line naming the file otherwise.
     """
     raw = load_checkpoint(guide_ckpt, "guide checkpoint")
     require_stage(raw, "dit", guide_ckpt, "guide= takes a DiT trained on the same VAE")
@@ -86,14 +85,11 @@ def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide
     if changed:
         raise SciDiTInputError(f"its VAE encoder differs from the model's ({len(changed)} tensors, e.g. {changed[0]}): a guide must sample "
                                "the same latents (train it with dit.vae_ckpt=<this model>)", guide_ckpt)
-    mean, std = state["model.latent_mean"], state["model.latent_std"]
-    shift = ((guide_state["model.latent_mean"] - mean) / std).abs().max().item()
-    scale = (guide_state["model.latent_std"] / std).log().abs().max().item()
-    if max(shift, scale) > LATENT_STAT_TOLERANCE:
-        raise SciDiTInputError(f"its latent statistics differ from the model's (mean by {shift:.3f} std, log std by {scale:.3f}; "
-                               f"tolerance {LATENT_STAT_TOLERANCE})", guide_ckpt)
-    weights = {k.removeprefix(EMA_PREFIX): v.to(torch.bfloat16) if v.is_floating_point() else v
-               for k, v in guide_state.items() if k.startswith(EMA_PREFIX)}
+    mismatch = latent_stat_mismatch(state["model.latent_mean"], state["model.latent_std"], guide_state["model.latent_mean"],
+                                    guide_state["model.latent_std"])
+    if mismatch:
+        raise SciDiTInputError(f"its latent statistics differ from the model's ({mismatch})", guide_ckpt)
+    weights = cast_floats({k.removeprefix(EMA_PREFIX): v for k, v in guide_state.items() if k.startswith(EMA_PREFIX)}, torch.bfloat16)
     return {"dit": dict(raw["hyper_parameters"]["dit"]), "state_dict": weights, "global_step": int(raw.get("global_step", 0))}
 
 
@@ -107,7 +103,7 @@ def discriminator_entry(state: dict[str, torch.Tensor], path: str | Path) -> tup
     from sciDiT.training.latent_guides import load_discriminator
 
     _, contents = load_discriminator(path, state["model.latent_mean"], state["model.latent_std"])
-    weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in contents["state_dict"].items()}
+    weights = cast_floats(contents["state_dict"], torch.bfloat16)
     return contents["domain"], {"hparams": dict(contents["hparams"]), "state_dict": weights, "info": dict(contents["info"])}
 
 

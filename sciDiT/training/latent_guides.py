@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.batch import collate
-from sciDiT.checkpoint import load_checkpoint
+from sciDiT.checkpoint import cast_floats, latent_stat_mismatch, load_checkpoint
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.latent_guides import HEAD_SIZES, LatentDiscriminator, LatentPropertyRegressor, gaussian_nll
@@ -49,7 +49,6 @@ KINDS = {  # kind -> what it is, the argument that takes it, the command that tr
     REGRESSOR_KIND: ("property regressor", "property_guide", "experiments/property_guidance/train_regressor.py"),
     DISCRIMINATOR_KIND: ("latent discriminator", "discriminator", "experiments/discriminator_guidance/train_discriminator.py"),
 }
-LATENT_STAT_TOLERANCE = 0.05  # as sciDiT.pretrained: latent mean shift (in stds) and |log std ratio| that still count as the same latents
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,19 +236,16 @@ def _load(path: str | Path, kind: str, cls: type[nn.Module], latent_mean: Tensor
     mean, std = latent_mean.detach().cpu().float(), latent_std.detach().cpu().float()
     if raw["latent_mean"].shape != mean.shape:
         raise SciDiTInputError(f"its latents have width {raw['latent_mean'].numel()}, the model's {mean.numel()}: train it on this model's VAE", path)
-    shift = ((raw["latent_mean"] - mean) / std).abs().max().item()
-    scale = (raw["latent_std"] / std).log().abs().max().item()
-    if max(shift, scale) > LATENT_STAT_TOLERANCE:
-        raise SciDiTInputError(f"it was trained on other latents than the model's (mean by {shift:.3f} std, log std by {scale:.3f}; "
-                               f"tolerance {LATENT_STAT_TOLERANCE}): train it on this model's VAE", path)
+    mismatch = latent_stat_mismatch(mean, std, raw["latent_mean"], raw["latent_std"])
+    if mismatch:
+        raise SciDiTInputError(f"it was trained on other latents than the model's ({mismatch}): train it on this model's VAE", path)
     return _build(cls, raw["hparams"], raw["state_dict"], path), raw
 
 
 def packed_discriminator(entry: dict[str, Any], source: str | Path) -> LatentDiscriminator:
     """The discriminator of a weights section packed in a shipped model (``sciDiT.pretrained.discriminator_entry``:
     sizes and bfloat16 weights), in float32 and eval mode; ``source`` names the file in errors."""
-    state = {k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()}
-    return _build(LatentDiscriminator, entry["hparams"], state, source)  # type: ignore[return-value]
+    return _build(LatentDiscriminator, entry["hparams"], cast_floats(entry["state_dict"], torch.float32), source)  # type: ignore[return-value]
 
 
 def _build(cls: type[nn.Module], hparams: dict[str, Any], state_dict: dict[str, Tensor], source: str | Path) -> nn.Module:
