@@ -3,6 +3,7 @@
     from sciDiT.generate import load_generator
     gen = load_generator("outputs/run/dit/checkpoints/last.ckpt")
     mols = gen.generate("molecule", n=100, seed=0)          # RDKit molecules with their decoded bonds
+    mols = gen.generate("molecule", n=100, refine=True)     # ... atoms placed by the model's geometry refiner
     mols = gen.generate("molecule", n=100, relax=True)      # ... geometries minimised (MMFF94/UFF)
     mols = gen.generate("molecule", n=100, autoguidance=2)  # ... guided by a weaker DiT (sharper coordinates)
     gen = load_generator("qm9_mp20_cpu", property_guide="qm9_props.pt")   # a noisy-latent property regressor
@@ -56,7 +57,7 @@ from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.models.latent_guides import gaussian_log_likelihood
-from sciDiT.pretrained import DISCRIMINATORS_KEY, GUIDE_KEY, guide_section, pretrained_path
+from sciDiT.pretrained import DISCRIMINATORS_KEY, GUIDE_KEY, REFINER_KEY, guide_section, pretrained_path
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
@@ -64,6 +65,7 @@ from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.latent_guides import load_discriminator, load_property_regressor, packed_discriminator
+from sciDiT.training.refiner import load_refiner, packed_refiner
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
@@ -101,7 +103,7 @@ class Generator:
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu",
                  condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None,
                  regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None,
-                 discriminators: Mapping[str, nn.Module] | None = None):
+                 discriminators: Mapping[str, nn.Module] | None = None, refiner: nn.Module | None = None):
         self.device = usable_device(device)
         self.condition_stats = dict(condition_stats or {})  # the DiT's own conditions (sciDiT.data.conditions)
         self.regressor = None if regressor is None else regressor.to(self.device).eval()  # classifier guidance's p(y | x_t), if any
@@ -110,6 +112,7 @@ class Generator:
         self.request_stats = {**self.regressor_stats, **self.condition_stats}
         # discriminator guidance's latent discriminators, by domain name ("molecule", "crystal")
         self.discriminators = {d: m.to(self.device).eval() for d, m in (discriminators or {}).items()}
+        self.refiner = None if refiner is None else refiner.to(self.device).eval()  # places decoded molecules' atoms, if any
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self.weak_dit = None if weak_dit is None else weak_dit.to(self.device).eval()  # autoguidance's weaker model, if any
@@ -186,6 +189,7 @@ class Generator:
         discriminator_guidance: float = 0.0,
         discriminator_guidance_interval: Sequence[float] = (0.1, 1.0),
         property_screen: int = 1,
+        refine: bool = False,
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -252,6 +256,11 @@ class Generator:
         request, by the regressor's reading of the finished latents, of this many candidates of the same size (candidate 0
         is the unscreened sample; ``property_screen`` times the network evaluations, one decoding). A separate figure from
         guidance: nothing is optimised against the regressor but the choice among the model's own samples.
+        ``refine`` (molecules): the geometry refiner packed in the model (or ``load_generator(..., refiner=FILE)``) moves each
+        decoded molecule's atoms to the geometry of its decoded graph, and the graph is decoded again from the refined
+        geometry, in turns (:mod:`sciDiT.models.refiner`, :data:`sciDiT.models.vae.REFINE_ROUNDS`; a learned stage of
+        decoding, not a force field: ``relax`` in :meth:`generate` is that). Every molecule's ``meta['geometry_source']`` says
+        ``decoded`` or ``refined`` (SD property ``geometry_source``).
         """
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size, property_screen=property_screen)
@@ -268,6 +277,11 @@ class Generator:
             have = f" (this model has one for {' and '.join(f'{d}s' for d in self.discriminators)} only)" if self.discriminators else ""
             raise SciDiTInputError(f"discriminator_guidance needs a latent discriminator of {dom.name.lower()}s{have}: load_generator(..., "
                                    "discriminator=FILE) (experiments/discriminator_guidance/train_discriminator.py)")
+        if refine and dom != Domain.MOLECULE:
+            raise SciDiTInputError("refine=true applies to molecules only")
+        if refine and (self.refiner is None or self.model.vae.bond_head is None):
+            raise SciDiTInputError("refine=true needs a geometry refiner of this model's molecules: load_generator(..., refiner=FILE) "
+                                   "(experiments/geometry_refiner/train_refiner.py)")
         try:
             bf16 = resolve_bf16(bf16, self.device)
         except ValueError as err:
@@ -366,12 +380,14 @@ class Generator:
                                                     allowed_elements=None if allowed is None else allowed.expand(len(idx), -1),
                                                     charge_balanced=composition == "balanced",
                                                     site_weights=None if hall is None else functools.partial(_unit_weights, hall),
-                                                    graph_decoder=graph_decoder)
+                                                    graph_decoder=graph_decoder, refiner=self.refiner if refine else None)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
                     ts = ts if hall is None else _expand(ts, hall)
                     ts.meta = {**ts.meta, "sample_index": i, **({"request": request_json(request)} if request else {})}
+                    if dom == Domain.MOLECULE:
+                        ts.meta["geometry_source"] = "refined" if refine else "decoded"
                     out[i] = ts
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled
@@ -540,7 +556,8 @@ def _resolve(ckpt: str | Path) -> Path:
 
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
-                   property_guide: str | Path | None = None, discriminator: str | Path | None = None) -> Generator:
+                   property_guide: str | Path | None = None, discriminator: str | Path | None = None,
+                   refiner: str | Path | None = None) -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
     or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
     :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
@@ -548,6 +565,7 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     same VAE (:mod:`sciDiT.training.latent_guides`), for classifier guidance towards requested property values.
     ``discriminator``: a latent discriminator between the data (or the model's valid samples) and this model's samples, for
     discriminator guidance (default: those packed in ``ckpt``, one per domain; a file replaces the packed one of its domain).
+    ``refiner``: a geometry refiner of the model's molecules, for ``refine=True`` (default: the one packed in ``ckpt``, if any).
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
@@ -584,8 +602,12 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     if discriminator is not None:  # replaces the packed one of its domain
         disc, contents = load_discriminator(discriminator, module.model.latent_mean, module.model.latent_std)
         discriminators[contents["domain"]] = disc
+    if refiner is not None:
+        geometry_refiner = load_refiner(refiner, module.model.latent_mean, module.model.latent_std)[0]
+    else:
+        geometry_refiner = packed_refiner(raw[REFINER_KEY], path) if REFINER_KEY in raw else None
     try:
         return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak,
-                         regressor=regressor, regressor_stats=regressor_stats, discriminators=discriminators)
+                         regressor=regressor, regressor_stats=regressor_stats, discriminators=discriminators, refiner=geometry_refiner)
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

@@ -6,6 +6,7 @@
     python -m sciDiT.sample ckpt=... domain=crystal n=100 out=lfpo/ condition.spacegroup=225 condition.elements=[Li,Fe,P,O]
     python -m sciDiT.sample pretrained=qm9_mp20_cpu property_guide=qm9_props.pt domain=molecule n=100 out=gap.sdf condition.gap=7.5 property_guidance=2
     python -m sciDiT.sample pretrained=qm9_mp20_cpu discriminator_guidance=20 autoguidance=2 domain=molecule n=100 out=m.sdf
+    python -m sciDiT.sample pretrained=qm9_mp20_cpu refine=true domain=molecule n=100 out=m.sdf
 
 Arguments are ``key=value`` pairs (see ``KEYS``; ``python -m sciDiT.sample --help`` lists them).
 ``condition.KEY=VALUE`` requests a property of a conditional checkpoint, or of a property regressor
@@ -106,6 +107,8 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "bond_min_prob": (float, 1e-2, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen"),
     "condition_sizes": (_bool, True, "with a request: draw atom counts from the training sizes given the requested values (EDM's protocol), not the unconditional histogram"),
     "allow_extrapolation": (_bool, False, "admit condition values outside the training range (and unseen space groups / elements)"),
+    "refine": (_bool, False, "molecules: the model's geometry refiner places each decoded molecule's atoms on its decoded graph (learned; SD geometry_source=refined)"),
+    "refiner": (str, None, "a geometry refiner file for refine=true (default: the one packed in the checkpoint, if any)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")
@@ -203,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
         gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"], property_guide=opts["property_guide"],
-                             discriminator=opts["discriminator"])
+                             discriminator=opts["discriminator"], refiner=opts["refiner"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],
@@ -215,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             autoguidance=opts["autoguidance"], autoguidance_interval=opts["autoguidance_interval"],
             property_guidance=opts["property_guidance"], property_guidance_interval=opts["property_guidance_interval"],
             discriminator_guidance=opts["discriminator_guidance"], discriminator_guidance_interval=opts["discriminator_guidance_interval"],
-            property_screen=opts["property_screen"],
+            property_screen=opts["property_screen"], refine=opts["refine"],
         )
         seconds = time.perf_counter() - start
         gen.export(sets, out, relax=opts["relax"])

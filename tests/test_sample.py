@@ -233,6 +233,8 @@ def test_a_checkpoint_without_a_bond_head_perceives_bonds(ckpt, tmp_path):
         (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/c/", "composition=vote"], "composition='vote'"),
         (["ckpt", "domain=molecule"], "not key=value"),
         (["ckpt={ckpt}", "domain=crystal", "n=2", "out={tmp}/x", "relax=true"], "molecules only"),
+        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "refine=true"], "refine=true needs a geometry refiner"),
+        (["ckpt={ckpt}", "domain=molecule", "n=2", "out={tmp}/m.sdf", "refiner={ckpt}"], "not a geometry refiner file"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, ckpt, tmp_path, capsys):

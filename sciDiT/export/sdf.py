@@ -22,6 +22,8 @@ sanitized          ``1`` if RDKit sanitization succeeds on the bonds as written,
 sanitize_error     first line of RDKit's complaint (only when ``sanitized`` is 0)
 smiles             canonical SMILES (only when ``sanitized`` is 1)
 finite_coordinates ``0`` when the sample had NaN/inf coordinates (written as 0.0), else ``1``
+geometry_source    generated molecules: ``decoded`` (positions as the VAE decoded them) | ``refined`` (placed by the
+                   model's geometry refiner on the decoded graph, ``refine=true``: :mod:`sciDiT.models.refiner`)
 relaxed            only with ``relax=True``: ``1`` if the geometry was force-field minimised, else ``0``
 relax_force_field  ``MMFF94`` or ``UFF`` (only when ``relaxed`` is 1)
 request            conditional samples only: the request they were generated for, as JSON with
@@ -169,10 +171,12 @@ def to_molecules(samples: Sequence[TokenSet | Chem.Mol], bonds: bool = True, rel
             if isinstance(s, TokenSet):
                 if s.domain != Domain.MOLECULE:
                     raise SciDiTInputError(f"sample {i} is a {s.domain.name.lower()}, not a molecule: it cannot go into an SDF")
-                request = s.meta.get("request")
+                request, geometry = s.meta.get("request"), s.meta.get("geometry_source")
                 s = tok.to_rdkit(s, bonds=bonds)
                 if request is not None:
                     s.SetProp("request", str(request))
+                if geometry is not None:
+                    s.SetProp("geometry_source", str(geometry))
             elif not isinstance(s, Chem.Mol):
                 raise SciDiTInputError(f"sample {i} is a {type(s).__name__}, expected a TokenSet or an RDKit Mol")
             mol = annotate(s, i)

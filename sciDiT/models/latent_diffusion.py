@@ -19,7 +19,7 @@ from sciDiT.flow import DEFAULT_SDE_NOISE, flow_matching_loss, integrate, model_
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.composition import MAX_ELEMENTS, MAX_PRIOR_TOKENS, num_elements_log_prior
 from sciDiT.models.dit import DiT
-from sciDiT.models.vae import AllAtomVAE, GraphDecoder, SiteWeights
+from sciDiT.models.vae import AllAtomVAE, GraphDecoder, Refiner, SiteWeights
 
 MAX_SET_SIZE = 1024  # longest token set whose size the count histogram can record
 
@@ -185,6 +185,7 @@ class LatentDiffusion(nn.Module):
         charge_balanced: bool = False,
         site_weights: SiteWeights | None = None,
         graph_decoder: GraphDecoder | None = None,
+        refiner: Refiner | None = None,
     ) -> TokenBatch:
         """Token sets decoded from standardised latents ``x1 [B, N, L]`` (e.g. of :meth:`sample_latents`) with ``mask [B, N]``;
         the decoding arguments as :meth:`generate`. Always float32, outside any autocast."""
@@ -194,4 +195,4 @@ class LatentDiffusion(nn.Module):
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
             return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder,
                                             allowed_elements=None if allowed_elements is None else allowed_elements.to(device),
-                                            charge_balanced=charge_balanced, site_weights=site_weights)
+                                            charge_balanced=charge_balanced, site_weights=site_weights, refiner=refiner)

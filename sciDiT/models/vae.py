@@ -32,6 +32,10 @@ from sciDiT.tokenizers.oxidation import balanced_types
 
 # a crystal's decoded frac [n, 3] and lattice [6] -> [n] atoms of the output crystal per token (asymmetric units)
 SiteWeights = Callable[[Tensor, Tensor], Tensor]
+# molecules' types [B, N], charges [B, N], bond orders [B, N, N], positions [B, N, 3] (Angstrom), mask [B, N] -> positions
+# [B, N, 3] placed on that graph (e.g. sciDiT.models.refiner.GeometryRefiner)
+Refiner = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+REFINE_ROUNDS = 3  # refine, re-decode the graph on the refined geometry, ...: 3 refinements (experiments/geometry_refiner)
 
 
 class GraphDecoder(Protocol):
@@ -233,7 +237,8 @@ class AllAtomVAE(nn.Module):
     @torch.no_grad()
     def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None,
                         graph_decoder: GraphDecoder | None = None, allowed_elements: Tensor | None = None,
-                        charge_balanced: bool = False, site_weights: SiteWeights | None = None) -> TokenBatch:
+                        charge_balanced: bool = False, site_weights: SiteWeights | None = None,
+                        refiner: Refiner | None = None) -> TokenBatch:
         """Decode latents into a :class:`TokenBatch` in physical units.
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
@@ -243,7 +248,9 @@ class AllAtomVAE(nn.Module):
         SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`). ``site_weights``: for
         crystals decoded as asymmetric units, how many atoms of the full crystal each token becomes; those two
         rules then count compositions and log-probabilities with these weights (a dropped token keeps its argmax).
-        Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`).
+        Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`). ``refiner``: molecules'
+        positions are placed on their decoded graph by it, and the graph is decoded again from the refined geometry
+        (the bond head reads positions), :data:`REFINE_ROUNDS` refinements in turn with graph decodings.
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
         type_logits, pos, frac, lattice_feat = self.output_heads(h, mask)
@@ -274,7 +281,13 @@ class AllAtomVAE(nn.Module):
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
         bonds, charges, meta = None, None, []
         if self.bond_head is not None:
-            types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, types, type_log_probs, graph_decoder)
+            atom_types = types
+            types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, atom_types, type_log_probs, graph_decoder)
+            is_mol = ((domain == Domain.MOLECULE)[:, None] & mask)[..., None]  # [B, N, 1]
+            for round_ in range(REFINE_ROUNDS if refiner is not None else 0):
+                pos = torch.where(is_mol, refiner(types, charges, bonds, pos, mask).float(), pos)  # [B, N, 3]
+                if round_ < REFINE_ROUNDS - 1:
+                    types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, atom_types, type_log_probs, graph_decoder)
         return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
                           mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges, meta=meta)
 

@@ -8,7 +8,7 @@ histograms, a conditional model's condition statistics and the EMA DiT weights (
 ``torch.load(weights_only=True)``. A file may also carry a ``guide`` section: the EMA weights of a weaker
 DiT trained on the same VAE, for autoguidance (:func:`guide_section`), and a ``discriminators`` section: per
 domain, a latent discriminator trained on the model's own samples, for discriminator guidance
-(:func:`discriminator_entry`). The model card ``<name>.md`` beside it says data, steps, command and measured metrics.
+(:func:`discriminator_entry`), and a ``refiner`` section: the geometry refiner of its molecules (:func:`refiner_entry`). The model card ``<name>.md`` beside it says data, steps, command and measured metrics.
 """
 
 from __future__ import annotations
@@ -107,13 +107,28 @@ def discriminator_entry(state: dict[str, torch.Tensor], path: str | Path) -> tup
     return contents["domain"], {"hparams": dict(contents["hparams"]), "state_dict": weights, "info": dict(contents["info"])}
 
 
+REFINER_KEY = "refiner"
+
+
+def refiner_entry(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, Any]:
+    """The packed entry (sizes, float32 weights, the file's training facts) of the geometry refiner file ``path``
+    (``experiments/geometry_refiner/train_refiner.py``) for a DiT module's ``state``; one line naming the file when it
+    learned the decodes of another VAE (:func:`sciDiT.training.refiner.load_refiner`). Float32: the refiner places
+    atoms to a few pm, and it is small."""
+    from sciDiT.training.refiner import load_refiner
+
+    _, contents = load_refiner(path, state["model.latent_mean"], state["model.latent_std"])
+    return {"hparams": dict(contents["hparams"]), "state_dict": contents["state_dict"], "info": dict(contents["info"])}
+
+
 def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None,
-                      discriminators: Sequence[str | Path] = ()) -> Path:
+                      discriminators: Sequence[str | Path] = (), refiner: str | Path | None = None) -> Path:
     """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` (or of a shipped file) to ``out``
     (atomically); ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`);
     ``guide``: a weaker DiT on the same VAE, packed for autoguidance (:func:`guide_section`; a guide already in
     ``ckpt`` is kept otherwise); ``discriminators``: latent discriminator files, packed per domain for discriminator
-    guidance (:func:`discriminator_entry`; each replaces the packed one of its domain, the others are kept)."""
+    guidance (:func:`discriminator_entry`; each replaces the packed one of its domain, the others are kept); ``refiner``:
+a geometry refiner file (:func:`refiner_entry`; replaces a packed one, which is kept otherwise)."""
     from sciDiT.training.checkpoint import atomic_torch_save
     from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
@@ -136,4 +151,8 @@ def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | N
         packed[domain] = entry
     if packed:
         slim[DISCRIMINATORS_KEY] = packed
+    if refiner is not None:
+        slim[REFINER_KEY] = refiner_entry(state, refiner)
+    elif REFINER_KEY in raw:
+        slim[REFINER_KEY] = raw[REFINER_KEY]
     return atomic_torch_save(slim, out)

@@ -27,8 +27,6 @@ discriminator guidance adds to the generator's score (:class:`sciDiT.flow.Discri
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from sciDiT.checkpoint import cast_floats, latent_stat_mismatch, load_checkpoint
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.latent_guides import HEAD_SIZES, LatentDiscriminator, LatentPropertyRegressor, gaussian_nll
+from sciDiT.training.optim import fit
 
 REGRESSOR_KIND = "scidit_property_regressor"
 DISCRIMINATOR_KIND = "scidit_discriminator"
@@ -90,28 +89,6 @@ def noised(x1: Tensor, mask: Tensor, t: Tensor, generator: torch.Generator | Non
 # ----------------------------------------------------------------------------------------------
 
 
-def _fit(model: nn.Module, batch_loss: Callable[[], Tensor], *, lr: float, steps: int, minutes: float, log_every: int, name: str) -> dict[str, Any]:
-    """Minimise ``batch_loss()`` (each call draws its own batch) with AdamW, gradient clipping at 1, and a cosine decay
-    over ``steps`` or ``minutes`` of wall time, whichever ends first; the training facts."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    start, step, budget = time.monotonic(), 0, minutes * 60.0
-    model.train()
-    while step < steps and time.monotonic() - start < budget:
-        frac = max(step / steps, (time.monotonic() - start) / budget)
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        loss = batch_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if log_every and step % log_every == 0:
-            print(f"step {step} {name} {loss.item():.4f} ({time.monotonic() - start:.0f} s)", flush=True)
-    model.eval()
-    return {"steps": step, "lr": lr, "train_seconds": round(time.monotonic() - start, 1), "threads": torch.get_num_threads()}
-
-
 def train_regressor(latents: Sequence[Tensor], targets: np.ndarray, *, size: str = "H-T", batch_size: int = 128, lr: float = 1e-3,
                     steps: int = 100_000, minutes: float = 10.0, seed: int = 0, log_every: int = 500) -> tuple[LatentPropertyRegressor, dict[str, Any]]:
     """A regressor trained on ``latents`` (one ``[n_i, L]`` per set) and standardised ``targets [S, P]`` (NaN = unknown),
@@ -129,7 +106,7 @@ def train_regressor(latents: Sequence[Tensor], targets: np.ndarray, *, size: str
         mean, log_var = model(noised(x1, mask, t, gen), t, mask)  # [B, P], [B, P]
         return gaussian_nll(mean, log_var, y_all[idx], known_all[idx])
 
-    facts = _fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll")
+    facts = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll")
     return model, {**facts, "batch_size": batch_size, "size": size, "train_sets": len(latents)}
 
 
@@ -150,7 +127,7 @@ def train_discriminator(real: Sequence[Tensor], fake: Sequence[Tensor], *, size:
         t = torch.rand(half, generator=gen).repeat(2)  # [B]: the same times for both halves
         return nn.functional.binary_cross_entropy_with_logits(model(noised(x1, mask, t, gen), t, mask), labels)
 
-    facts = _fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="bce")
+    facts = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="bce")
     return model, {**facts, "batch_size": batch_size, "size": size, "real_sets": len(real), "fake_sets": len(fake)}
 
 

@@ -1,12 +1,16 @@
-"""Optimiser and learning-rate schedule shared by the VAE and DiT stages."""
+"""Optimiser and learning-rate schedule shared by the VAE and DiT stages, and the plain loop that trains the small heads
+(guidance heads, the geometry refiner) under a step or wall-time budget."""
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
@@ -66,3 +70,25 @@ def build_optimizer(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def fit(model: nn.Module, batch_loss: Callable[[], Tensor], *, lr: float, steps: int, minutes: float, log_every: int, name: str) -> dict[str, Any]:
+    """Minimise ``batch_loss()`` (each call draws its own batch) with AdamW, gradient clipping at 1, and a cosine decay
+    over ``steps`` or ``minutes`` of wall time, whichever ends first; the training facts."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    start, step, budget = time.monotonic(), 0, minutes * 60.0
+    model.train()
+    while step < steps and time.monotonic() - start < budget:
+        frac = max(step / steps, (time.monotonic() - start) / budget)
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        loss = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if log_every and step % log_every == 0:
+            print(f"step {step} {name} {loss.item():.4f} ({time.monotonic() - start:.0f} s)", flush=True)
+    model.eval()
+    return {"steps": step, "lr": lr, "train_seconds": round(time.monotonic() - start, 1), "threads": torch.get_num_threads()}
