@@ -3,7 +3,7 @@
     from sciDiT.generate import load_generator
     gen = load_generator("outputs/run/dit/checkpoints/last.ckpt")
     mols = gen.generate("molecule", n=100, seed=0)          # RDKit molecules with their decoded bonds
-    mols = gen.generate("molecule", n=100, refine=True)     # ... atoms placed by the model's geometry refiner
+    mols = gen.generate("molecule", n=100, refine=False)    # ... positions as decoded (default: refined where the model has a refiner)
     mols = gen.generate("molecule", n=100, relax=True)      # ... geometries minimised (MMFF94/UFF)
     mols = gen.generate("molecule", n=100, autoguidance=2)  # ... guided by a weaker DiT (sharper coordinates)
     gen = load_generator("qm9_mp20_cpu", property_guide="qm9_props.pt")   # a noisy-latent property regressor
@@ -71,6 +71,8 @@ from sciDiT.training.targets import check_config
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
 COMPOSITIONS = ("argmax", "coherent", "requested", "balanced")  # how crystal atom types are decoded (generate_token_sets)
 BOND_DECODINGS = ("argmax", "constrained", "joint")  # how molecules' bond orders are decoded (generate_token_sets)
+BOND_MIN_PROB = 1e-2  # the valence rules' least probability of a chosen element, charge or bond
+REFINED_BOND_MIN_PROB = 1e-4  # ... when the geometry refiner rebuilds the geometry of the chosen graph (experiments/geometry_refiner)
 
 
 def parse_domain(domain: str | Domain) -> Domain:
@@ -176,7 +178,7 @@ class Generator:
         bf16: bool | str = "auto",
         composition: str = "argmax",
         bond_decoding: str = "joint",
-        bond_min_prob: float = 1e-2,
+        bond_min_prob: float | None = None,
         condition: Mapping[str, Any] | None = None,
         guidance: Mapping[str, float] | None = None,
         allow_extrapolation: bool = False,
@@ -189,7 +191,7 @@ class Generator:
         discriminator_guidance: float = 0.0,
         discriminator_guidance_interval: Sequence[float] = (0.1, 1.0),
         property_screen: int = 1,
-        refine: bool = False,
+        refine: bool | str = "auto",
     ) -> list[TokenSet]:
         """``n`` decoded token sets of ``domain`` (sample ``i`` has ``meta['sample_index'] = i``).
 
@@ -222,7 +224,9 @@ class Generator:
         decoder's distributions (``decoded_joint``; the default, and the argmax graph where none
         exists). Scores of each are separate figures, never mixed.
         ``bond_min_prob``: both valence rules choose only elements, charges and bonds to which the
-        decoder gives at least this probability (lower admits more graphs that the geometry does not support).
+        decoder gives at least this probability (lower admits more graphs that the decoded geometry does not support);
+        None: :data:`BOND_MIN_PROB`, or :data:`REFINED_BOND_MIN_PROB` with ``refine``, where the refiner then builds
+        the geometry of the chosen graph and the graph is decoded again on it (experiments/geometry_refiner/README.md).
 
         ``condition``: a request such as ``{"gap": 6.5}`` (eV) or ``{"spacegroup": 225, "elements":
         ["Li", "Fe", "P", "O"]}`` (keys and units: :mod:`sciDiT.data.conditions`; ``num_atoms`` there
@@ -256,10 +260,11 @@ class Generator:
         request, by the regressor's reading of the finished latents, of this many candidates of the same size (candidate 0
         is the unscreened sample; ``property_screen`` times the network evaluations, one decoding). A separate figure from
         guidance: nothing is optimised against the regressor but the choice among the model's own samples.
-        ``refine`` (molecules): the geometry refiner packed in the model (or ``load_generator(..., refiner=FILE)``) moves each
-        decoded molecule's atoms to the geometry of its decoded graph, and the graph is decoded again from the refined
-        geometry, in turns (:mod:`sciDiT.models.refiner`, :data:`sciDiT.models.vae.REFINE_ROUNDS`; a learned stage of
-        decoding, not a force field: ``relax`` in :meth:`generate` is that). Every molecule's ``meta['geometry_source']`` says
+        ``refine`` (molecules; ``"auto"``: where the model has a refiner): the geometry refiner packed in the model (or
+        ``load_generator(..., refiner=FILE)``) moves each decoded molecule's atoms to the geometry of its decoded graph,
+        and the graph is decoded again from the refined geometry, in turns (:mod:`sciDiT.models.refiner`,
+        :data:`sciDiT.models.vae.REFINE_ROUNDS`; a learned stage of decoding, not a force field: ``relax`` in
+        :meth:`generate` is that). Every molecule's ``meta['geometry_source']`` says
         ``decoded`` or ``refined`` (SD property ``geometry_source``).
         """
         dom = parse_domain(domain)
@@ -277,11 +282,21 @@ class Generator:
             have = f" (this model has one for {' and '.join(f'{d}s' for d in self.discriminators)} only)" if self.discriminators else ""
             raise SciDiTInputError(f"discriminator_guidance needs a latent discriminator of {dom.name.lower()}s{have}: load_generator(..., "
                                    "discriminator=FILE) (experiments/discriminator_guidance/train_discriminator.py)")
+        if refine == "auto":
+            refine = dom == Domain.MOLECULE and self.refiner is not None and self.model.vae.bond_head is not None
+        elif not isinstance(refine, bool):
+            raise SciDiTInputError(f"refine must be true, false or auto, got {refine!r}")
         if refine and dom != Domain.MOLECULE:
             raise SciDiTInputError("refine=true applies to molecules only")
         if refine and (self.refiner is None or self.model.vae.bond_head is None):
             raise SciDiTInputError("refine=true needs a geometry refiner of this model's molecules: load_generator(..., refiner=FILE) "
                                    "(experiments/geometry_refiner/train_refiner.py)")
+        if bond_min_prob is None:
+            bond_min_prob = REFINED_BOND_MIN_PROB if refine else BOND_MIN_PROB
+        if not 0.0 < bond_min_prob < 1.0:
+            raise SciDiTInputError(f"bond_min_prob must lie in (0, 1), got {bond_min_prob}")
+        graph_decoder = (ValenceGraphDecoder(joint=bond_decoding == "joint", min_prob=bond_min_prob)
+                         if bond_decoding != "argmax" and dom == Domain.MOLECULE else None)
         try:
             bf16 = resolve_bf16(bf16, self.device)
         except ValueError as err:
@@ -290,10 +305,6 @@ class Generator:
             raise SciDiTInputError(f"composition={composition!r} is not one of {', '.join(COMPOSITIONS)}")
         if bond_decoding not in BOND_DECODINGS:
             raise SciDiTInputError(f"bond_decoding={bond_decoding!r} is not one of {', '.join(BOND_DECODINGS)}")
-        if not 0.0 < bond_min_prob < 1.0:
-            raise SciDiTInputError(f"bond_min_prob must lie in (0, 1), got {bond_min_prob}")
-        graph_decoder = (ValenceGraphDecoder(joint=bond_decoding == "joint", min_prob=bond_min_prob)
-                         if bond_decoding != "argmax" and dom == Domain.MOLECULE else None)
         coherent = composition == "coherent" and dom == Domain.CRYSTAL
         if coherent and self.model.element_log_prior(dom) is None:
             raise SciDiTInputError("this checkpoint has no element-count prior (trained before it existed): use composition=argmax, or add it "

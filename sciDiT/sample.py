@@ -104,10 +104,12 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "composition": (_composition, "argmax", "crystal types: argmax (per atom), coherent (one element set per crystal, prior from training), requested (exactly condition.elements) or balanced (charge balanced, SMACT)"),
     "bond_decoding": (_bond_decoding, "joint", "molecules: argmax bond order per pair, constrained (most probable graph with exact valences) "
                       "or joint (elements, charges and bonds chosen together: neutral, closed shell, connected where possible)"),
-    "bond_min_prob": (float, 1e-2, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen"),
+    "bond_min_prob": (float, None, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen "
+                      "(default 1e-2, or 1e-4 when refining: the refiner then builds the geometry of the chosen graph)"),
     "condition_sizes": (_bool, True, "with a request: draw atom counts from the training sizes given the requested values (EDM's protocol), not the unconditional histogram"),
     "allow_extrapolation": (_bool, False, "admit condition values outside the training range (and unseen space groups / elements)"),
-    "refine": (_bool, False, "molecules: the model's geometry refiner places each decoded molecule's atoms on its decoded graph (learned; SD geometry_source=refined)"),
+    "refine": (_bool_or_auto, "auto", "molecules: the model's geometry refiner places each decoded molecule's atoms on its decoded graph "
+               "(learned; SD geometry_source=refined): true, false or auto (on where the model has one)"),
     "refiner": (str, None, "a geometry refiner file for refine=true (default: the one packed in the checkpoint, if any)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }

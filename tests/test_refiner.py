@@ -142,10 +142,13 @@ def test_refine_in_the_generator_the_sd_file_and_the_packed_model(tiny_dit_ckpt,
     refined_gen = load_generator(tiny_dit_ckpt, refiner=path)
     with pytest.raises(SciDiTInputError, match="refine=true applies to molecules only"):
         refined_gen.generate_token_sets("crystal", refine=True, **kwargs)
-    plain = refined_gen.generate_token_sets("molecule", **kwargs)
+    plain = refined_gen.generate_token_sets("molecule", refine=False, **kwargs)
     assert {ts.meta["geometry_source"] for ts in plain} == {"decoded"}
+    assert all(torch.equal(a.pos, b.pos) for a, b in zip(plain, gen.generate_token_sets("molecule", **kwargs)))  # auto: off without one
     refined = refined_gen.generate_token_sets("molecule", refine=True, **kwargs)
     assert {ts.meta["geometry_source"] for ts in refined} == {"refined"}
+    assert all(torch.equal(a.pos, b.pos) for a, b in zip(refined, refined_gen.generate_token_sets("molecule", **kwargs)))  # auto: on
+    assert len(refined_gen.generate_token_sets("crystal", **kwargs)) == 3  # auto leaves crystals alone
     assert all(a.num_tokens == b.num_tokens and not torch.allclose(a.pos, b.pos) for a, b in zip(plain, refined))
     sdf = refined_gen.export(refined, tmp_path / "m.sdf")
     assert [m.GetProp("geometry_source") for m in Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False)] == ["refined"] * 3
