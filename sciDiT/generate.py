@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
 from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, size_distribution, validate_request
-from sciDiT.checkpoint import cast_floats, load_checkpoint, require_stage, restore_ema
+from sciDiT.checkpoint import cast_floats, latent_stat_mismatch, load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
@@ -566,6 +566,17 @@ def _resolve(ckpt: str | Path) -> Path:
     return path
 
 
+def _refiner(path: Path, latent_mean: Tensor, latent_std: Tensor) -> nn.Module:
+    """The geometry refiner of a refiner file, or the one packed in a model file (checked against the model's latents)."""
+    raw = load_checkpoint(path, "geometry refiner (refiner)")
+    if REFINER_KEY not in raw:
+        return load_refiner(path, latent_mean, latent_std)[0]
+    mismatch = latent_stat_mismatch(latent_mean.cpu(), latent_std.cpu(), raw["state_dict"]["model.latent_mean"], raw["state_dict"]["model.latent_std"])
+    if mismatch:
+        raise SciDiTInputError(f"its refiner learned the decodes of another VAE than the model's ({mismatch})", path)
+    return packed_refiner(raw[REFINER_KEY], path)
+
+
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
                    property_guide: str | Path | None = None, discriminator: str | Path | None = None,
                    refiner: str | Path | None = None) -> Generator:
@@ -576,7 +587,8 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     same VAE (:mod:`sciDiT.training.latent_guides`), for classifier guidance towards requested property values.
     ``discriminator``: a latent discriminator between the data (or the model's valid samples) and this model's samples, for
     discriminator guidance (default: those packed in ``ckpt``, one per domain; a file replaces the packed one of its domain).
-    ``refiner``: a geometry refiner of the model's molecules, for ``refine=True`` (default: the one packed in ``ckpt``, if any).
+    ``refiner``: a geometry refiner of the model's molecules, for ``refine=True`` (default: the one packed in ``ckpt``, if any):
+    a refiner file, or a model file or shipped name that packs one (``refiner="qm9_mp20_cpu"`` for a DiT trained on its VAE).
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
@@ -614,7 +626,7 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
         disc, contents = load_discriminator(discriminator, module.model.latent_mean, module.model.latent_std)
         discriminators[contents["domain"]] = disc
     if refiner is not None:
-        geometry_refiner = load_refiner(refiner, module.model.latent_mean, module.model.latent_std)[0]
+        geometry_refiner = _refiner(_resolve(refiner), module.model.latent_mean, module.model.latent_std)
     else:
         geometry_refiner = packed_refiner(raw[REFINER_KEY], path) if REFINER_KEY in raw else None
     try:

@@ -55,6 +55,7 @@ def test_the_shipped_model_loads_by_name_and_generates_decoded_graphs(tmp_path):
     gen = load_generator("qm9_mp20_cpu")
     mols = gen.generate("molecule", n=3, steps=4, seed=0, progress=False)
     assert all(m.GetProp("bond_source") in ("decoded", "decoded_joint") for m in mols) and len(mols) == 3  # joint decoding by default
+    assert gen.refiner is not None and [m.GetProp("geometry_source") for m in mols] == ["refined"] * 3  # its refiner places the atoms
     assert gen.weak_dit is not None  # its autoguidance model is packed in the file
     guided = gen.generate("molecule", n=3, steps=4, seed=0, progress=False, autoguidance=2.0)
     assert len(guided) == 3 and any(Chem.MolToSmiles(a) != Chem.MolToSmiles(b) or

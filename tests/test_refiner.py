@@ -156,6 +156,8 @@ def test_refine_in_the_generator_the_sd_file_and_the_packed_model(tiny_dit_ckpt,
     packed = load_generator(str(export_pretrained(tiny_dit_ckpt, tmp_path / "packed.pt", refiner=path)))
     again = packed.generate_token_sets("molecule", refine=True, **kwargs)
     assert all(torch.equal(a.pos, b.pos) for a, b in zip(refined, again))  # packed in float32: the same refiner
+    borrowed = load_generator(tiny_dit_ckpt, refiner=tmp_path / "packed.pt")  # a model file that packs one lends it
+    assert all(torch.equal(a.pos, b.pos) for a, b in zip(refined, borrowed.generate_token_sets("molecule", **kwargs)))
     assert "refiner" in torch.load(export_pretrained(tmp_path / "packed.pt", tmp_path / "again.pt"), weights_only=True)  # kept
     other = save_refiner(tmp_path / "o.pt", _random_refiner(), gen.model.latent_mean + 1.0, gen.model.latent_std, {})
     with pytest.raises(SciDiTInputError, match="another VAE"):
