@@ -221,6 +221,18 @@ def cast_floats(state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[s
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
+def build_module(cls: type[torch.nn.Module], hparams: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
+                 source: str | os.PathLike) -> torch.nn.Module:
+    """``cls(**hparams)`` holding ``state_dict`` (floats cast to float32: packed copies are bfloat16), in eval mode;
+    one line naming ``source`` when the weights do not fit the sizes."""
+    try:
+        model = cls(**hparams)
+        model.load_state_dict(cast_floats(state_dict, torch.float32))
+    except (RuntimeError, TypeError) as err:
+        raise SciDiTInputError(f"its weights do not fit its sizes: {str(err).splitlines()[0]}", source) from None
+    return model.eval()
+
+
 def to_plain(obj: Any, key: str = "checkpoint") -> Any:
     """``obj`` as tensors and plain containers/scalars only (what :func:`load_checkpoint` accepts).
 

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
 from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, size_distribution, validate_request
-from sciDiT.checkpoint import cast_floats, latent_stat_mismatch, load_checkpoint, require_stage, restore_ema
+from sciDiT.checkpoint import cast_floats, load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
@@ -566,17 +566,6 @@ def _resolve(ckpt: str | Path) -> Path:
     return path
 
 
-def _refiner(path: Path, latent_mean: Tensor, latent_std: Tensor) -> nn.Module:
-    """The geometry refiner of a refiner file, or the one packed in a model file (checked against the model's latents)."""
-    raw = load_checkpoint(path, "geometry refiner (refiner)")
-    if REFINER_KEY not in raw:
-        return load_refiner(path, latent_mean, latent_std)[0]
-    mismatch = latent_stat_mismatch(latent_mean.cpu(), latent_std.cpu(), raw["state_dict"]["model.latent_mean"], raw["state_dict"]["model.latent_std"])
-    if mismatch:
-        raise SciDiTInputError(f"its refiner learned the decodes of another VAE than the model's ({mismatch})", path)
-    return packed_refiner(raw[REFINER_KEY], path)
-
-
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
                    property_guide: str | Path | None = None, discriminator: str | Path | None = None,
                    refiner: str | Path | None = None) -> Generator:
@@ -626,7 +615,7 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
         disc, contents = load_discriminator(discriminator, module.model.latent_mean, module.model.latent_std)
         discriminators[contents["domain"]] = disc
     if refiner is not None:
-        geometry_refiner = _refiner(_resolve(refiner), module.model.latent_mean, module.model.latent_std)
+        geometry_refiner = load_refiner(_resolve(refiner), module.model.latent_mean, module.model.latent_std, packed_key=REFINER_KEY)[0]
     else:
         geometry_refiner = packed_refiner(raw[REFINER_KEY], path) if REFINER_KEY in raw else None
     try:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from sciDiT.batch import collate
-from sciDiT.checkpoint import cast_floats, latent_stat_mismatch, load_checkpoint
+from sciDiT.checkpoint import build_module, latent_stat_mismatch, load_checkpoint
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.latent_guides import HEAD_SIZES, LatentDiscriminator, LatentPropertyRegressor, gaussian_nll
@@ -216,19 +216,10 @@ def _load(path: str | Path, kind: str, cls: type[nn.Module], latent_mean: Tensor
     mismatch = latent_stat_mismatch(mean, std, raw["latent_mean"], raw["latent_std"])
     if mismatch:
         raise SciDiTInputError(f"it was trained on other latents than the model's ({mismatch}): train it on this model's VAE", path)
-    return _build(cls, raw["hparams"], raw["state_dict"], path), raw
+    return build_module(cls, raw["hparams"], raw["state_dict"], path), raw
 
 
 def packed_discriminator(entry: dict[str, Any], source: str | Path) -> LatentDiscriminator:
     """The discriminator of a weights section packed in a shipped model (``sciDiT.pretrained.discriminator_entry``:
     sizes and bfloat16 weights), in float32 and eval mode; ``source`` names the file in errors."""
-    return _build(LatentDiscriminator, entry["hparams"], cast_floats(entry["state_dict"], torch.float32), source)  # type: ignore[return-value]
-
-
-def _build(cls: type[nn.Module], hparams: dict[str, Any], state_dict: dict[str, Tensor], source: str | Path) -> nn.Module:
-    try:
-        model = cls(**hparams)
-        model.load_state_dict(state_dict)
-    except (RuntimeError, TypeError) as err:
-        raise SciDiTInputError(f"its weights do not fit its sizes: {str(err).splitlines()[0]}", source) from None
-    return model.eval()
+    return build_module(LatentDiscriminator, entry["hparams"], entry["state_dict"], source)  # type: ignore[return-value]

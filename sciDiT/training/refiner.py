@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sciDiT.batch import TokenBatch, TokenSet, collate
-from sciDiT.checkpoint import cast_floats, latent_stat_mismatch, load_checkpoint
+from sciDiT.checkpoint import build_module, latent_stat_mismatch, load_checkpoint
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.refiner import REFINER_SIZES, GeometryRefiner, refiner_loss
@@ -91,11 +91,8 @@ def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None
 
 @torch.no_grad()
 def refine_batch(refiner: GeometryRefiner, batch: TokenBatch) -> Tensor:
-    """Refined positions ``[B, N, 3]`` of a batch's molecules (their decoded graph; other sets keep their positions)."""
-    n = batch.mask.shape[1]
-    bonds = batch.bonds if batch.bonds is not None else torch.full((batch.batch_size, n, n), -1, device=batch.mask.device)
-    charges = batch.charges if batch.charges is not None else torch.zeros_like(batch.types)
-    return refiner(batch.types, charges, bonds, batch.pos.float(), batch.mask)
+    """Refined positions ``[B, N, 3]`` of a batch of molecules with their graphs."""
+    return refiner(batch.types, batch.charges, batch.bonds, batch.pos.float(), batch.mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,10 +109,15 @@ def save_refiner(path: str | Path, refiner: GeometryRefiner, latent_mean: Tensor
     return atomic_torch_save(contents, path)
 
 
-def load_refiner(path: str | Path, latent_mean: Tensor, latent_std: Tensor) -> tuple[GeometryRefiner, dict[str, Any]]:
-    """The refiner of ``path`` (eval mode) and the file's contents; one line naming the file for a file of another
-    kind or one that learned the decodes of another VAE than that of ``latent_mean`` / ``latent_std``."""
+def load_refiner(path: str | Path, latent_mean: Tensor, latent_std: Tensor,
+                 packed_key: str | None = None) -> tuple[GeometryRefiner, dict[str, Any]]:
+    """The refiner of ``path`` (eval mode) and its contents; one line naming the file for a file of another kind or
+    one that learned the decodes of another VAE than that of ``latent_mean`` / ``latent_std``. ``packed_key``: ``path``
+    may also be a model file that packs a refiner in that section (checked against the model's latent statistics)."""
     raw = load_checkpoint(path, "geometry refiner (refiner)")
+    if packed_key is not None and packed_key in raw:
+        stats = {k: raw["state_dict"][f"model.{k}"] for k in ("latent_mean", "latent_std")}
+        raw = {**raw[packed_key], **stats, "kind": REFINER_KIND}
     if raw.get("kind") != REFINER_KIND:
         raise SciDiTInputError("not a geometry refiner file (train one with experiments/geometry_refiner/train_refiner.py)", path)
     mismatch = latent_stat_mismatch(latent_mean.detach().cpu().float(), latent_std.detach().cpu().float(), raw["latent_mean"],
@@ -126,11 +128,6 @@ def load_refiner(path: str | Path, latent_mean: Tensor, latent_std: Tensor) -> t
 
 
 def packed_refiner(entry: dict[str, Any], source: str | Path) -> GeometryRefiner:
-    """The refiner of a file or of a section packed in a shipped model (sizes and weights, any float type), in float32
-    and eval mode; ``source`` names the file in errors."""
-    try:
-        refiner = GeometryRefiner(**entry["hparams"])
-        refiner.load_state_dict(cast_floats(entry["state_dict"], torch.float32))
-    except (RuntimeError, TypeError) as err:
-        raise SciDiTInputError(f"the refiner's weights do not fit its sizes: {str(err).splitlines()[0]}", source) from None
-    return refiner.eval()
+    """The refiner of a file or of a section packed in a shipped model (sizes and weights), in float32 and eval mode;
+    ``source`` names the file in errors."""
+    return build_module(GeometryRefiner, entry["hparams"], entry["state_dict"], source)  # type: ignore[return-value]
