@@ -153,9 +153,9 @@ def run_molecules(args: dict[str, str]):
 
 def _condition_inputs(args: dict[str, str]):
     """The property predictors and the xTB calibration named by the arguments, read before any scoring."""
-    from sciDiT.evaluation.property_predictor import load_predictor, predictor_files
+    from sciDiT.evaluation.property_predictor import load_judges
 
-    predictors = [load_predictor(f) for f in predictor_files(args["predictor"])] if "predictor" in args else []
+    predictors = load_judges(args["predictor"]) if "predictor" in args else []
     calibration = None
     if "xtb_calibration" in args:
         raw = _json_file(args["xtb_calibration"], "xTB calibration")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import operator
 import warnings
@@ -50,6 +51,7 @@ from sciDiT.batch import Domain, TokenBatch, TokenSet
 from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, size_distribution, validate_request
 from sciDiT.checkpoint import cast_floats, load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
+from sciDiT.evaluation.property_predictor import load_screeners, predict, scorable
 from sciDiT.export import to_molecules, write_cif_file, write_cif_folder, write_sdf
 from sciDiT.export.cif import lattice_problem, to_structure
 from sciDiT.flow import DEFAULT_SDE_NOISE, PROPERTY_KNOWN_KEY, PROPERTY_TARGET_KEY, SOLVERS, AutoGuidance, DiscriminatorGuidance, PropertyGuidance
@@ -105,13 +107,17 @@ class Generator:
     def __init__(self, model: LatentDiffusion, ema_dit: nn.Module, device: torch.device | str = "cpu",
                  condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None,
                  regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None,
-                 discriminators: Mapping[str, nn.Module] | None = None, refiner: nn.Module | None = None):
+                 discriminators: Mapping[str, nn.Module] | None = None, refiner: nn.Module | None = None,
+                 screeners: Mapping[str, nn.Module] | None = None, screener_stats: Mapping[str, Mapping[str, Any]] | None = None):
         self.device = usable_device(device)
         self.condition_stats = dict(condition_stats or {})  # the DiT's own conditions (sciDiT.data.conditions)
         self.regressor = None if regressor is None else regressor.to(self.device).eval()  # classifier guidance's p(y | x_t), if any
         self.regressor_stats = dict(regressor_stats or {})  # its properties, in its output order
-        # what requests are checked against and sized by: the regressor's properties, and the DiT's conditions (which win)
-        self.request_stats = {**self.regressor_stats, **self.condition_stats}
+        # generate-and-screen by molecular structure: predictors of decoded molecules' properties, by property (CPU)
+        self.screeners = {k: m.cpu().eval() for k, m in (screeners or {}).items()}
+        self.screener_stats = dict(screener_stats or {})  # their training halves' statistics
+        # what requests are checked against and sized by: the screeners', the regressor's and the DiT's conditions (the last win)
+        self.request_stats = {**self.screener_stats, **self.regressor_stats, **self.condition_stats}
         # discriminator guidance's latent discriminators, by domain name ("molecule", "crystal")
         self.discriminators = {d: m.to(self.device).eval() for d, m in (discriminators or {}).items()}
         self.refiner = None if refiner is None else refiner.to(self.device).eval()  # places decoded molecules' atoms, if any
@@ -256,10 +262,13 @@ class Generator:
         log density ratio to the score at
         this scale (0 = off, 1 = the correction of Kim et al. 2023) for ``t`` in ``discriminator_guidance_interval``
         (:class:`sciDiT.flow.DiscriminatorGuidance`; experiments/discriminator_guidance/README.md).
-        ``property_screen``: generate-and-screen with the property regressor: each sample is the most probable under the
-        request, by the regressor's reading of the finished latents, of this many candidates of the same size (candidate 0
-        is the unscreened sample; ``property_screen`` times the network evaluations, one decoding). A separate figure from
-        guidance: nothing is optimised against the regressor but the choice among the model's own samples.
+        ``property_screen``: generate-and-screen. With screening predictors (``load_generator(..., screen_predictor=...)``,
+        SchNets trained on half B) of a requested property: this many candidates per sample are generated and decoded, each
+        with its own size, and the one whose decoded molecule the predictors read nearest the request is kept (SD property
+        ``screen``; :meth:`_structure_screened`). Else by the property regressor: each sample is the most probable under the
+        request, by the regressor's reading of the finished latents, of this many candidates of the same size (one
+        decoding). Candidate 0 is the unscreened sample. Separate figures from guidance: nothing is optimised against a
+        predictor but the choice among the model's own samples.
         ``refine`` (molecules; ``"auto"``: where the model has a refiner): the geometry refiner packed in the model (or
         ``load_generator(..., refiner=FILE)``) moves each decoded molecule's atoms to the geometry of its decoded graph,
         and the graph is decoded again from the refined geometry, in turns (:mod:`sciDiT.models.refiner`,
@@ -267,6 +276,7 @@ class Generator:
         :meth:`generate` is that). Every molecule's ``meta['geometry_source']`` says
         ``decoded`` or ``refined`` (SD property ``geometry_source``).
         """
+        call = {k: v for k, v in locals().items() if k != "self"}  # the arguments, for the candidate runs of a structure screen
         dom = parse_domain(domain)
         _check_positive(n=n, steps=steps, batch_size=batch_size, property_screen=property_screen)
         if method not in SOLVERS:
@@ -335,9 +345,13 @@ class Generator:
             if num_atoms is not None:
                 raise SciDiTInputError("give num_atoms or condition.num_atoms, not both")
             num_atoms = request[SIZE_KEY]
-        if property_screen > 1 and not regressed:
-            raise SciDiTInputError("property_screen chooses by the property regressor's reading: request one of its properties "
-                                   f"({', '.join(self.regressor_stats) or 'none loaded: load_generator(..., property_guide=FILE)'})")
+        screened = [k for k in self.screeners if k in request]  # what a structure screen chooses by
+        if property_screen > 1 and not (regressed or screened):
+            known = [*self.screeners, *self.regressor_stats]
+            raise SciDiTInputError("property_screen chooses by the screening predictors or the property regressor: request one of their "
+                                   f"properties ({', '.join(known) or 'none loaded: load_generator(..., screen_predictor=... or property_guide=...)'})")
+        if property_screen > 1 and screened:
+            return self._structure_screened(call, request, screened)
         scale = _guidance(guidance, dit_request, cfg_scale)
         request_cond = encode_conditions([request], self.condition_stats, list(dit_request))  # one set's tensors
         if regressed:
@@ -411,6 +425,30 @@ class Generator:
         log_p = gaussian_log_likelihood(mean, log_var, target, known)  # [b k]
         best = log_p.view(-1, k).argmax(-1)  # [b]
         return x1.view(-1, k, *x1.shape[1:])[torch.arange(len(best)), best]  # [b, N, L]
+
+    def _structure_screened(self, call: dict[str, Any], request: Mapping[str, Any], keys: Sequence[str]) -> list[TokenSet]:
+        """Generate-and-screen by the decoded molecules: ``call["property_screen"]`` runs of ``call``'s samples (run 0 with the
+        given seed, so candidate 0 is the unscreened sample; each candidate its own size, drawn given the request), each
+        decoded and read by the screening predictors of ``keys``; sample ``i`` is the candidate ``i`` whose predictions lie
+        nearest the request (sum over ``keys`` of |prediction - request| / the property's training std).
+        ``meta['screen']`` records the candidates and the chosen one's predictions (JSON)."""
+        k, seed = call["property_screen"], _check_seed(call["seed"])
+        runs = [self.generate_token_sets(**{**call, "property_screen": 1, "seed": seed if c == 0 else screen_seed(seed, c)})
+                for c in range(k)]  # k x [n]
+        ok = np.array([[scorable(ts) for ts in sets] for sets in runs])  # [k, n] molecules the predictors can read
+        preds = {key: np.full(ok.shape, np.nan) for key in keys}  # key -> [k, n]
+        for c, sets in enumerate(runs):
+            for key, p in preds.items():
+                p[c, ok[c]] = predict(self.screeners[key], [ts for ts, good in zip(sets, ok[c]) if good])
+        error = sum(np.abs(p - request[key]) / self.screener_stats[key]["std"] for key, p in preds.items())  # [k, n]
+        error = np.where(ok, error, np.inf)  # an unreadable candidate is chosen only when all are (then candidate 0)
+        out = []
+        for i, c in enumerate(error.argmin(0).tolist()):
+            ts = runs[c][i]
+            screen = {"candidates": k, "chosen": c, **{f"predicted_{key}": round(float(p[c, i]), 4) for key, p in preds.items() if ok[c, i]}}
+            ts.meta = {**ts.meta, "screen": json.dumps(screen, sort_keys=True)}
+            out.append(ts)
+        return out
 
     def generate(
         self, domain: str | Domain = "molecule", n: int = 100, relax: bool = False, **kwargs
@@ -547,6 +585,11 @@ def candidate_seed(seed: int, index: int, candidate: int) -> int:
     return _mixed_seed(seed % 2**64, index, candidate)
 
 
+def screen_seed(seed: int, run: int) -> int:
+    """The seed of candidate run ``run`` >= 1 of a structure screen (``property_screen`` with screening predictors)."""
+    return _mixed_seed(seed % 2**64, 2**32, run)  # a third entropy word apart from candidate_seed's sample indices
+
+
 def _check_seed(seed: int) -> int:
     """``seed`` as an int that ``torch.Generator.manual_seed`` takes (numpy integers too); one-line error otherwise."""
     try:
@@ -568,7 +611,7 @@ def _resolve(ckpt: str | Path) -> Path:
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
                    property_guide: str | Path | None = None, discriminator: str | Path | None = None,
-                   refiner: str | Path | None = None) -> Generator:
+                   refiner: str | Path | None = None, screen_predictor: str | Path | None = None) -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
     or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
     :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
@@ -578,6 +621,8 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     discriminator guidance (default: those packed in ``ckpt``, one per domain; a file replaces the packed one of its domain).
     ``refiner``: a geometry refiner of the model's molecules, for ``refine=True`` (default: the one packed in ``ckpt``, if any):
     a refiner file, or a model file or shipped name that packs one (``refiner="qm9_mp20_cpu"`` for a DiT trained on its VAE).
+    ``screen_predictor``: QM9 property predictors trained on half B (a file or a folder, one per property:
+    ``experiments/inverse_design/train_property_predictor.py --half B``), for ``property_screen`` by the decoded molecules.
 
     The file is read without executing code (:mod:`sciDiT.checkpoint`); a missing, unreadable,
     unsafe or wrong-stage file is a SciDiTInputError naming it.
@@ -618,8 +663,10 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
         geometry_refiner = load_refiner(_resolve(refiner), module.model.latent_mean, module.model.latent_std, packed_key=REFINER_KEY)[0]
     else:
         geometry_refiner = packed_refiner(raw[REFINER_KEY], path) if REFINER_KEY in raw else None
+    screeners = load_screeners(screen_predictor) if screen_predictor is not None else {}
     try:
         return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak,
-                         regressor=regressor, regressor_stats=regressor_stats, discriminators=discriminators, refiner=geometry_refiner)
+                         regressor=regressor, regressor_stats=regressor_stats, discriminators=discriminators, refiner=geometry_refiner,
+                         screeners={k: m for k, (m, _) in screeners.items()}, screener_stats={k: st for k, (_, st) in screeners.items()})
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

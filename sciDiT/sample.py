@@ -88,7 +88,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "property_guide": (str, None, "a noisy-latent property regressor on the same VAE: condition.KEY requests of its properties steer sampling (classifier guidance)"),
     "property_guidance": (float, 1.0, "classifier guidance scale of property_guide (1 = Bayes' rule, larger follows the request harder, 0 = sizes only)"),
     "property_guidance_interval": (_interval, (0.1, 1.0), "times [t_min,t_max] of the path where property guidance acts (t_min > 0)"),
-    "property_screen": (int, 1, "generate-and-screen: keep the most probable under the request of this many candidates per sample, by property_guide's reading"),
+    "property_screen": (int, 1, "generate-and-screen: of this many candidates per sample keep the one nearest the request, by screen_predictor's "
+                        "reading of the decoded molecules (else by property_guide's reading of the latents)"),
+    "screen_predictor": (str, None, "QM9 property predictors trained on half B (file or folder; train_property_predictor.py --half B) for property_screen"),
     "discriminator": (str, None, "a latent discriminator (the data or the model's valid samples against its other samples), for discriminator_guidance "
                       "(default: the one packed in the checkpoint for the domain, if any)"),
     "discriminator_guidance": (float, 0.0, "discriminator guidance scale (0 = off, 1 = the density-ratio correction of Kim et al. 2023)"),
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
         gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"], property_guide=opts["property_guide"],
-                             discriminator=opts["discriminator"], refiner=opts["refiner"])
+                             discriminator=opts["discriminator"], refiner=opts["refiner"], screen_predictor=opts["screen_predictor"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],

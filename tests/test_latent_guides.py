@@ -267,5 +267,5 @@ def test_property_screen_in_the_generator(tiny_dit_ckpt, regressor_file):
     screened = gen.generate_token_sets("molecule", property_screen=4, **kwargs)
     assert [ts.num_tokens for ts in screened] == [ts.num_tokens for ts in once]  # candidates share their sample's size
     assert any(not torch.allclose(a.pos, b.pos) for a, b in zip(once, screened))
-    with pytest.raises(SciDiTInputError, match="property_screen chooses by the property regressor"):
+    with pytest.raises(SciDiTInputError, match="property_screen chooses by the screening predictors or the property regressor"):
         gen.generate_token_sets("molecule", n=2, steps=2, progress=False, property_screen=2)

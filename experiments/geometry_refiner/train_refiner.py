@@ -6,7 +6,7 @@ Training molecules: the QM9 train split with their graphs (``--train`` first row
 each batch, :mod:`sciDiT.training.refiner`). The test figures are the first ``--test`` molecules of the QM9 test split
 decoded by the generator's VAE from their latents plus ``--test-noise`` standardised units of noise (as a DiT's latents
 are off), then refined on their true graph: position RMSD and the mean absolute error of bond lengths, before and after.
-Pack the file into a shipped model with ``python -m sciDiT.pretrained IN OUT refiner=FILE``.
+``--init`` continues a trained refiner (e.g. with wider noise). Pack the file into a shipped model with ``python -m sciDiT.pretrained IN OUT refiner=FILE``.
 """
 
 from __future__ import annotations
@@ -63,11 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-noise", type=float, default=0.5, help="largest latent noise (standardised units) of the VAE-decoded half")
     parser.add_argument("--pos-noise", type=float, default=0.3)
     parser.add_argument("--dist-weight", type=float, default=10.0, help="weight of the local distance loss against the position loss")
+    parser.add_argument("--init", default=None, help="continue from a trained refiner: its file, or a model file / shipped name that packs one "
+                        "(e.g. the generator itself); its size replaces --size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the test figures run on CPU)")
     args = parser.parse_args(argv)
     try:
         gen = load_generator(args.ckpt)
+        init = None if args.init is None else load_generator(args.ckpt, refiner=args.init).refiner
         if gen.model.vae.bond_head is None:
             raise SciDiTInputError("this generator decodes no molecular graph (no bond head): a refiner needs one", args.ckpt)
         train = [s for s in load_qm9_split("train") if s.bonds is not None][: args.train]
@@ -79,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training on {len(train)} QM9 molecules for up to {args.minutes} min (bf16 {bf16})", flush=True)
     refiner, facts = train_refiner(train, gen.model, size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                                    minutes=args.minutes, latent_noise=args.latent_noise, pos_noise=args.pos_noise,
-                                   dist_weight=args.dist_weight, bf16=bf16,
-                                   device=args.device, seed=args.seed)
+                                   dist_weight=args.dist_weight, bf16=bf16, device=args.device, seed=args.seed, init=init)
     gen.model.cpu()
     facts["test"] = {str(noise): test_figures(refiner, gen.model, test, noise) for noise in args.test_noise}
     facts["command"] = "python experiments/geometry_refiner/train_refiner.py " + " ".join(sys.argv[1:] if argv is None else argv)

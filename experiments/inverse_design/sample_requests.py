@@ -19,7 +19,8 @@ Writes, each record carrying its request (SD property / manifest column ``reques
 ``--guidance``: CFG scale on each request's condition (default 1). ``--property-guide FILE --property-guidance S``:
 steer the molecule requests with a noisy-latent property regressor instead of (or beside) a conditional DiT
 (experiments/property_guidance); the checkpoint may then be unconditional. ``--properties``: which QM9 properties to sweep. ``--property-screen K``: each molecule request keeps the best of K candidates by
-the regressor's reading (generate-and-screen, K times the network evaluations). ``--composition requested``: element-set
+the reading of ``--screen-predictor`` (half-B SchNets on the decoded molecules; K decodings), else by the regressor's
+reading of the latents (generate-and-screen, K times the network evaluations). ``--composition requested``: element-set
 requests enforced at decoding (each crystal uses exactly the requested elements), a separate figure from
 the conditioning alone (default ``argmax``); ``balanced``: charge-balanced compositions (SMACT). ``--sizes marginal``: atom counts of requests from the unconditional
 histogram instead of the training sizes given the requested value (EDM's protocol, the default). ``--relax``: molecules
@@ -76,12 +77,13 @@ def main() -> None:
     parser.add_argument("--guide", default=None, help="a weaker DiT-stage checkpoint on the same VAE, for --autoguidance")
     parser.add_argument("--property-guide", default=None, help="a noisy-latent property regressor on the same VAE (classifier guidance)")
     parser.add_argument("--property-guidance", type=float, default=1.0, help="its classifier guidance scale")
-    parser.add_argument("--property-screen", type=int, default=1, help="candidates per molecule request, screened by the regressor")
+    parser.add_argument("--property-screen", type=int, default=1, help="candidates per molecule request, screened by --screen-predictor or the regressor")
+    parser.add_argument("--screen-predictor", default=None, help="half-B QM9 property predictors (train_property_predictor.py --half B) that screen")
     parser.add_argument("--properties", nargs="+", default=list(QM9_PROPERTIES), choices=list(QM9_PROPERTIES),
                         help="the QM9 properties swept in the molecules part")
     args = parser.parse_args()
 
-    gen = load_generator(args.ckpt, guide=args.guide, property_guide=args.property_guide)
+    gen = load_generator(args.ckpt, guide=args.guide, property_guide=args.property_guide, screen_predictor=args.screen_predictor)
     stats = gen.request_stats
     args.out.mkdir(parents=True, exist_ok=True)
     common = dict(progress=False, seed=args.seed, condition_sizes=args.sizes == "conditional", autoguidance=args.autoguidance,

@@ -1,10 +1,14 @@
-"""Train EDM-protocol QM9 property predictors (SchNet, one per property) on half A of the QM9 train split.
+"""Train EDM-protocol QM9 property predictors (SchNet, one per property) on one half of the QM9 train split.
 
     python experiments/inverse_design/train_property_predictor.py --properties gap alpha --minutes 5 \
         --out outputs/inverse_design/predictors
 
+Half A (the default) is the judges' half: ``python -m sciDiT.evaluate ... predictor=`` takes only these. Half B is the
+generator's: ``--half B`` trains screening predictors for ``load_generator(..., screen_predictor=...)``
+(generate-and-screen), which the evaluation refuses as judges.
+
 Each property gets ``<out>/<key>.pt`` (weights-only: weights, plain hyper-parameters, normalisation,
-the "#atoms" baseline table fitted on half A, and the training facts: steps, seconds, test MAE) and
+the "#atoms" baseline table fitted on the half, and the training facts: steps, seconds, test MAE) and
 ``<out>/<key>.json`` (the same facts). The test MAE is measured on the first ``--test-limit``
 molecules of the QM9 test split (a random subset: the split lists rows in permutation order).
 Training stops at ``--steps`` or after ``--minutes`` of wall time, whichever comes first; the
@@ -23,14 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sciDiT.data.conditions import condition_stats
 from sciDiT.data.qm9 import QM9_PROPERTIES, edm_property_halves, load_qm9, load_qm9_properties, qm9_split
 from sciDiT.evaluation.property_predictor import AtomCountBaseline, PropertyPredictor, collate_atoms, predict, save_predictor
 
 UNIT_SCALE = {"gap": 1000.0, "homo": 1000.0, "lumo": 1000.0}  # MAE reported in meV for the orbital energies (EDM's table)
 
 
-def train_one(key: str, sets: list, targets: np.ndarray, test_sets: list, test_targets: np.ndarray, args: argparse.Namespace) -> dict:
-    """Train one SchNet on (sets, targets), return its facts and write its checkpoint."""
+def train_one(key: str, sets: list, targets: np.ndarray, test_sets: list, test_targets: np.ndarray, args: argparse.Namespace,
+              stats: dict | None = None) -> dict:
+    """Train one SchNet on (sets, targets), return its facts and write its checkpoint (with the condition ``stats`` of the
+    half, for screening predictors: a request is validated and sized by them)."""
     torch.manual_seed(args.seed)
     dipole = key == "mu"
     mean = 0.0 if dipole else float(targets.mean())
@@ -66,11 +73,13 @@ def train_one(key: str, sets: list, targets: np.ndarray, test_sets: list, test_t
     atoms_mae = float(np.abs(baseline([ts.num_tokens for ts in test_sets]) - test_targets).mean()) * scale
     unit = "meV" if key in UNIT_SCALE else {"alpha": "Bohr^3", "mu": "Debye", "Cv": "cal/(mol K)"}[key]
     info = {"property": key, "unit": unit, "steps": step, "batch_size": args.batch_size, "molecules_seen": seen,
-            "epochs_of_half_A": seen / len(sets), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+            "half": args.half, "epochs_of_half": seen / len(sets), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
             "test_molecules": len(test_sets), "test_mae": mae, "test_mae_atom_count_baseline": atoms_mae,
             "test_mae_mean_baseline": float(np.abs(targets.mean() - test_targets).mean()) * scale}
-    save_predictor(Path(args.out) / f"{key}.pt", key, model, hparams, baseline, info)
-    (Path(args.out) / f"{key}.json").write_text(json.dumps(info, indent=2) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{key}.json").write_text(json.dumps(info, indent=2) + "\n")
+    save_predictor(out / f"{key}.pt", key, model, hparams, baseline, info if stats is None else {**info, "condition_stats": stats})
     print(json.dumps(info), flush=True)
     return info
 
@@ -88,6 +97,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="wall-time cap per property")
     parser.add_argument("--test-limit", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--half", choices=("A", "B"), default="A", help="A: judges (sciDiT.evaluate); B: the generator's half (screening)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
@@ -96,13 +106,14 @@ def main() -> None:
     full = load_qm9(args.data_dir, args.cache_dir)
     props = load_qm9_properties(tuple(args.properties), args.data_dir)
     index = np.array(full.store["meta"]["qm9_index"])
-    half_a = edm_property_halves(len(full))["A"]
+    half = edm_property_halves(len(full))[args.half]
     test = qm9_split(len(full))["test"][: args.test_limit]
-    sets = [full[int(i)] for i in half_a]
+    sets = [full[int(i)] for i in half]
     test_sets = [full[int(i)] for i in test]
     for key in args.properties:
         values = props[key].reindex(index).to_numpy()
-        train_one(key, sets, values[half_a], test_sets, values[test], args)
+        stats = condition_stats([key], [(full.subset(half), {key: values[half]})]) if args.half == "B" else None
+        train_one(key, sets, values[half], test_sets, values[test], args, stats)
 
 
 if __name__ == "__main__":

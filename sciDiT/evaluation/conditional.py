@@ -37,6 +37,7 @@ from sciDiT.batch import Domain, TokenSet
 from sciDiT.data.conditions import CONDITION_KEYS, SIZE_KEY
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.crystals import formula_validity, structure_validity
+from sciDiT.evaluation.property_predictor import scorable
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -49,7 +50,6 @@ CRYSTAL_KEYS = (*(k for k, c in CONDITION_KEYS.items() if c.domain == Domain.CRY
 # name suffix and factor from the request unit (eV for the orbital energies) to the reported MAE unit
 MAE_UNITS = {"alpha": ("bohr3", 1.0), "gap": ("mev", 1000.0), "homo": ("mev", 1000.0), "lumo": ("mev", 1000.0),
              "mu": ("debye", 1.0), "Cv": ("cal_mol_k", 1.0)}
-QM9_ELEMENTS = (1, 6, 7, 8, 9)
 SYMPRECS = (0.01, 0.1)  # headline (strict) first
 ANGLE_TOLERANCE = 5.0
 
@@ -101,11 +101,6 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # -- molecules ----------------------------------------------------------------------------------
-def scorable(ts: TokenSet) -> bool:
-    """A predictor can score the molecule: finite coordinates, QM9 elements only, at least one atom."""
-    return ts.num_tokens > 0 and bool(np.isfinite(ts.pos.numpy()).all()) and set(ts.types.tolist()) <= set(QM9_ELEMENTS)
-
-
 def molecule_condition_metrics(
     sets: Sequence[TokenSet],
     requests: Sequence[dict],

@@ -5,7 +5,9 @@ trained on one half of the QM9 train split (half ``A``, :func:`sciDiT.data.qm9.e
 while the generator trains on the other half (``B``): the MAE between the requested and the
 predicted property of generated molecules, beside the predictor's own test error (a lower bound),
 the "#atoms" baseline (the property predicted from the atom count only) and "U-bound" (requests
-shuffled among the samples). Here the predictor is torch-geometric's SchNet, one model per
+shuffled among the samples). Predictors trained on half B instead (the generator's half) screen a generator's
+candidates (generate-and-screen, :func:`load_screeners`) and are refused as judges (:func:`load_judges`), so
+no sample is ever chosen and judged by the same model. Here the predictor is torch-geometric's SchNet, one model per
 property as in EDM, on a radius graph inside each molecule; its checkpoint is plain data (weights,
 hyper-parameters, normalisation and the "#atoms" table), read through the weights-only loader.
 """
@@ -24,6 +26,7 @@ from sciDiT.checkpoint import load_checkpoint
 from sciDiT.errors import SciDiTInputError
 
 PREDICTOR_KIND = "scidit_qm9_property_predictor"
+QM9_ELEMENTS = (1, 6, 7, 8, 9)
 
 
 class WithinMoleculeGraph(nn.Module):
@@ -73,6 +76,11 @@ def collate_atoms(sets: Sequence[TokenSet]) -> tuple[Tensor, Tensor, Tensor]:
     pos = torch.cat([ts.pos.float() for ts in sets])
     batch = torch.repeat_interleave(torch.arange(len(sets)), torch.tensor([ts.num_tokens for ts in sets]))
     return z, pos, batch
+
+
+def scorable(ts: TokenSet) -> bool:
+    """A predictor can score the molecule: finite coordinates, QM9 elements only, at least one atom."""
+    return ts.num_tokens > 0 and bool(np.isfinite(ts.pos.numpy()).all()) and set(ts.types.tolist()) <= set(QM9_ELEMENTS)
 
 
 @torch.no_grad()
@@ -143,3 +151,34 @@ def predictor_files(path: str | Path) -> list[Path]:
     if not path.exists():
         raise SciDiTInputError("property predictor checkpoint not found", path)
     return [path]
+
+
+def _half(info: dict) -> str:
+    """The half of QM9 train a predictor learnt from (files written before halves were recorded are half A)."""
+    return str(info.get("half", "A"))
+
+
+def load_judges(path: str | Path) -> list[tuple[str, PropertyPredictor, AtomCountBaseline, dict]]:
+    """The half-A predictors of ``path`` (a file or a folder) that judge samples; one line naming a half-B file."""
+    judges = []
+    for file in predictor_files(path):
+        judge = load_predictor(file)
+        if _half(judge[3]) != "A":
+            raise SciDiTInputError("trained on half B of QM9 train, the generator's half (a screening predictor): it cannot judge "
+                                   "samples; use one trained on half A (train_property_predictor.py without --half B)", file)
+        judges.append(judge)
+    return judges
+
+
+def load_screeners(path: str | Path) -> dict[str, tuple[PropertyPredictor, dict]]:
+    """``{property: (model, condition statistics of its half)}`` of the half-B predictors of ``path`` (a file or a folder),
+    which screen a generator's candidates; one line naming a half-A file (the judges' half) or a file without statistics."""
+    screeners = {}
+    for file in predictor_files(path):
+        key, model, _, info = load_predictor(file)
+        if _half(info) != "B" or key not in info.get("condition_stats", {}):
+            raise SciDiTInputError("not a screening predictor: screening needs one trained on half B of QM9 train (the generator's "
+                                   "half) with its condition statistics (train_property_predictor.py --half B); half A judges the samples",
+                                   file)
+        screeners[key] = (model, info["condition_stats"][key])
+    return screeners

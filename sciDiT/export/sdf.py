@@ -28,6 +28,8 @@ relaxed            only with ``relax=True``: ``1`` if the geometry was force-fie
 relax_force_field  ``MMFF94`` or ``UFF`` (only when ``relaxed`` is 1)
 request            conditional samples only: the request they were generated for, as JSON with
                    sorted keys, e.g. ``{"gap": 6.5}`` (:mod:`sciDiT.data.conditions`); absent = unconditional
+screen             generate-and-screen by screening predictors only (``property_screen``): JSON with the number of
+                   ``candidates``, the ``chosen`` one and its ``predicted_<key>`` values (half-B predictors, not judges)
 =================  ==================================================================
 """
 
@@ -171,12 +173,10 @@ def to_molecules(samples: Sequence[TokenSet | Chem.Mol], bonds: bool = True, rel
             if isinstance(s, TokenSet):
                 if s.domain != Domain.MOLECULE:
                     raise SciDiTInputError(f"sample {i} is a {s.domain.name.lower()}, not a molecule: it cannot go into an SDF")
-                request, geometry = s.meta.get("request"), s.meta.get("geometry_source")
+                props = {key: s.meta[key] for key in ("request", "geometry_source", "screen") if key in s.meta}
                 s = tok.to_rdkit(s, bonds=bonds)
-                if request is not None:
-                    s.SetProp("request", str(request))
-                if geometry is not None:
-                    s.SetProp("geometry_source", str(geometry))
+                for key, value in props.items():
+                    s.SetProp(key, str(value))
             elif not isinstance(s, Chem.Mol):
                 raise SciDiTInputError(f"sample {i} is a {type(s).__name__}, expected a TokenSet or an RDKit Mol")
             mol = annotate(s, i)

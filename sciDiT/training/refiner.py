@@ -13,6 +13,7 @@ it is loaded beside a generator) and the training facts.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -63,17 +64,19 @@ def rough_positions(batch: TokenBatch, model: LatentDiffusion | None, latent_noi
 
 def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None, *, size: str = "R-S", batch_size: int = 64,
                   lr: float = 1e-3, steps: int = 100_000, minutes: float = 20.0, latent_noise: float = 0.5, pos_noise: float = 0.3,
-                  dist_weight: float = 10.0, bf16: bool = False, device: str = "cpu", seed: int = 0, log_every: int = 200) -> tuple[GeometryRefiner, dict[str, Any]]:
+                  dist_weight: float = 10.0, bf16: bool = False, device: str = "cpu", seed: int = 0, log_every: int = 200,
+                  init: GeometryRefiner | None = None) -> tuple[GeometryRefiner, dict[str, Any]]:
     """A refiner trained on molecules ``sets`` (each with its graph) to restore their positions from rough ones
     (:func:`rough_positions`; ``model``: the generator whose VAE decodes half of each batch), by :func:`refiner_loss` with
     ``dist_weight`` on the local distances. ``bf16``: the network's
     matrix products in bfloat16 autocast (positions and the loss stay float32). Random draws come from one seeded CPU
-    generator, so a seed gives the same batches and noise on every ``device``."""
+    generator, so a seed gives the same batches and noise on every ``device``. ``init``: a trained refiner to continue
+    from (a copy; its sizes replace ``size``), e.g. to widen the noise it learned on."""
     if any(ts.bonds is None for ts in sets):
         raise SciDiTInputError("the refiner trains on molecules with a known graph; some sets have none")
     torch.manual_seed(seed)
     gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
-    refiner = GeometryRefiner(**REFINER_SIZES[size]).to(device)
+    refiner = (GeometryRefiner(**REFINER_SIZES[size]) if init is None else copy.deepcopy(init).train()).to(device)
     if model is not None:
         model.to(device).eval()
 
@@ -85,7 +88,8 @@ def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None
         return refiner_loss(pred, batch.pos, batch.mask, dist_weight)["loss"]
 
     facts = fit(refiner, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="loss")
-    return refiner.cpu(), {**facts, "batch_size": batch_size, "size": size, "train_sets": len(sets), "latent_noise": latent_noise,
+    size = size if init is None else next((k for k, v in REFINER_SIZES.items() if v == dict(refiner.sizes)), "custom")
+    return refiner.cpu(), {**facts, "batch_size": batch_size, "size": size, "continued": init is not None, "train_sets": len(sets), "latent_noise": latent_noise,
                      "pos_noise": pos_noise, "dist_weight": dist_weight, "bf16": bf16}
 
 
