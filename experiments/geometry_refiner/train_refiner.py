@@ -6,7 +6,8 @@ Training molecules: the QM9 train split with their graphs (``--train`` first row
 each batch, :mod:`sciDiT.training.refiner`). The test figures are the first ``--test`` molecules of the QM9 test split
 decoded by the generator's VAE from their latents plus ``--test-noise`` standardised units of noise (as a DiT's latents
 are off), then refined on their true graph: position RMSD and the mean absolute error of bond lengths, before and after.
-``--init`` continues a trained refiner (e.g. with wider noise). Pack the file into a shipped model with ``python -m sciDiT.pretrained IN OUT refiner=FILE``.
+``--init`` continues a trained refiner (e.g. with wider noise). Pack the file into a shipped model with
+``python -m sciDiT.pretrained IN OUT refiner=FILE``.
 """
 
 from __future__ import annotations
