@@ -2,7 +2,8 @@
 
     python experiments/property_guidance/summarize.py OUT
 
-One row per ``OUT/g<scale>/molecules.json`` (guidance) and ``OUT/s<k>/molecules.json`` (screening of k candidates)
+One row per ``OUT/g<scale>/molecules.json`` (guidance), ``OUT/s<k>/molecules.json`` (screening of k candidates by the
+latent regressor) and ``OUT/b<k>/molecules.json`` (by half-B SchNets of the decoded molecules)
 (``python -m sciDiT.evaluate ... condition=true``), in order of setting.
 """
 
@@ -24,6 +25,7 @@ COLUMNS = [
     ("valid and connected", "validity_connected", "{:.1%}"),
     ("OpenBabel path", "validity_openbabel", "{:.1%}"),
 ]
+LABELS = {"g": "guidance {}", "s": "screen of {} by the latent regressor", "b": "screen of {} by half-B SchNet"}
 
 
 def _cell(report: dict, key: str | None, fmt: str | None) -> str:
@@ -34,16 +36,16 @@ def _cell(report: dict, key: str | None, fmt: str | None) -> str:
 
 
 def main(out: str) -> None:
-    runs = sorted([*Path(out).glob("g*/molecules.json"), *Path(out).glob("s*/molecules.json")],
-                  key=lambda p: (p.parent.name[0], float(p.parent.name[1:])))
+    runs = sorted([p for prefix in LABELS for p in Path(out).glob(f"{prefix}*/molecules.json")],
+                  key=lambda p: (list(LABELS).index(p.parent.name[0]), float(p.parent.name[1:])))
     if not runs:
-        raise SystemExit(f"error: {out}: no g<scale>/ or s<k>/molecules.json reports")
+        raise SystemExit(f"error: {out}: no g<scale>/, s<k>/ or b<k>/molecules.json reports")
     reports = [json.loads(p.read_text()) for p in runs]
     reports = [r.get("metrics", r) for r in reports]
     print("| setting | " + " | ".join(name for name, _, _ in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for path, report in zip(runs, reports):
-        label = f"{'guidance' if path.parent.name[0] == 'g' else 'screen of'} {path.parent.name[1:]}"
+        label = LABELS[path.parent.name[0]].format(path.parent.name[1:])
         print(f"| {label} | " + " | ".join(_cell(report, key, fmt) for _, key, fmt in COLUMNS) + " |")
     first = reports[0]
     print(f"\nhalf-A SchNet test MAE {first.get('mae_gap_mev_predictor_qm9_test', float('nan')):.0f} meV, "
