@@ -429,8 +429,9 @@ class Generator:
     def _structure_screened(self, call: dict[str, Any], request: Mapping[str, Any], keys: Sequence[str]) -> list[TokenSet]:
         """Generate-and-screen by the decoded molecules: ``call["property_screen"]`` runs of ``call``'s samples (run 0 with the
         given seed, so candidate 0 is the unscreened sample; each candidate its own size, drawn given the request), each
-        decoded and read by the screening predictors of ``keys``; sample ``i`` is the candidate ``i`` whose predictions lie
-        nearest the request (sum over ``keys`` of |prediction - request| / the property's training std).
+        decoded and read by the screening predictors of ``keys``; sample ``i`` is, of its candidates (sample ``i`` of each run),
+        the one whose predictions lie nearest the request (sum over ``keys`` of |prediction - request| / the property's
+        training std); a candidate the predictors cannot read (:func:`scorable`) is never chosen unless none can be read.
         ``meta['screen']`` records the candidates and the chosen one's predictions (JSON)."""
         k, seed = call["property_screen"], _check_seed(call["seed"])
         runs = [self.generate_token_sets(**{**call, "property_screen": 1, "seed": seed if c == 0 else screen_seed(seed, c)})
