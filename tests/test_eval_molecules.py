@@ -175,6 +175,16 @@ def test_hueckel_retry_is_lenient_on_jittered_real_molecules(qm9_sdf):
     assert m["validity_connected"] <= m["validity"]
 
 
+def test_coincident_atoms_are_invalid_and_do_not_crash_the_hueckel_retry():
+    """YAeHMOP (extended-Hueckel perception) kills the process on two atoms at one point: such a sample is scored, invalid."""
+    ts = MoleculeTokenizer().from_rdkit(_embedded("NCC=N"))
+    pos = ts.pos.clone()
+    pos[1] = pos[0]
+    clash = MoleculeTokenizer().from_arrays(ts.types.numpy(), pos.numpy())
+    m = evaluate_molecules([clash, ts], openbabel=False).metrics
+    assert m["validity"] == 0.5 and m["validity_rdkit_hueckel_retry"] == 0.5
+
+
 def test_radical_is_invalid():
     methyl = Chem.AddHs(Chem.MolFromSmiles("[CH3]"))  # sanitizes, but C has one unpaired electron
     Chem.SanitizeMol(methyl)

@@ -148,6 +148,16 @@ def quiet_c_output():
 
 
 HUECKEL_SAFE_ELEMENTS = {1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 35, 53}  # H B C N O F Si P S Cl Br I
+HUECKEL_MIN_DISTANCE = 0.5  # Angstrom; the shortest bond (H2) is 0.74
+
+
+def min_distance(ts: TokenSet) -> float:
+    """The smallest distance (Angstrom) between two atoms of ``ts`` (inf for fewer than two atoms)."""
+    if ts.num_tokens < 2:
+        return float("inf")
+    pos = ts.pos.double().numpy()
+    dist = np.linalg.norm(pos[:, None] - pos[None, :], axis=-1)
+    return float(dist[np.triu_indices(len(pos), 1)].min())
 
 
 def strict_sanitized(mol: Chem.Mol) -> Chem.Mol | None:
@@ -175,7 +185,8 @@ def rdkit_molecule(ts: TokenSet, hueckel_retry: bool = False) -> Chem.Mol | None
     base = MoleculeTokenizer().to_rdkit(ts, bonds=False)
     # YAeHMOP (behind useHueckel) ends the whole process for elements it has no parameters for
     # (e.g. Kr, Xe, U), and generated molecules can contain any element: only organic ones may use it.
-    hueckel_safe = set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS
+    # It also crashes on atoms that sit on top of each other, which no molecule has.
+    hueckel_safe = set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS and min_distance(ts) >= HUECKEL_MIN_DISTANCE
     for hueckel in (False, True) if hueckel_retry and hueckel_safe else (False,):
         mol = Chem.Mol(base)
         try:
