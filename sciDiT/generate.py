@@ -274,7 +274,8 @@ class Generator:
         and the graph is decoded again from the refined geometry, in turns (:mod:`sciDiT.models.refiner`,
         :data:`sciDiT.models.vae.REFINE_ROUNDS`; a learned stage of decoding, not a force field: ``relax`` in
         :meth:`generate` is that). Every molecule's ``meta['geometry_source']`` says
-        ``decoded`` or ``refined`` (SD property ``geometry_source``).
+        ``decoded`` or ``refined`` (SD property ``geometry_source``); a refinement that puts two atoms within
+        :data:`sciDiT.models.vae.REFINED_MIN_DISTANCE` of each other is undone for that molecule (``decoded``).
         """
         call = {k: v for k, v in locals().items() if k != "self"}  # the arguments, for the candidate runs of a structure screen
         dom = parse_domain(domain)
@@ -412,7 +413,7 @@ class Generator:
                     ts = ts if hall is None else _expand(ts, hall)
                     ts.meta = {**ts.meta, "sample_index": i, **({"request": request_json(request)} if request else {})}
                     if dom == Domain.MOLECULE:
-                        ts.meta["geometry_source"] = "refined" if refine else "decoded"
+                        ts.meta.setdefault("geometry_source", "decoded")  # "refined" where the refiner placed the atoms
                     out[i] = ts
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled

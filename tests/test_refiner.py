@@ -110,7 +110,31 @@ def test_decoding_alternates_refinement_and_graph_decoding_on_the_refined_geomet
     first = refiner(plain.types, plain.charges, plain.bonds, plain.pos, mask)
     again = vae.decode_graph(h, mask, domain, first, plain.types, torch.zeros(3, 6, 1), None)[1]  # argmax graph at the refined places
     assert torch.equal(calls[1][0], again)
-    assert torch.allclose(out.pos, refiner(out.types, out.charges, calls[-1][0], calls[-1][1], mask), atol=1e-6)
+    last = refiner(out.types, out.charges, calls[-1][0], calls[-1][1], mask)
+    kept = [b for b, meta in enumerate(out.meta) if meta["geometry_source"] == "refined"]  # not undone as collapsed
+    assert kept and all(torch.allclose(out.pos[b], last[b], atol=1e-6) for b in kept)
+
+
+def test_a_refinement_that_collapses_atoms_is_undone_for_that_molecule(tiny_dit_ckpt):
+    from sciDiT.generate import load_generator
+    from sciDiT.models.vae import REFINED_MIN_DISTANCE
+
+    vae = load_generator(tiny_dit_ckpt).model.vae
+    torch.manual_seed(0)
+    z, mask = torch.randn(3, 6, vae.latent_dim), torch.ones(3, 6, dtype=torch.bool)
+    mask[0, 4:] = False
+    domain = torch.zeros(3, dtype=torch.long)  # molecules
+
+    def collapse_second(types, charges, bonds, pos, mask_):  # moves molecule 1's atom 1 onto its atom 0, shifts the others
+        out = pos + 0.25
+        out[1, 1] = out[1, 0] + 0.5 * REFINED_MIN_DISTANCE
+        return out
+
+    plain = vae.decode_to_batch(z, mask, domain)
+    out = vae.decode_to_batch(z, mask, domain, refiner=collapse_second)
+    assert [m["geometry_source"] for m in out.meta] == ["refined", "decoded", "refined"]
+    assert torch.equal(out.pos[1], plain.pos[1]) and torch.equal(out.bonds[1], plain.bonds[1])  # as decoded, graph and all
+    assert not torch.allclose(out.pos[0][mask[0]], plain.pos[0][mask[0]])
 
 
 def test_refiner_file_round_trip_and_one_line_errors(tiny_dit_ckpt, tmp_path):

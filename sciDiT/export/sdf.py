@@ -22,8 +22,9 @@ sanitized          ``1`` if RDKit sanitization succeeds on the bonds as written,
 sanitize_error     first line of RDKit's complaint (only when ``sanitized`` is 0)
 smiles             canonical SMILES (only when ``sanitized`` is 1)
 finite_coordinates ``0`` when the sample had NaN/inf coordinates (written as 0.0), else ``1``
-geometry_source    generated molecules: ``decoded`` (positions as the VAE decoded them) | ``refined`` (placed by the
-                   model's geometry refiner on the decoded graph, ``refine=true``: :mod:`sciDiT.models.refiner`)
+geometry_source    generated molecules: ``decoded`` (positions as the VAE decoded them; also where a refinement put two
+                   atoms within 0.5 A and was undone) | ``refined`` (placed by the model's geometry refiner on the
+                   decoded graph, ``refine=true``: :mod:`sciDiT.models.refiner`)
 relaxed            only with ``relax=True``: ``1`` if the geometry was force-field minimised, else ``0``
 relax_force_field  ``MMFF94`` or ``UFF`` (only when ``relaxed`` is 1)
 request            conditional samples only: the request they were generated for, as JSON with

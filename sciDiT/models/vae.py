@@ -36,6 +36,7 @@ SiteWeights = Callable[[Tensor, Tensor], Tensor]
 # [B, N, 3] placed on that graph (e.g. sciDiT.models.refiner.GeometryRefiner)
 Refiner = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 REFINE_ROUNDS = 3  # refine, re-decode the graph on the refined geometry, ...: 3 refinements (experiments/geometry_refiner)
+REFINED_MIN_DISTANCE = 0.5  # Angstrom: a refinement that brings two atoms closer is undone (the shortest bond, H2, is 0.74)
 
 
 class GraphDecoder(Protocol):
@@ -284,10 +285,13 @@ class AllAtomVAE(nn.Module):
             atom_types = types
             types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, atom_types, type_log_probs, graph_decoder)
             is_mol = ((domain == Domain.MOLECULE)[:, None] & mask)[..., None]  # [B, N, 1]
+            decoded = (types, bonds, charges, meta, pos)  # the graph on the decoded geometry, kept for a collapsed refinement
             for round_ in range(REFINE_ROUNDS if refiner is not None else 0):
                 pos = torch.where(is_mol, refiner(types, charges, bonds, pos, mask).float(), pos)  # [B, N, 3]
                 if round_ < REFINE_ROUNDS - 1:
                     types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, atom_types, type_log_probs, graph_decoder)
+            if refiner is not None:
+                types, bonds, charges, meta, pos = _undo_collapsed(decoded, (types, bonds, charges, meta, pos), mask, domain)
         return TokenBatch(types=types, pos=pos, frac=frac, values=torch.zeros_like(mask, dtype=pos.dtype),
                           mask=mask, lattice=lattice, domain=domain, bonds=bonds, charges=charges, meta=meta)
 
@@ -407,6 +411,24 @@ class AllAtomVAE(nn.Module):
         nn.init.constant_(self.to_latent.bias[self.latent_dim :], -4.0)
         if self.bond_head is not None:
             self.bond_head.initialize_weights()
+
+
+def _undo_collapsed(decoded: tuple, refined: tuple, mask: Tensor, domain: Tensor) -> tuple:
+    """``(types, bonds, charges, meta, pos)`` of the refinement, except for molecules in which it put two atoms within
+    :data:`REFINED_MIN_DISTANCE` of each other (it can collapse rare small rings, e.g. the two N of a diazirine, onto one
+    point): those keep the graph and positions decoded before refinement. ``meta[b]['geometry_source']`` says which."""
+    types, bonds, charges, meta, pos = (x.clone() if isinstance(x, Tensor) else list(x) for x in refined)
+    dist = torch.cdist(pos.double(), pos.double())  # [B, N, N]
+    pair = mask[:, :, None] & mask[:, None, :] & ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)  # [B, N, N]
+    collapsed = ((dist < REFINED_MIN_DISTANCE) & pair).flatten(1).any(1)  # [B]
+    for b in torch.nonzero(domain == Domain.MOLECULE).flatten().tolist():
+        if collapsed[b]:
+            for out, before in zip((types, bonds, charges, pos), (decoded[0], decoded[1], decoded[2], decoded[4])):
+                out[b] = before[b]
+            meta[b] = {**decoded[3][b], "geometry_source": "decoded"}
+        else:
+            meta[b] = {**meta[b], "geometry_source": "refined"}
+    return types, bonds, charges, meta, pos
 
 
 def _local_distance_error(pos: Tensor, target: Tensor, atoms: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
