@@ -182,7 +182,7 @@ def test_coincident_atoms_are_invalid_and_do_not_crash_the_hueckel_retry():
     pos[1] = pos[0]
     clash = MoleculeTokenizer().from_arrays(ts.types.numpy(), pos.numpy())
     m = evaluate_molecules([clash, ts], openbabel=False).metrics
-    assert m["validity"] == 0.5 and m["validity_rdkit_hueckel_retry"] == 0.5
+    assert m["validity"] == 0.5 and m["validity_rdkit_hueckel_retry"] == 0.5 and m["overlapping_atoms"] == 0.5
 
 
 def test_radical_is_invalid():

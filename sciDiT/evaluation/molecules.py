@@ -29,6 +29,8 @@ atom carries radical electrons. Bonds come from one of two sources, never mixed 
   ``*_openbabel`` variants use the OpenBabel path.
 * ``connected`` - share of all samples whose covalent graph perceived from the coordinates (RDKit
   ``DetermineConnectivity``) is one piece, valid or not.
+* ``overlapping_atoms`` - share of all samples with two atoms closer than 0.5 A (the shortest bond, H2, is
+  0.74 A): no molecule looks like that, whatever its graph; validity on the file's bonds does not see it.
 * ``atom_stability`` / ``molecule_stability`` - EDM (Hoogeboom et al. 2022): a bond of order 1, 2
   or 3 is read from the distance of each atom pair using tabulated bond lengths plus margins
   (10, 5, 3 pm); an atom is stable when its bond orders sum to its valence (H 1, C 4, N 3, O 2,
@@ -148,7 +150,7 @@ def quiet_c_output():
 
 
 HUECKEL_SAFE_ELEMENTS = {1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 35, 53}  # H B C N O F Si P S Cl Br I
-HUECKEL_MIN_DISTANCE = 0.5  # Angstrom; the shortest bond (H2) is 0.74
+OVERLAP_DISTANCE = 0.5  # Angstrom; the shortest bond (H2) is 0.74: closer atoms overlap
 
 
 def min_distance(ts: TokenSet) -> float:
@@ -186,7 +188,7 @@ def rdkit_molecule(ts: TokenSet, hueckel_retry: bool = False) -> Chem.Mol | None
     # YAeHMOP (behind useHueckel) ends the whole process for elements it has no parameters for
     # (e.g. Kr, Xe, U), and generated molecules can contain any element: only organic ones may use it.
     # It also crashes on atoms that sit on top of each other, which no molecule has.
-    hueckel_safe = set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS and min_distance(ts) >= HUECKEL_MIN_DISTANCE
+    hueckel_safe = set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS and min_distance(ts) >= OVERLAP_DISTANCE
     for hueckel in (False, True) if hueckel_retry and hueckel_safe else (False,):
         mol = Chem.Mol(base)
         try:
@@ -385,6 +387,7 @@ def evaluate_molecules(
     if openbabel:
         metrics.update(_rates([openbabel_molecule(ts) for ts in sets], reference, "_openbabel", connected=False))
     metrics["connected"] = float(np.mean([is_connected(ts) for ts in sets]))
+    metrics["overlapping_atoms"] = float(np.mean([min_distance(ts) < OVERLAP_DISTANCE for ts in sets]))
     stab = [edm_stability(ts) for ts in sets]
     metrics["atom_stability"] = sum(s[0] for s in stab) / sum(s[1] for s in stab)
     metrics["molecule_stability"] = float(np.mean([s[2] for s in stab]))
