@@ -94,7 +94,10 @@ def main() -> None:
     mmff.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    noise_sweep(args) if args.mode == "noise" else mmff_start(args)
+    if args.mode == "noise":
+        noise_sweep(args)
+    else:
+        mmff_start(args)
 
 
 if __name__ == "__main__":
