@@ -4,7 +4,9 @@
         --plot experiments/quality_vs_budget/metrics_vs_budget.png
 
 Prints a Markdown table (one column per run): training steps, VAE reconstruction, the chosen CFG scale
-and every molecule and crystal metric that ``python -m sciDiT.evaluate`` wrote.
+and every molecule and crystal metric that ``python -m sciDiT.evaluate`` wrote; where a run also has a geometry
+refiner (``<run>/refiner.pt``) and its refined molecules' report (``<run>/eval/molecules_refined.json``; commands in
+the README), their rows too, dashed in the plot.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import argparse
 import json
 import re
 from pathlib import Path
+
+import torch
 
 MOLECULE_ROWS = [
     ("validity", "validity (strict headline: RDKit sanitizes, no radicals, no retry)"),
@@ -34,6 +38,9 @@ CRYSTAL_ROWS = [
     ("chgnet_energy_per_atom", "CHGNet energy (eV/atom)"), ("chgnet_max_force", "CHGNet max force (eV/A)"),
     ("chgnet_relax_displacement", "CHGNet 50-step relaxation displacement (A)"),
 ]
+REFINED_ROWS = [*(row for row in MOLECULE_ROWS if not row[0].startswith("pb_")), ("overlapping_atoms", "overlapping atoms (< 0.5 A)")]
+REFINED_PLOTTED = [("validity_connected", "QM9 valid and connected, refined"), ("validity_openbabel", "QM9 validity (OpenBabel), refined"),
+                   ("molecule_stability", "QM9 molecule stability (EDM), refined")]
 PLOTTED = [("molecules", "validity", "QM9 validity (strict, decoded bonds)"), ("molecules", "validity_connected", "QM9 valid and connected"),
            ("molecules", "validity_openbabel", "QM9 validity (OpenBabel)"),
            ("molecules", "atom_stability", "QM9 atom stability"), ("crystals", "structural_validity", "MP-20 structural validity"),
@@ -51,6 +58,11 @@ def load(run: Path) -> dict:
     pb = run / "eval" / "molecules_pb.json"  # PoseBusters on the first molecules of the file (today's evaluate.py)
     if pb.is_file():
         out["molecules"].update({k: v for k, v in json.loads(pb.read_text()).items() if k.startswith("pb_")})
+    refined = run / "eval" / "molecules_refined.json"
+    if refined.is_file() and (run / "refiner.pt").is_file():
+        report = json.loads(refined.read_text())
+        out["refined"] = report.get("metrics", report)
+        out["refiner_steps"] = torch.load(run / "refiner.pt", map_location="cpu", weights_only=True)["info"]["steps"]
     return out
 
 
@@ -72,10 +84,14 @@ def table(runs: list[dict]) -> str:
         for name, part in models:
             lines.append(f"| {name} {label} | " + " | ".join(fmt(r[part].get(key)) for r in runs) + " |")
     lines.append("| CFG scale (molecules / crystals) | " + " | ".join(f"{r['sweep']['best_cfg']['molecule']} / {r['sweep']['best_cfg']['crystal']}" for r in runs) + " |")
-    for part, rows in (("molecules", MOLECULE_ROWS), ("crystals", CRYSTAL_ROWS)):
-        lines.append(f"| **{part}** |" + " |" * len(runs))
+    parts = [("molecules", "molecules", MOLECULE_ROWS), ("crystals", "crystals", CRYSTAL_ROWS)]
+    if any("refined" in r for r in runs):
+        lines.append("| geometry refiner steps (1/9 of the budget more) | " + " | ".join(fmt(r.get("refiner_steps")) for r in runs) + " |")
+        parts.insert(1, ("refined", "molecules, refined (CFG 1)", REFINED_ROWS))
+    for part, title, rows in parts:
+        lines.append(f"| **{title}** |" + " |" * len(runs))
         for key, label in rows:
-            lines.append(f"| {label} | " + " | ".join(fmt(r[part].get(key)) for r in runs) + " |")
+            lines.append(f"| {label} | " + " | ".join(fmt(r.get(part, {}).get(key)) for r in runs) + " |")
     return "\n".join(lines)
 
 
@@ -85,10 +101,13 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     minutes = [r["minutes"] for r in runs]
     for part, key, label in PLOTTED:
         ax.plot(minutes, [r[part].get(key) for r in runs], "o-", label=label)
+    refined = [r for r in runs if "refined" in r]
+    for key, label in REFINED_PLOTTED if refined else []:
+        ax.plot([r["minutes"] for r in refined], [r["refined"].get(key) for r in refined], "s--", label=label)
     ax.axhline(0.9, color="grey", ls=":", lw=1)
     ax.axhline(0.85, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
@@ -96,7 +115,7 @@ def plot(runs: list[dict], path: Path) -> None:
     ax.set_xlabel("training budget (minutes on one CPU core)")
     ax.set_ylim(0, 1)
     ax.set_title("sciDiT joint QM9 + MP-20, VAE-T + DiT-T")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
