@@ -417,18 +417,15 @@ def _undo_collapsed(decoded: tuple, refined: tuple, mask: Tensor, domain: Tensor
     """``(types, bonds, charges, meta, pos)`` of the refinement, except for molecules in which it put two atoms within
     :data:`REFINED_MIN_DISTANCE` of each other (it can collapse rare small rings, e.g. the two N of a diazirine, onto one
     point): those keep the graph and positions decoded before refinement. ``meta[b]['geometry_source']`` says which."""
-    types, bonds, charges, meta, pos = (x.clone() if isinstance(x, Tensor) else list(x) for x in refined)
-    dist = torch.cdist(pos.double(), pos.double())  # [B, N, N]
+    pos = refined[4]
     pair = mask[:, :, None] & mask[:, None, :] & ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)  # [B, N, N]
-    collapsed = ((dist < REFINED_MIN_DISTANCE) & pair).flatten(1).any(1)  # [B]
-    for b in torch.nonzero(domain == Domain.MOLECULE).flatten().tolist():
-        if collapsed[b]:
-            for out, before in zip((types, bonds, charges, pos), (decoded[0], decoded[1], decoded[2], decoded[4])):
-                out[b] = before[b]
-            meta[b] = {**decoded[3][b], "geometry_source": "decoded"}
-        else:
-            meta[b] = {**meta[b], "geometry_source": "refined"}
-    return types, bonds, charges, meta, pos
+    undo = ((torch.cdist(pos.double(), pos.double()) < REFINED_MIN_DISTANCE) & pair).flatten(1).any(1)  # [B]
+    undo &= domain == Domain.MOLECULE
+    tensors = [torch.where(undo.view(-1, *[1] * (after.dim() - 1)), before, after)
+               for before, after in zip(decoded[:3] + decoded[4:], refined[:3] + refined[4:])]  # types, bonds, charges, pos
+    meta = [{**(before if u else after), "geometry_source": "decoded" if u else "refined"} if d == Domain.MOLECULE else after
+            for before, after, u, d in zip(decoded[3], refined[3], undo.tolist(), domain.tolist())]
+    return (*tensors[:3], meta, tensors[3])
 
 
 def _local_distance_error(pos: Tensor, target: Tensor, atoms: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
