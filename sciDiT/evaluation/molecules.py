@@ -188,8 +188,8 @@ def rdkit_molecule(ts: TokenSet, hueckel_retry: bool = False) -> Chem.Mol | None
     # YAeHMOP (behind useHueckel) ends the whole process for elements it has no parameters for
     # (e.g. Kr, Xe, U), and generated molecules can contain any element: only organic ones may use it.
     # It also crashes on atoms that sit on top of each other, which no molecule has.
-    hueckel_safe = set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS and min_distance(ts) >= OVERLAP_DISTANCE
-    for hueckel in (False, True) if hueckel_retry and hueckel_safe else (False,):
+    retry = hueckel_retry and set(ts.types.tolist()) <= HUECKEL_SAFE_ELEMENTS and min_distance(ts) >= OVERLAP_DISTANCE
+    for hueckel in (False, True) if retry else (False,):
         mol = Chem.Mol(base)
         try:
             if hueckel:
