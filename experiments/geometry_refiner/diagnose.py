@@ -24,20 +24,14 @@ from rdkit.Chem import AllChem
 from sciDiT.batch import TokenBatch, collate
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.evaluation.io import read_molecules
-from sciDiT.evaluation.molecules import EDM_VALENCE, edm_bond_orders
+from sciDiT.evaluation.molecules import edm_stability
 from sciDiT.generate import load_generator
 from sciDiT.training.refiner import decoded_positions, refine_batch
 
 
 def edm_stable_share(batch: TokenBatch, pos: torch.Tensor) -> float:
-    """Share of the batch's molecules that are EDM-stable at positions ``pos [B, N, 3]``."""
-    stable = []
-    for i in range(batch.batch_size):
-        m = batch.mask[i]
-        types = batch.types[i][m].numpy()
-        valence = np.array([EDM_VALENCE.get(int(t), -1) for t in types])
-        stable.append(bool((edm_bond_orders(types, pos[i][m].double().numpy()).sum(1) == valence).all()))
-    return float(np.mean(stable))
+    """Share of the batch's molecules that are EDM-stable (:func:`sciDiT.evaluation.molecules.edm_stability`) at ``pos [B, N, 3]``."""
+    return float(np.mean([edm_stability(ts)[2] for ts in replace(batch, pos=pos).unbatch()]))
 
 
 def noise_sweep(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-import torch
+from sciDiT.checkpoint import load_checkpoint
 
 MOLECULE_ROWS = [
     ("validity", "validity (strict headline: RDKit sanitizes, no radicals, no retry)"),
@@ -62,7 +62,7 @@ def load(run: Path) -> dict:
     if refined.is_file() and (run / "refiner.pt").is_file():
         report = json.loads(refined.read_text())
         out["refined"] = report.get("metrics", report)
-        out["refiner_steps"] = torch.load(run / "refiner.pt", map_location="cpu", weights_only=True)["info"]["steps"]
+        out["refiner_steps"] = load_checkpoint(run / "refiner.pt", "geometry refiner")["info"]["steps"]
     return out
 
 
