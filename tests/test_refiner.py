@@ -86,6 +86,16 @@ def test_training_restores_bond_lengths_of_noised_real_molecules(molecules):
     assert after < 0.6 * before  # noise of 0.1 A per coordinate: bond errors ~0.1 A before
 
 
+def test_weights_decide_which_sets_are_drawn(molecules):
+    poisoned = [replace(ts, pos=torch.full_like(ts.pos, float("nan"))) for ts in molecules[:20]]  # a draw makes the weights NaN
+    sets = molecules[20:120] + poisoned
+    kwargs = dict(size="R-T", batch_size=16, lr=1e-3, steps=10, minutes=5.0, log_every=0)
+    weighted, _ = train_refiner(sets, None, weights=[1.0] * 100 + [0.0] * 20, **kwargs)
+    assert all(torch.isfinite(p).all() for p in weighted.parameters())
+    uniform, _ = train_refiner(sets, None, **kwargs)
+    assert not all(torch.isfinite(p).all() for p in uniform.parameters())
+
+
 def test_decoding_alternates_refinement_and_graph_decoding_on_the_refined_geometry(tiny_dit_ckpt):
     from sciDiT.generate import load_generator
     from sciDiT.models.vae import REFINE_ROUNDS

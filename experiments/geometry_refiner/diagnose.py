@@ -2,6 +2,7 @@
 
     python experiments/geometry_refiner/diagnose.py noise qm9_mp20_cpu --plan fff [--coarse refiner.pt]
     python experiments/geometry_refiner/diagnose.py mmff qm9_mp20_cpu samples.sdf [--n 300]
+    python experiments/geometry_refiner/diagnose.py seen samples.sdf --train-sdf extra_a.sdf extra_b.sdf
 
 ``noise``: the first ``--n`` QM9 test molecules decoded by the model's VAE from their latents plus Gaussian noise of each
 ``--noise`` (standardised latent units), then refined on their true graph by the refiners of ``--plan`` in turn (``f`` the
@@ -9,6 +10,8 @@ model's refiner, ``c`` the ``--coarse`` one): EDM molecule stability and bond-le
 ``mmff``: the molecules of an SD file (its graph as written) embedded by RDKit (ETKDG) and minimised with MMFF94, then
 refined three times from there: EDM molecule stability before and after, and the O-H bond lengths (mean and spread).
 A good start that the refiner makes worse points at the graphs, not at the rough positions.
+``seen``: EDM molecule stability of an SD file's molecules as written, apart for those whose graph (canonical SMILES of
+the file's bonds) is among the ``--train-sdf`` molecules (a refiner's extra training molecules) and those whose graph is not.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from rdkit.Chem import AllChem
 from sciDiT.batch import TokenBatch, collate
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.evaluation.io import read_molecules
-from sciDiT.evaluation.molecules import edm_stability
+from sciDiT.evaluation.molecules import canonical_smiles, edm_stability
 from sciDiT.generate import load_generator
 from sciDiT.training.refiner import decoded_positions, refine_batch
 
@@ -73,6 +76,16 @@ def mmff_start(args: argparse.Namespace) -> None:
               f"{lengths.std():.4f} A ({len(kept)} molecules)", flush=True)
 
 
+def seen_split(args: argparse.Namespace) -> None:
+    seen = {canonical_smiles(ts.meta["written"]) for path in args.train_sdf for ts in read_molecules(path, keep_bonds=True)}
+    groups: dict[str, list[bool]] = {"graph among the training molecules": [], "graph not among them": []}
+    for ts in read_molecules(args.sdf, keep_bonds=True):
+        key = "graph among the training molecules" if canonical_smiles(ts.meta["written"]) in seen else "graph not among them"
+        groups[key].append(edm_stability(ts)[2])
+    for name, stable in groups.items():
+        print(f"{name}: {len(stable)} molecules, EDM molecule stability {np.mean(stable) if stable else float('nan'):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -86,12 +99,12 @@ def main() -> None:
     mmff.add_argument("model")
     mmff.add_argument("sdf")
     mmff.add_argument("--n", type=int, default=300)
+    seen = sub.add_parser("seen")
+    seen.add_argument("sdf")
+    seen.add_argument("--train-sdf", nargs="+", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.mode == "noise":
-        noise_sweep(args)
-    else:
-        mmff_start(args)
+    {"noise": noise_sweep, "mmff": mmff_start, "seen": seen_split}[args.mode](args)
 
 
 if __name__ == "__main__":

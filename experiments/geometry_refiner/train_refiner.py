@@ -6,7 +6,10 @@ Training molecules: the QM9 train split with their graphs (``--train`` first row
 each batch, :mod:`sciDiT.training.refiner`). The test figures are the first ``--test`` molecules of the QM9 test split
 decoded by the generator's VAE from their latents plus ``--test-noise`` standardised units of noise (as a DiT's latents
 are off), then refined on their true graph: position RMSD and the mean absolute error of bond lengths, before and after.
-``--init`` continues a trained refiner (e.g. with wider noise). Pack the file into a shipped model with
+``--init`` continues a trained refiner (e.g. with wider noise). ``--extra-sdf`` adds molecules of SD files with their graphs
+as written, drawn for ``--extra-share`` of each batch: e.g. the generator's own molecules minimised with MMFF94 (``python -m
+sciDiT.sample ... relax=true``), so that the refiner also learns graphs unlike QM9's; their targets are then force-field
+geometries, which a model card must say. Pack the file into a shipped model with
 ``python -m sciDiT.pretrained IN OUT refiner=FILE``.
 """
 
@@ -22,6 +25,7 @@ import torch
 from sciDiT.batch import collate
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.errors import SciDiTInputError
+from sciDiT.evaluation.io import read_molecules
 from sciDiT.generate import load_generator
 from sciDiT.models.refiner import REFINER_SIZES
 from sciDiT.training.precision import resolve_bf16
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dist-weight", type=float, default=10.0, help="weight of the local distance loss against the position loss")
     parser.add_argument("--init", default=None, help="continue from a trained refiner: its file, or a model file / shipped name that packs one "
                         "(e.g. the generator itself); its size replaces --size")
+    parser.add_argument("--extra-sdf", nargs="+", default=[], help="SD files of further training molecules with their graphs; "
+                        "records with the SD property relaxed = 0 (not minimised) are left out")
+    parser.add_argument("--extra-share", type=float, default=0.3, help="share of each batch drawn from the --extra-sdf molecules")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the test figures run on CPU)")
     args = parser.parse_args(argv)
@@ -76,14 +83,23 @@ def main(argv: list[str] | None = None) -> int:
             raise SciDiTInputError("this generator decodes no molecular graph (no bond head): a refiner needs one", args.ckpt)
         train = [s for s in load_qm9_split("train") if s.bonds is not None][: args.train]
         test = [s for s in load_qm9_split("test") if s.bonds is not None][: args.test]
+        extra = [s for path in args.extra_sdf for s in read_molecules(path, keep_bonds=True) if s.bonds is not None
+                 and not (s.meta["written"].HasProp("relaxed") and s.meta["written"].GetIntProp("relaxed") == 0)]
+        if args.extra_sdf and not extra:
+            raise SciDiTInputError("no molecule with a graph (and relaxed = 1 where the property is written)", args.extra_sdf[0])
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     bf16 = resolve_bf16("auto", args.device)
-    print(f"training on {len(train)} QM9 molecules for up to {args.minutes} min (bf16 {bf16})", flush=True)
-    refiner, facts = train_refiner(train, gen.model, size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
+    share = args.extra_share if extra else 0.0
+    weights = [(1 - share) / len(train)] * len(train) + [share / max(len(extra), 1)] * len(extra)
+    print(f"training on {len(train)} QM9 molecules and {len(extra)} from {args.extra_sdf} ({share:.0%} of each batch) "
+          f"for up to {args.minutes} min (bf16 {bf16})", flush=True)
+    refiner, facts = train_refiner(train + extra, gen.model, size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                                    minutes=args.minutes, latent_noise=args.latent_noise, pos_noise=args.pos_noise,
-                                   dist_weight=args.dist_weight, bf16=bf16, device=args.device, seed=args.seed, init=init)
+                                   dist_weight=args.dist_weight, bf16=bf16, device=args.device, seed=args.seed, init=init,
+                                   weights=weights)
+    facts["extra"] = {"files": args.extra_sdf, "molecules": len(extra), "share": share}
     gen.model.cpu()
     facts["test"] = {str(noise): test_figures(refiner, gen.model, test, noise) for noise in args.test_noise}
     facts["command"] = "python experiments/geometry_refiner/train_refiner.py " + " ".join(sys.argv[1:] if argv is None else argv)

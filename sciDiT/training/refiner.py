@@ -65,23 +65,25 @@ def rough_positions(batch: TokenBatch, model: LatentDiffusion | None, latent_noi
 def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None, *, size: str = "R-S", batch_size: int = 64,
                   lr: float = 1e-3, steps: int = 100_000, minutes: float = 20.0, latent_noise: float = 0.5, pos_noise: float = 0.3,
                   dist_weight: float = 10.0, bf16: bool = False, device: str = "cpu", seed: int = 0, log_every: int = 200,
-                  init: GeometryRefiner | None = None) -> tuple[GeometryRefiner, dict[str, Any]]:
+                  init: GeometryRefiner | None = None, weights: Sequence[float] | None = None) -> tuple[GeometryRefiner, dict[str, Any]]:
     """A refiner trained on molecules ``sets`` (each with its graph) to restore their positions from rough ones
     (:func:`rough_positions`; ``model``: the generator whose VAE decodes half of each batch), by :func:`refiner_loss` with
     ``dist_weight`` on the local distances. ``bf16``: the network's
     matrix products in bfloat16 autocast (positions and the loss stay float32). Random draws come from one seeded CPU
     generator, so a seed gives the same batches and noise on every ``device``. ``init``: a trained refiner to continue
-    from (a copy; its sizes replace ``size``), e.g. to widen the noise it learned on."""
+    from (a copy; its sizes replace ``size``), e.g. to widen the noise it learned on. ``weights``: relative chance of each
+    set to be drawn (default uniform), e.g. to give a small set of extra molecules a fixed share of each batch."""
     if any(ts.bonds is None for ts in sets):
         raise SciDiTInputError("the refiner trains on molecules with a known graph; some sets have none")
     torch.manual_seed(seed)
     gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
     refiner = (GeometryRefiner(**REFINER_SIZES[size]) if init is None else copy.deepcopy(init).train()).to(device)
     if model is not None:
         model.to(device).eval()
 
     def batch_loss() -> Tensor:
-        batch = collate([sets[i] for i in rng.choice(len(sets), batch_size, replace=False)]).to(device)
+        batch = collate([sets[i] for i in rng.choice(len(sets), batch_size, replace=False, p=p)]).to(device)
         rough = rough_positions(batch, model, latent_noise, pos_noise, gen)  # [B, N, 3]
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             pred = refiner(batch.types, batch.charges, batch.bonds, rough, batch.mask).float()  # [B, N, 3]
