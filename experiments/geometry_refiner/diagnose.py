@@ -78,11 +78,11 @@ def mmff_start(args: argparse.Namespace) -> None:
 
 def seen_split(args: argparse.Namespace) -> None:
     seen = {canonical_smiles(ts.meta["written"]) for path in args.train_sdf for ts in read_molecules(path, keep_bonds=True)}
-    groups: dict[str, list[bool]] = {"graph among the training molecules": [], "graph not among them": []}
+    groups: dict[bool, list[bool]] = {True: [], False: []}  # graph among the training molecules -> stable or not
     for ts in read_molecules(args.sdf, keep_bonds=True):
-        key = "graph among the training molecules" if canonical_smiles(ts.meta["written"]) in seen else "graph not among them"
-        groups[key].append(edm_stability(ts)[2])
-    for name, stable in groups.items():
+        groups[canonical_smiles(ts.meta["written"]) in seen].append(edm_stability(ts)[2])
+    for among, stable in groups.items():
+        name = "graph among the training molecules" if among else "graph not among them"
         print(f"{name}: {len(stable)} molecules, EDM molecule stability {np.mean(stable) if stable else float('nan'):.3f}")
 
 

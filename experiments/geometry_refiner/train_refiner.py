@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bf16 = resolve_bf16("auto", args.device)
     share = args.extra_share if extra else 0.0
-    weights = [(1 - share) / len(train)] * len(train) + [share / max(len(extra), 1)] * len(extra)
+    weights = [(1 - share) / len(train)] * len(train) + [share / len(extra)] * len(extra) if extra else None  # None: uniform, as before
     print(f"training on {len(train)} QM9 molecules and {len(extra)} from {args.extra_sdf} ({share:.0%} of each batch) "
           f"for up to {args.minutes} min (bf16 {bf16})", flush=True)
     refiner, facts = train_refiner(train + extra, gen.model, size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
