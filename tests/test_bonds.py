@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from rdkit import Chem
@@ -225,3 +226,21 @@ def test_relaxation_keeps_the_graph_and_lowers_the_mmff_energy(qm9_sets):
     bad = dataclasses.replace(jittered, bonds=torch.cat([jittered.bonds[:, :2], torch.full_like(jittered.bonds[:, 2:], 3)], 1))
     flagged = relax_molecule(to_molecules([bad])[0])
     assert flagged.GetIntProp("relaxed") == 0  # an unsanitizable graph is written as decoded
+
+
+def test_restrained_relaxation_stays_near_the_start_and_fixes_bond_lengths(qm9_sets):
+    ts = qm9_sets[60]
+    g = torch.Generator().manual_seed(0)
+    start = ts.pos + 0.15 * torch.randn(ts.pos.shape, generator=g)
+    mol = to_molecules([dataclasses.replace(ts, pos=start, meta={})])[0]
+    free, held = relax_molecule(mol), relax_molecule(mol, max_displacement=0.05, restraint_k=1000.0)
+    moved = {name: np.linalg.norm(m.GetConformer().GetPositions() - start.double().numpy(), axis=1) for name, m in (("free", free), ("held", held))}
+    assert held.GetIntProp("relaxed") == 1 and moved["held"].max() < 0.15 < moved["free"].max()  # held near the start
+    bonds = ts.bonds[:, :2].numpy()
+
+    def bond_error(pos: np.ndarray) -> float:
+        true = np.linalg.norm(ts.pos.double().numpy()[bonds[:, 0]] - ts.pos.double().numpy()[bonds[:, 1]], axis=1)
+        return float(np.abs(np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=1) - true).mean())
+
+    loose = relax_molecule(mol, max_displacement=0.3)
+    assert bond_error(loose.GetConformer().GetPositions()) < 0.5 * bond_error(start.double().numpy())  # local geometry fixed

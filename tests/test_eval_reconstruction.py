@@ -15,7 +15,7 @@ import torch
 from pymatgen.core import Structure
 
 from sciDiT.batch import TokenSet
-from sciDiT.evaluation.reconstruction import crystal_reconstruction, kabsch_rmsd, molecule_reconstruction
+from sciDiT.evaluation.reconstruction import crystal_reconstruction, kabsch_rmsd, kabsch_superpose, molecule_reconstruction
 from sciDiT.tokenizers import CrystalTokenizer, MoleculeTokenizer, atomic_number
 
 DATA_DIR = Path(os.environ.get("SCIDIT_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -67,6 +67,9 @@ def test_kabsch_rmsd_closed_form():
     shifted[0] += [0.3, 0.0, 0.0]
     assert 0 < kabsch_rmsd(shifted, p) <= 0.3 / math.sqrt(12) + 1e-9  # alignment can only lower the raw RMSD
     assert kabsch_rmsd(-p, p) > 0.1  # a mirror image is not a rotation (p is chiral in general)
+    np.testing.assert_allclose(kabsch_superpose(p @ rot + 3.0, p), p, atol=1e-6)  # a rigid copy lands on the original
+    moved = kabsch_superpose(shifted, p @ rot - 1.0)
+    np.testing.assert_allclose(np.linalg.norm(moved[1:] - moved[2], axis=1), np.linalg.norm(shifted[1:] - shifted[2], axis=1))  # rigid
 
 
 def test_molecule_copies_rotations_match():

@@ -10,7 +10,7 @@ import torch
 from sciDiT.batch import collate
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.refiner import REFINER_SIZES, GeometryRefiner, refiner_loss
-from sciDiT.training.refiner import load_refiner, refine_batch, save_refiner, train_refiner
+from sciDiT.training.refiner import ROUGH_KEY, load_refiner, refine_batch, rough_positions, save_refiner, train_refiner
 
 
 def _random_refiner(seed: int = 0) -> GeometryRefiner:
@@ -94,6 +94,18 @@ def test_weights_decide_which_sets_are_drawn(molecules):
     assert all(torch.isfinite(p).all() for p in weighted.parameters())
     uniform, _ = train_refiner(sets, None, **kwargs)
     assert not all(torch.isfinite(p).all() for p in uniform.parameters())
+
+
+def test_sets_with_rough_positions_of_their_own_get_them_as_input(molecules):
+    own = replace(molecules[1], meta={ROUGH_KEY: molecules[1].pos + 0.25})
+    batch = collate([molecules[0], own, molecules[2]])
+    rough = rough_positions(batch, None, latent_noise=0.5, pos_noise=0.3, generator=torch.Generator().manual_seed(0))  # [3, N, 3]
+    n = own.num_tokens
+    assert torch.equal(rough[1, :n], own.meta[ROUGH_KEY])  # its own input, no drawn noise
+    assert torch.equal(rough[1, n:], torch.zeros_like(rough[1, n:]))  # padding stays zero
+    for b in (0, 2):
+        m = batch.mask[b]
+        assert 0 < (rough[b][m] - batch.pos[b][m]).abs().max() < 2.0  # the others: true positions plus drawn noise
 
 
 def test_decoding_alternates_refinement_and_graph_decoding_on_the_refined_geometry(tiny_dit_ckpt):

@@ -9,7 +9,10 @@ are off), then refined on their true graph: position RMSD and the mean absolute 
 ``--init`` continues a trained refiner (e.g. with wider noise). ``--extra-sdf`` adds molecules of SD files with their graphs
 as written, drawn for ``--extra-share`` of each batch: e.g. the generator's own molecules minimised with MMFF94 (``python -m
 sciDiT.sample ... relax=true``), so that the refiner also learns graphs unlike QM9's; their targets are then force-field
-geometries, which a model card must say. Pack the file into a shipped model with
+geometries, which a model card must say. ``--pair-sdf RAW RELAXED`` adds pairs instead: the generator's molecules as it
+decoded them (``refine=false``) and the same molecules minimised from there (the same command and seed with ``relax=true``);
+the raw positions are then the input and the minimum, superposed onto them, the target, so that the refiner learns the
+errors it meets when sampling. Pack the file into a shipped model with
 ``python -m sciDiT.pretrained IN OUT refiner=FILE``.
 """
 
@@ -22,14 +25,15 @@ from dataclasses import replace
 
 import torch
 
-from sciDiT.batch import collate
+from sciDiT.batch import TokenSet, collate
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.io import read_molecules
+from sciDiT.evaluation.reconstruction import kabsch_superpose
 from sciDiT.generate import load_generator
 from sciDiT.models.refiner import REFINER_SIZES
 from sciDiT.training.precision import resolve_bf16
-from sciDiT.training.refiner import decoded_positions, refine_batch, save_refiner, train_refiner
+from sciDiT.training.refiner import ROUGH_KEY, decoded_positions, refine_batch, save_refiner, train_refiner
 
 
 @torch.no_grad()
@@ -53,6 +57,28 @@ def test_figures(refiner, model, sets, noise: float, seed: int = 0, batch_size: 
             "bond_mae_decoded": sums["bond_mae_decoded"] / bonds, "bond_mae_refined": sums["bond_mae_refined"] / bonds}
 
 
+def _minimised(ts: TokenSet) -> bool:
+    written = ts.meta["written"]
+    return ts.bonds is not None and not (written.HasProp("relaxed") and written.GetIntProp("relaxed") == 0)
+
+
+def paired_molecules(raw_path: str, relaxed_path: str) -> tuple[list[TokenSet], int]:
+    """Training pairs of two SD files of the same molecules in the same order: each minimised molecule of
+    ``relaxed_path`` (superposed onto its raw twin) with the raw positions of ``raw_path`` as ``meta[ROUGH_KEY]``;
+    and the number of records left out (not minimised, or atoms or graph unlike the raw twin's)."""
+    raw, relaxed = read_molecules(raw_path, keep_bonds=True), read_molecules(relaxed_path, keep_bonds=True)
+    if len(raw) != len(relaxed):
+        raise SciDiTInputError(f"{len(relaxed)} molecules against {len(raw)} in {raw_path}: not the same samples", relaxed_path)
+    pairs = []
+    for a, b in zip(raw, relaxed):
+        same = (a.bonds is not None and _minimised(b) and torch.equal(a.types, b.types) and torch.equal(a.bonds, b.bonds)
+                and (a.charges is None) == (b.charges is None) and (a.charges is None or torch.equal(a.charges, b.charges)))
+        if same:
+            target = kabsch_superpose(b.pos.double().numpy(), a.pos.double().numpy())  # [n, 3] the minimum in the raw frame
+            pairs.append(replace(b, pos=torch.as_tensor(target, dtype=b.pos.dtype), meta={ROUGH_KEY: a.pos.clone()}))
+    return pairs, len(raw) - len(pairs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="a generator: shipped model name or DiT-stage checkpoint (its VAE decodes the training inputs)")
@@ -72,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. the generator itself); its size replaces --size")
     parser.add_argument("--extra-sdf", nargs="+", default=[], help="SD files of further training molecules with their graphs; "
                         "records with the SD property relaxed = 0 (not minimised) are left out")
-    parser.add_argument("--extra-share", type=float, default=0.3, help="share of each batch drawn from the --extra-sdf molecules")
+    parser.add_argument("--pair-sdf", nargs=2, action="append", default=[], metavar=("RAW", "RELAXED"),
+                        help="the generator's molecules as decoded (refine=false) and the same minimised (relax=true): raw positions "
+                        "in, the minimum out (repeatable)")
+    parser.add_argument("--extra-share", type=float, default=0.3, help="share of each batch drawn from the --extra-sdf and --pair-sdf molecules")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the test figures run on CPU)")
     args = parser.parse_args(argv)
@@ -83,23 +112,29 @@ def main(argv: list[str] | None = None) -> int:
             raise SciDiTInputError("this generator decodes no molecular graph (no bond head): a refiner needs one", args.ckpt)
         train = [s for s in load_qm9_split("train") if s.bonds is not None][: args.train]
         test = [s for s in load_qm9_split("test") if s.bonds is not None][: args.test]
-        extra = [s for path in args.extra_sdf for s in read_molecules(path, keep_bonds=True) if s.bonds is not None
-                 and not (s.meta["written"].HasProp("relaxed") and s.meta["written"].GetIntProp("relaxed") == 0)]
+        extra = [s for path in args.extra_sdf for s in read_molecules(path, keep_bonds=True) if _minimised(s)]
         if args.extra_sdf and not extra:
             raise SciDiTInputError("no molecule with a graph (and relaxed = 1 where the property is written)", args.extra_sdf[0])
+        left_out = 0
+        for raw_path, relaxed_path in args.pair_sdf:
+            pairs, dropped = paired_molecules(raw_path, relaxed_path)
+            if not pairs:
+                raise SciDiTInputError(f"no minimised molecule with the atoms and graph of its twin in {raw_path}", relaxed_path)
+            extra, left_out = extra + pairs, left_out + dropped
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     bf16 = resolve_bf16("auto", args.device)
     share = args.extra_share if extra else 0.0
     weights = [(1 - share) / len(train)] * len(train) + [share / len(extra)] * len(extra) if extra else None  # None: uniform, as before
-    print(f"training on {len(train)} QM9 molecules and {len(extra)} from {args.extra_sdf} ({share:.0%} of each batch) "
+    print(f"training on {len(train)} QM9 molecules and {len(extra)} from {args.extra_sdf + [p for pair in args.pair_sdf for p in pair]} "
+          f"({left_out} pairs left out; {share:.0%} of each batch) "
           f"for up to {args.minutes} min (bf16 {bf16})", flush=True)
     refiner, facts = train_refiner(train + extra, gen.model, size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                                    minutes=args.minutes, latent_noise=args.latent_noise, pos_noise=args.pos_noise,
                                    dist_weight=args.dist_weight, bf16=bf16, device=args.device, seed=args.seed, init=init,
                                    weights=weights)
-    facts["extra"] = {"files": args.extra_sdf, "molecules": len(extra), "share": share}
+    facts["extra"] = {"files": args.extra_sdf, "pairs": args.pair_sdf, "pairs_left_out": left_out, "molecules": len(extra), "share": share}
     gen.model.cpu()
     facts["test"] = {str(noise): test_figures(refiner, gen.model, test, noise) for noise in args.test_noise}
     facts["command"] = "python experiments/geometry_refiner/train_refiner.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -37,14 +37,17 @@ CRYSTAL_MATCHER_KWARGS = {"stol": 0.5, "ltol": 0.3, "angle_tol": 10.0}
 POOL_MIN_PAIRS = 64  # below this a process pool costs more than it saves
 
 
+def kabsch_superpose(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Point set p [n, 3] moved by the proper rotation + translation that best superposes it onto q [n, 3]."""
+    p_mean, q_mean = p.mean(axis=0), q.mean(axis=0)
+    u, _, vt = np.linalg.svd((p - p_mean).T @ (q - q_mean))
+    d = np.sign(np.linalg.det(u @ vt))  # -1 would be a reflection: flip the weakest axis instead
+    return (p - p_mean) @ (u @ np.diag([1.0, 1.0, d]) @ vt) + q_mean
+
+
 def kabsch_rmsd(p: np.ndarray, q: np.ndarray) -> float:
     """RMSD between point sets p, q [n, 3] after the optimal proper rotation + translation of p onto q."""
-    p = p - p.mean(axis=0)
-    q = q - q.mean(axis=0)
-    u, _, vt = np.linalg.svd(p.T @ q)
-    d = np.sign(np.linalg.det(u @ vt))  # -1 would be a reflection: flip the weakest axis instead
-    rot = u @ np.diag([1.0, 1.0, d]) @ vt
-    diff = p @ rot - q
+    diff = kabsch_superpose(p, q) - q
     return float(np.sqrt((diff**2).sum(axis=1).mean()))
 
 

@@ -112,12 +112,16 @@ def force_field(mol: Chem.Mol):
     return None, ""
 
 
-def relax_molecule(mol: Chem.Mol, max_iters: int = 2000) -> Chem.Mol:
+def relax_molecule(mol: Chem.Mol, max_iters: int = 2000, max_displacement: float | None = None,
+                   restraint_k: float = 100.0) -> Chem.Mol:
     """Copy of ``mol`` whose conformer is minimised on its own graph (bonds and charges kept).
 
     For users who want clean geometries: decoded coordinates are close to, not at, a minimum. Only
     a molecule that sanitizes with finite coordinates is relaxed; the copy gets ``relaxed`` = 1 and
     ``relax_force_field``, or ``relaxed`` = 0 (coordinates untouched) when it cannot be relaxed.
+    ``max_displacement`` (Angstrom): each atom moves that far freely and is held beyond it by a harmonic
+    restraint of ``restraint_k`` (kcal/mol/A^2), so the minimum fixes local geometry (bond lengths, angles)
+    near the start instead of changing the conformation; None: unrestrained.
     """
     out = Chem.Mol(mol)
     out.SetIntProp("relaxed", 0)
@@ -129,6 +133,10 @@ def relax_molecule(mol: Chem.Mol, max_iters: int = 2000) -> Chem.Mol:
         ff, name = force_field(trial)
         if ff is None:
             return out
+        if max_displacement is not None:
+            restrain = ff.MMFFAddPositionConstraint if name == "MMFF94" else ff.UFFAddPositionConstraint
+            for i in range(trial.GetNumAtoms()):
+                restrain(i, max_displacement, restraint_k)
         ff.Initialize()
         ff.Minimize(maxIts=max_iters)
     conf = out.GetConformer()

@@ -6,7 +6,9 @@ Each step draws real molecules with their graphs and gives the refiner rough pos
 half of each batch as the generator's own VAE decodes them from latents with Gaussian noise of up to
 ``latent_noise`` latent standard deviations (the errors of decoding a DiT's imperfect latents), the
 other half with Gaussian noise of up to ``pos_noise`` Angstrom on the true positions; targets are the true
-(DFT) positions, inputs keep the true elements, charges and bond orders. The file is weights-only: the
+(DFT) positions, inputs keep the true elements, charges and bond orders. A set may instead carry its own rough
+positions (``meta[ROUGH_KEY]``, in the frame of its ``pos``): e.g. a generator's raw decode of a molecule paired with
+that molecule minimised by a force field, so that the refiner learns the very errors it meets when sampling. The file is weights-only: the
 refiner's sizes and weights, the latent statistics of the VAE whose decodes it learned (checked when
 it is loaded beside a generator) and the training facts.
 """
@@ -32,6 +34,7 @@ from sciDiT.models.vae import POS_SCALE
 from sciDiT.training.optim import fit
 
 REFINER_KIND = "scidit_geometry_refiner"
+ROUGH_KEY = "rough_pos"  # meta key of a set's own rough positions [n, 3] (Angstrom): its input, instead of drawn noise
 
 
 @torch.no_grad()
@@ -49,7 +52,8 @@ def rough_positions(batch: TokenBatch, model: LatentDiffusion | None, latent_noi
                     generator: torch.Generator) -> Tensor:
     """The refiner's inputs ``[B, N, 3]`` for a batch of real molecules: the first half decoded by ``model``'s VAE
     (latent noise ~ U[0, ``latent_noise``]), the rest the true positions plus noise of U[0, ``pos_noise``] Angstrom
-    per molecule (all of the batch when ``model`` is None)."""
+    per molecule (all of the batch when ``model`` is None); a set with rough positions of its own
+    (``meta[ROUGH_KEY]``) gets those."""
     b = batch.mask.shape[0]
     n_vae = b // 2 if model is not None else 0
     sigma = torch.rand(b, generator=generator).to(batch.pos.device)  # [B]
@@ -59,6 +63,10 @@ def rough_positions(batch: TokenBatch, model: LatentDiffusion | None, latent_noi
         part = replace(batch, **{f: getattr(batch, f)[:n_vae] for f in ("types", "pos", "frac", "values", "mask", "lattice", "domain")},
                        bonds=None, charges=None, cond={}, meta=batch.meta[:n_vae])
         pos[:n_vae] = decoded_positions(model, part, sigma[:n_vae] * latent_noise, generator)
+    for i, meta in enumerate(batch.meta):
+        if ROUGH_KEY in meta:
+            rough = torch.as_tensor(meta[ROUGH_KEY], dtype=pos.dtype, device=pos.device)  # [n, 3]
+            pos[i, : len(rough)] = rough
     return pos * batch.mask[..., None]
 
 
