@@ -3,6 +3,8 @@
     python experiments/geometry_refiner/diagnose.py noise qm9_mp20_cpu --plan fff [--coarse refiner.pt]
     python experiments/geometry_refiner/diagnose.py mmff qm9_mp20_cpu samples.sdf [--n 300]
     python experiments/geometry_refiner/diagnose.py seen samples.sdf --train-sdf extra_a.sdf extra_b.sdf
+    python experiments/geometry_refiner/diagnose.py xtb minimised.sdf [--n 150]
+    python experiments/geometry_refiner/diagnose.py bonds samples.sdf [more.sdf ...] [--qm9-test 2000]
 
 ``noise``: the first ``--n`` QM9 test molecules decoded by the model's VAE from their latents plus Gaussian noise of each
 ``--noise`` (standardised latent units), then refined on their true graph by the refiners of ``--plan`` in turn (``f`` the
@@ -12,6 +14,12 @@ refined three times from there: EDM molecule stability before and after, and the
 A good start that the refiner makes worse points at the graphs, not at the rough positions.
 ``seen``: EDM molecule stability of an SD file's molecules as written, apart for those whose graph (canonical SMILES of
 the file's bonds) is among the ``--train-sdf`` molecules (a refiner's extra training molecules) and those whose graph is not.
+``xtb``: the first ``--n`` molecules of an SD file (e.g. force-field minima of generated graphs) optimised with GFN2-xTB
+(tblite, ASE's BFGS to 0.03 eV/A, the total formal charge of the graph): EDM molecule stability before and after, i.e.
+whether quantum-chemical labels would make these graphs more EDM-stable than force-field ones.
+``bonds``: for each SD file (first ``--n`` molecules; ``--qm9-test``: also the first QM9 test molecules at their DFT
+geometry with their true graph) the EDM-unstable molecules and their most frequent wrong bonds: pairs at a failing atom
+whose EDM-perceived order (from the length) differs from the written graph, with the median length.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from rdkit.Chem import AllChem
 from sciDiT.batch import TokenBatch, collate
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.evaluation.io import read_molecules
-from sciDiT.evaluation.molecules import canonical_smiles, edm_stability
+from sciDiT.evaluation.molecules import EDM_VALENCE, canonical_smiles, edm_bond_orders, edm_stability
 from sciDiT.generate import load_generator
 from sciDiT.training.refiner import decoded_positions, refine_batch
 
@@ -86,6 +94,55 @@ def seen_split(args: argparse.Namespace) -> None:
         print(f"{name}: {len(stable)} molecules, EDM molecule stability {np.mean(stable) if stable else float('nan'):.3f}")
 
 
+def xtb_optimised(args: argparse.Namespace) -> None:
+    from ase import Atoms
+    from ase.optimize import BFGS
+    from tblite.ase import TBLite
+
+    before, after, steps = [], [], []
+    for ts in read_molecules(args.sdf, keep_bonds=True)[: args.n]:
+        charge = sum(atom.GetFormalCharge() for atom in ts.meta["written"].GetAtoms())
+        atoms = Atoms(numbers=ts.types.numpy(), positions=ts.pos.double().numpy())
+        atoms.calc = TBLite(method="GFN2-xTB", charge=charge, verbosity=0)
+        opt = BFGS(atoms, logfile=None)
+        opt.run(fmax=0.03, steps=200)
+        steps.append(opt.nsteps)
+        before.append(edm_stability(ts)[2])
+        after.append(edm_stability(replace(ts, pos=torch.tensor(atoms.get_positions(), dtype=torch.float32)))[2])
+    print(f"{len(before)} molecules: EDM molecule stability {np.mean(before):.3f} as written, {np.mean(after):.3f} after GFN2-xTB "
+          f"({np.mean(steps):.0f} BFGS steps on average)")
+
+
+def wrong_bonds(sets: list, label: str) -> None:
+    symbol = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
+    lengths: dict[str, list[float]] = {}
+    unstable = 0
+    for ts in sets:
+        types, pos = ts.types.numpy(), ts.pos.double().numpy()
+        perceived = edm_bond_orders(types, pos)  # [n, n]
+        failing = perceived.sum(1) != np.array([EDM_VALENCE.get(int(z), -1) for z in types])  # [n]
+        if not failing.any():
+            continue
+        unstable += 1
+        written = np.zeros_like(perceived)
+        written[ts.bonds[:, 0], ts.bonds[:, 1]] = written[ts.bonds[:, 1], ts.bonds[:, 0]] = ts.bonds[:, 2]
+        for i, j in zip(*np.nonzero(np.triu(perceived != written, 1))):
+            if failing[i] or failing[j]:
+                a, b = sorted((int(types[i]), int(types[j])))
+                key = f"{symbol.get(a, a)}-{symbol.get(b, b)} {written[i, j]} -> {perceived[i, j]}"
+                lengths.setdefault(key, []).append(float(np.linalg.norm(pos[i] - pos[j])))
+    top = sorted(lengths.items(), key=lambda kv: -len(kv[1]))[:6]
+    print(f"{label}: {unstable} of {len(sets)} EDM-unstable; wrong bonds (written -> perceived): "
+          + "; ".join(f"{k} {len(v)} (median {np.median(v):.3f} A)" for k, v in top))
+
+
+def bond_failures(args: argparse.Namespace) -> None:
+    for path in args.sdf:
+        wrong_bonds(read_molecules(path, keep_bonds=True)[: args.n], path)
+    if args.qm9_test:
+        wrong_bonds([s for s in load_qm9_split("test") if s.bonds is not None][: args.qm9_test], "QM9 test (DFT, true graphs)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -102,9 +159,16 @@ def main() -> None:
     seen = sub.add_parser("seen")
     seen.add_argument("sdf")
     seen.add_argument("--train-sdf", nargs="+", required=True)
+    xtb = sub.add_parser("xtb")
+    xtb.add_argument("sdf")
+    xtb.add_argument("--n", type=int, default=150)
+    bonds = sub.add_parser("bonds")
+    bonds.add_argument("sdf", nargs="+")
+    bonds.add_argument("--n", type=int, default=1000)
+    bonds.add_argument("--qm9-test", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    {"noise": noise_sweep, "mmff": mmff_start, "seen": seen_split}[args.mode](args)
+    {"noise": noise_sweep, "mmff": mmff_start, "seen": seen_split, "xtb": xtb_optimised, "bonds": bond_failures}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw", help="SD file of the generator's molecules as decoded (refine=false)")
     parser.add_argument("out", help="SD file of the same molecules minimised")
-    parser.add_argument("--max-displacement", type=float, default=0.5, help="Angstrom each atom moves freely (restrained beyond)")
+    parser.add_argument("--max-displacement", type=float, default=0.5, help="Angstrom each atom moves freely (restrained beyond; 0: unrestrained)")
     parser.add_argument("--restraint-k", type=float, default=100.0, help="force constant of the restraint (kcal/mol/A^2)")
     args = parser.parse_args(argv)
     try:
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    relaxed = [relax_molecule(m, max_displacement=args.max_displacement, restraint_k=args.restraint_k) for m in mols]
+    held = args.max_displacement if args.max_displacement > 0 else None
+    relaxed = [relax_molecule(m, max_displacement=held, restraint_k=args.restraint_k) for m in mols]
     tmp = Path(args.out).with_suffix(".partial")
     tmp.write_text("".join(mol_record(m) for m in relaxed))
     tmp.replace(args.out)
