@@ -10,7 +10,7 @@ are off), then refined on their true graph: position RMSD and the mean absolute 
 as written, drawn for ``--extra-share`` of each batch: e.g. the generator's own molecules minimised with MMFF94 (``python -m
 sciDiT.sample ... relax=true``), so that the refiner also learns graphs unlike QM9's; their targets are then force-field
 geometries, which a model card must say. ``--pair-sdf RAW RELAXED`` adds pairs instead: the generator's molecules as it
-decoded them (``refine=false``) and the same molecules minimised from there (the same command and seed with ``relax=true``);
+decoded them (``refine=false``) and the same molecules minimised from there (``minimise_pairs.py``);
 the raw positions are then the input and the minimum, superposed onto them, the target, so that the refiner learns the
 errors it meets when sampling. Pack the file into a shipped model with
 ``python -m sciDiT.pretrained IN OUT refiner=FILE``.
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-sdf", nargs="+", default=[], help="SD files of further training molecules with their graphs; "
                         "records with the SD property relaxed = 0 (not minimised) are left out")
     parser.add_argument("--pair-sdf", nargs=2, action="append", default=[], metavar=("RAW", "RELAXED"),
-                        help="the generator's molecules as decoded (refine=false) and the same minimised (relax=true): raw positions "
+                        help="the generator's molecules as decoded (refine=false) and the same minimised (minimise_pairs.py): raw positions "
                         "in, the minimum out (repeatable)")
     parser.add_argument("--extra-share", type=float, default=0.3, help="share of each batch drawn from the --extra-sdf and --pair-sdf molecules")
     parser.add_argument("--seed", type=int, default=0)
