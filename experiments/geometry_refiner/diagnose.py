@@ -32,11 +32,12 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from sciDiT.batch import TokenBatch, collate
+from sciDiT.batch import TokenBatch, bond_matrix, collate
 from sciDiT.data.qm9 import load_qm9_split
 from sciDiT.evaluation.io import read_molecules
-from sciDiT.evaluation.molecules import EDM_VALENCE, canonical_smiles, edm_bond_orders, edm_stability
+from sciDiT.evaluation.molecules import canonical_smiles, edm_atom_stable, edm_bond_orders, edm_stability
 from sciDiT.generate import load_generator
+from sciDiT.tokenizers.elements import symbol
 from sciDiT.training.refiner import decoded_positions, refine_batch
 
 
@@ -101,9 +102,8 @@ def xtb_optimised(args: argparse.Namespace) -> None:
 
     before, after, steps = [], [], []
     for ts in read_molecules(args.sdf, keep_bonds=True)[: args.n]:
-        charge = sum(atom.GetFormalCharge() for atom in ts.meta["written"].GetAtoms())
         atoms = Atoms(numbers=ts.types.numpy(), positions=ts.pos.double().numpy())
-        atoms.calc = TBLite(method="GFN2-xTB", charge=charge, verbosity=0)
+        atoms.calc = TBLite(method="GFN2-xTB", charge=int(ts.charges.sum()), verbosity=0)
         opt = BFGS(atoms, logfile=None)
         opt.run(fmax=0.03, steps=200)
         steps.append(opt.nsteps)
@@ -114,22 +114,20 @@ def xtb_optimised(args: argparse.Namespace) -> None:
 
 
 def wrong_bonds(sets: list, label: str) -> None:
-    symbol = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
     lengths: dict[str, list[float]] = {}
     unstable = 0
     for ts in sets:
         types, pos = ts.types.numpy(), ts.pos.double().numpy()
         perceived = edm_bond_orders(types, pos)  # [n, n]
-        failing = perceived.sum(1) != np.array([EDM_VALENCE.get(int(z), -1) for z in types])  # [n]
+        failing = ~edm_atom_stable(types, perceived)  # [n]
         if not failing.any():
             continue
         unstable += 1
-        written = np.zeros_like(perceived)
-        written[ts.bonds[:, 0], ts.bonds[:, 1]] = written[ts.bonds[:, 1], ts.bonds[:, 0]] = ts.bonds[:, 2]
+        written = bond_matrix(ts.bonds, len(types)).numpy()  # [n, n]
         for i, j in zip(*np.nonzero(np.triu(perceived != written, 1))):
             if failing[i] or failing[j]:
                 a, b = sorted((int(types[i]), int(types[j])))
-                key = f"{symbol.get(a, a)}-{symbol.get(b, b)} {written[i, j]} -> {perceived[i, j]}"
+                key = f"{symbol(a)}-{symbol(b)} {written[i, j]} -> {perceived[i, j]}"
                 lengths.setdefault(key, []).append(float(np.linalg.norm(pos[i] - pos[j])))
     top = sorted(lengths.items(), key=lambda kv: -len(kv[1]))[:6]
     print(f"{label}: {unstable} of {len(sets)} EDM-unstable; wrong bonds (written -> perceived): "

@@ -21,6 +21,7 @@ from pathlib import Path
 from rdkit import Chem
 
 from sciDiT.errors import SciDiTInputError
+from sciDiT.export.atomic import atomic_write_text
 from sciDiT.export.sdf import mol_record, relax_molecule
 
 
@@ -42,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     held = args.max_displacement if args.max_displacement > 0 else None
     relaxed = [relax_molecule(m, max_displacement=held, restraint_k=args.restraint_k) for m in mols]
-    tmp = Path(args.out).with_suffix(".partial")
-    tmp.write_text("".join(mol_record(m) for m in relaxed))
-    tmp.replace(args.out)
+    try:
+        atomic_write_text(args.out, "".join(mol_record(m) for m in relaxed))
+    except SciDiTInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"minimised {sum(m.GetIntProp('relaxed') for m in relaxed)} of {len(mols)} molecules -> {args.out}")
     return 0
 

@@ -72,7 +72,7 @@ def paired_molecules(raw_path: str, relaxed_path: str) -> tuple[list[TokenSet], 
     pairs = []
     for a, b in zip(raw, relaxed):
         same = (a.bonds is not None and _minimised(b) and torch.equal(a.types, b.types) and torch.equal(a.bonds, b.bonds)
-                and (a.charges is None) == (b.charges is None) and (a.charges is None or torch.equal(a.charges, b.charges)))
+                and torch.equal(a.charges, b.charges))  # a graph always comes with its charges (MoleculeTokenizer)
         if same:
             target = kabsch_superpose(b.pos.double().numpy(), a.pos.double().numpy())  # [n, 3] the minimum in the raw frame
             pairs.append(replace(b, pos=torch.as_tensor(target, dtype=b.pos.dtype), meta={ROUGH_KEY: a.pos.clone()}))

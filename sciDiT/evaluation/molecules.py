@@ -109,11 +109,15 @@ def edm_bond_orders(types: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return order
 
 
+def edm_atom_stable(types: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per atom [n] bool: its EDM-perceived bond orders ``order [n, n]`` (:func:`edm_bond_orders`) sum to its valence."""
+    return order.sum(axis=1) == np.array([EDM_VALENCE.get(int(z), -1) for z in types])
+
+
 def edm_stability(ts: TokenSet) -> tuple[int, int, bool]:
     """(stable atoms, atoms, molecule stable) by the EDM definition (module docstring)."""
     types = ts.types.cpu().numpy()
-    valence = np.array([EDM_VALENCE.get(int(z), -1) for z in types])
-    stable = edm_bond_orders(types, ts.pos.double().cpu().numpy()).sum(axis=1) == valence
+    stable = edm_atom_stable(types, edm_bond_orders(types, ts.pos.double().cpu().numpy()))
     return int(stable.sum()), len(types), bool(stable.all())
 
 
