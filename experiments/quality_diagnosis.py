@@ -77,8 +77,7 @@ def noisy_decodes(gen: Generator, sets: list[TokenSet], sigma: float, seed: int)
         x1 = model.latents(batch)  # [B, N, L] standardised, zeros at padding
         latents.append(x1[batch.mask].numpy())
         noisy = x1 + sigma * torch.randn(x1.shape, generator=g) * batch.mask[..., None]  # [B, N, L]
-        z = noisy * model.latent_std + model.latent_mean  # [B, N, L]
-        decoded += model.vae.decode_to_batch(z, batch.mask, batch.domain).unbatch()
+        decoded += model.vae.decode_to_batch(model.to_vae(noisy, batch.domain), batch.mask, batch.domain).unbatch()
     return decoded, np.concatenate(latents)
 
 
@@ -96,7 +95,7 @@ def generated_latents(gen: Generator, domain: Domain, n: int, seed: int) -> tupl
         velocity = model_velocity(gen.ema_dit, mask, {"domain": dom}, cfg_scale=1.0, self_condition=gen.ema_dit.self_condition)
         x1 = integrate(velocity, x0, steps=100, method="euler")  # [b, N, L]
         latents.append(x1[mask].numpy())
-        decoded += model.vae.decode_to_batch(x1 * model.latent_std + model.latent_mean, mask, dom).unbatch()
+        decoded += model.vae.decode_to_batch(model.to_vae(x1, dom), mask, dom).unbatch()
     return np.concatenate(latents), decoded
 
 

@@ -59,7 +59,7 @@ from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.models.latent_guides import gaussian_log_likelihood
-from sciDiT.pretrained import DISCRIMINATORS_KEY, GUIDE_KEY, REFINER_KEY, guide_section, pretrained_path
+from sciDiT.pretrained import CRYSTAL_REFINER_KEY, DISCRIMINATORS_KEY, GUIDE_KEY, REFINER_KEY, guide_section, pretrained_path
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
@@ -67,6 +67,7 @@ from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.latent_guides import load_discriminator, load_property_regressor, packed_discriminator
+from sciDiT.training.crystal_refiner import load_crystal_refiner, packed_crystal_refiner
 from sciDiT.training.refiner import load_refiner, packed_refiner
 from sciDiT.training.targets import check_config
 
@@ -108,7 +109,7 @@ class Generator:
                  condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None,
                  regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None,
                  discriminators: Mapping[str, nn.Module] | None = None, refiner: nn.Module | None = None,
-                 screeners: Mapping[str, nn.Module] | None = None, screener_stats: Mapping[str, Mapping[str, Any]] | None = None):
+                 crystal_refiner: nn.Module | None = None, screeners: Mapping[str, nn.Module] | None = None, screener_stats: Mapping[str, Mapping[str, Any]] | None = None):
         self.device = usable_device(device)
         self.condition_stats = dict(condition_stats or {})  # the DiT's own conditions (sciDiT.data.conditions)
         self.regressor = None if regressor is None else regressor.to(self.device).eval()  # classifier guidance's p(y | x_t), if any
@@ -121,6 +122,8 @@ class Generator:
         # discriminator guidance's latent discriminators, by domain name ("molecule", "crystal")
         self.discriminators = {d: m.to(self.device).eval() for d, m in (discriminators or {}).items()}
         self.refiner = None if refiner is None else refiner.to(self.device).eval()  # places decoded molecules' atoms, if any
+        # restores decoded crystals' elements, sites and cells, if any
+        self.crystal_refiner = None if crystal_refiner is None else crystal_refiner.to(self.device).eval()
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self.weak_dit = None if weak_dit is None else weak_dit.to(self.device).eval()  # autoguidance's weaker model, if any
@@ -293,17 +296,22 @@ class Generator:
             have = f" (this model has one for {' and '.join(f'{d}s' for d in self.discriminators)} only)" if self.discriminators else ""
             raise SciDiTInputError(f"discriminator_guidance needs a latent discriminator of {dom.name.lower()}s{have}: load_generator(..., "
                                    "discriminator=FILE) (experiments/discriminator_guidance/train_discriminator.py)")
+        asymmetric = dom == Domain.CRYSTAL and bool(self.condition_stats.get("spacegroup", {}).get("asymmetric_unit"))
         if refine == "auto":
-            refine = dom == Domain.MOLECULE and self.refiner is not None and self.model.vae.bond_head is not None
+            refine = (self.refiner is not None and self.model.vae.bond_head is not None if dom == Domain.MOLECULE
+                      else self.crystal_refiner is not None and not asymmetric)
         elif not isinstance(refine, bool):
             raise SciDiTInputError(f"refine must be true, false or auto, got {refine!r}")
-        if refine and dom != Domain.MOLECULE:
-            raise SciDiTInputError("refine=true applies to molecules only")
-        if refine and (self.refiner is None or self.model.vae.bond_head is None):
+        if refine and dom == Domain.MOLECULE and (self.refiner is None or self.model.vae.bond_head is None):
             raise SciDiTInputError("refine=true needs a geometry refiner of this model's molecules: load_generator(..., refiner=FILE) "
                                    "(experiments/geometry_refiner/train_refiner.py)")
+        if refine and dom == Domain.CRYSTAL and self.crystal_refiner is None:
+            raise SciDiTInputError("refine=true needs a crystal refiner of this model: load_generator(..., crystal_refiner=FILE) "
+                                   "(experiments/crystal_refiner/train_crystal_refiner.py)")
+        if refine and asymmetric:
+            raise SciDiTInputError("refine=true refines whole cells; this model generates asymmetric units (use refine=false)")
         if bond_min_prob is None:
-            bond_min_prob = REFINED_BOND_MIN_PROB if refine else BOND_MIN_PROB
+            bond_min_prob = REFINED_BOND_MIN_PROB if refine and dom == Domain.MOLECULE else BOND_MIN_PROB
         if not 0.0 < bond_min_prob < 1.0:
             raise SciDiTInputError(f"bond_min_prob must lie in (0, 1), got {bond_min_prob}")
         graph_decoder = (ValenceGraphDecoder(joint=bond_decoding == "joint", min_prob=bond_min_prob)
@@ -406,7 +414,8 @@ class Generator:
                                                     allowed_elements=None if allowed is None else allowed.expand(len(idx), -1),
                                                     charge_balanced=composition == "balanced",
                                                     site_weights=None if hall is None else functools.partial(_unit_weights, hall),
-                                                    graph_decoder=graph_decoder, refiner=self.refiner if refine else None)
+                                                    graph_decoder=graph_decoder, refiner=self.refiner if refine and dom == Domain.MOLECULE else None,
+                                                    crystal_refiner=self.crystal_refiner if refine and dom == Domain.CRYSTAL else None)
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
@@ -414,6 +423,8 @@ class Generator:
                     ts.meta = {**ts.meta, "sample_index": i, **({"request": request_json(request)} if request else {})}
                     if dom == Domain.MOLECULE:
                         ts.meta.setdefault("geometry_source", "decoded")  # "refined" where the refiner placed the atoms
+                    else:
+                        ts.meta["structure_source"] = "refined" if refine else "decoded"
                     out[i] = ts
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled
@@ -613,7 +624,8 @@ def _resolve(ckpt: str | Path) -> Path:
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
                    property_guide: str | Path | None = None, discriminator: str | Path | None = None,
-                   refiner: str | Path | None = None, screen_predictor: str | Path | None = None) -> Generator:
+                   refiner: str | Path | None = None, screen_predictor: str | Path | None = None,
+                   crystal_refiner: str | Path | None = None) -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
     or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
     :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
@@ -623,6 +635,8 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     discriminator guidance (default: those packed in ``ckpt``, one per domain; a file replaces the packed one of its domain).
     ``refiner``: a geometry refiner of the model's molecules, for ``refine=True`` (default: the one packed in ``ckpt``, if any):
     a refiner file, or a model file or shipped name that packs one (``refiner="qm9_mp20_cpu"`` for a DiT trained on its VAE).
+    ``crystal_refiner``: a crystal refiner of the model, for ``refine`` of crystals (default: the one packed in ``ckpt``, if
+    any): a file, or a model file or shipped name that packs one.
     ``screen_predictor``: QM9 property predictors trained on half B (a file or a folder, one per property:
     ``experiments/inverse_design/train_property_predictor.py --half B``), for ``property_screen`` by the decoded molecules.
 
@@ -655,20 +669,26 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
             raise SciDiTInputError(f"the guide's weights do not fit its hyperparameters: {str(err).splitlines()[0]}", guide or path) from err
     regressor, regressor_stats = None, None
     if property_guide is not None:
-        regressor, contents = load_property_regressor(property_guide, module.model.latent_mean, module.model.latent_std)
+        regressor, contents = load_property_regressor(property_guide, *module.model.latent_frame())
         regressor_stats = {k: contents["condition_stats"][k] for k in contents["properties"]}
     discriminators = {domain: packed_discriminator(entry, path) for domain, entry in raw.get(DISCRIMINATORS_KEY, {}).items()}
     if discriminator is not None:  # replaces the packed one of its domain
-        disc, contents = load_discriminator(discriminator, module.model.latent_mean, module.model.latent_std)
+        disc, contents = load_discriminator(discriminator, *module.model.latent_frame())
         discriminators[contents["domain"]] = disc
     if refiner is not None:
         geometry_refiner = load_refiner(_resolve(refiner), module.model.latent_mean, module.model.latent_std, packed_key=REFINER_KEY)[0]
     else:
         geometry_refiner = packed_refiner(raw[REFINER_KEY], path) if REFINER_KEY in raw else None
+    if crystal_refiner is not None:
+        xtal_refiner = load_crystal_refiner(_resolve(crystal_refiner), module.model.latent_mean, module.model.latent_std,
+                                            packed_key=CRYSTAL_REFINER_KEY)[0]
+    else:
+        xtal_refiner = packed_crystal_refiner(raw[CRYSTAL_REFINER_KEY], path) if CRYSTAL_REFINER_KEY in raw else None
     screeners = load_screeners(screen_predictor) if screen_predictor is not None else {}
     try:
         return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak,
                          regressor=regressor, regressor_stats=regressor_stats, discriminators=discriminators, refiner=geometry_refiner,
+                         crystal_refiner=xtal_refiner,
                          screeners={k: m for k, (m, _) in screeners.items()}, screener_stats={k: st for k, (_, st) in screeners.items()})
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

@@ -111,8 +111,10 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "condition_sizes": (_bool, True, "with a request: draw atom counts from the training sizes given the requested values (EDM's protocol), not the unconditional histogram"),
     "allow_extrapolation": (_bool, False, "admit condition values outside the training range (and unseen space groups / elements)"),
     "refine": (_bool_or_auto, "auto", "molecules: the model's geometry refiner places each decoded molecule's atoms on its decoded graph "
-               "(learned; SD geometry_source=refined): true, false or auto (on where the model has one)"),
+               "(learned; SD geometry_source=refined); crystals: its crystal refiner restores each decoded crystal's elements, sites "
+               "and cell (learned; manifest structure_source=refined): true, false or auto (on where the model has one)"),
     "refiner": (str, None, "a geometry refiner file for refine=true (default: the one packed in the checkpoint, if any)"),
+    "crystal_refiner": (str, None, "a crystal refiner file for refine=true on crystals (default: the one packed in the checkpoint, if any)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")
@@ -210,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
         gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"], property_guide=opts["property_guide"],
-                             discriminator=opts["discriminator"], refiner=opts["refiner"], screen_predictor=opts["screen_predictor"])
+                             discriminator=opts["discriminator"], refiner=opts["refiner"], screen_predictor=opts["screen_predictor"],
+                             crystal_refiner=opts["crystal_refiner"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],

@@ -186,7 +186,7 @@ def test_refine_in_the_generator_the_sd_file_and_the_packed_model(tiny_dit_ckpt,
         gen.generate_token_sets("molecule", refine=True, **kwargs)
     path = save_refiner(tmp_path / "r.pt", _random_refiner(), gen.model.latent_mean, gen.model.latent_std, {})
     refined_gen = load_generator(tiny_dit_ckpt, refiner=path)
-    with pytest.raises(SciDiTInputError, match="refine=true applies to molecules only"):
+    with pytest.raises(SciDiTInputError, match="refine=true needs a crystal refiner"):
         refined_gen.generate_token_sets("crystal", refine=True, **kwargs)
     plain = refined_gen.generate_token_sets("molecule", refine=False, **kwargs)
     assert {ts.meta["geometry_source"] for ts in plain} == {"decoded"}

@@ -134,7 +134,7 @@ def main() -> None:
         noise = torch.randn(x1.shape, generator=torch.Generator().manual_seed(args.seed + 1)) * batch.mask[..., None]
         for sigma in [0.0, *args.sigmas]:
             x = x1 + sigma * noise
-            logits = model.vae.decode(x * model.latent_std + model.latent_mean, batch.mask, batch.domain)[0]
+            logits = model.vae.decode(model.to_vae(x, batch.domain), batch.mask, batch.domain)[0]
             rows.append(score(f"test latents + noise {sigma}", _log_probs(logits), batch.mask, x, log_prior, batch.types, ref_k))
         g = torch.Generator().manual_seed(args.seed)
         sizes = torch.sort(model.sample_set_sizes(Domain.CRYSTAL, args.n, g)).values
@@ -143,7 +143,7 @@ def main() -> None:
         x0 = torch.randn(*mask.shape, model.vae.latent_dim, generator=g) * mask[..., None]
         vel = model_velocity(gen.ema_dit, mask, {"domain": dom}, self_condition=gen.ema_dit.self_condition)
         xs = integrate(vel, x0, steps=args.steps) * mask[..., None]
-        logits = model.vae.decode(xs * model.latent_std + model.latent_mean, mask, dom)[0]
+        logits = model.vae.decode(model.to_vae(xs, dom), mask, dom)[0]
         rows.append(score("DiT samples", _log_probs(logits), mask, xs, log_prior, None, ref_k))
         # how far DiT latents lie from real latents: per-dimension W1 (standardised units)
         real, fake = x1[batch.mask].numpy(), xs[mask].numpy()

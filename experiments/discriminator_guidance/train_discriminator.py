@@ -137,7 +137,7 @@ def main() -> int:
     accuracy = discriminator_accuracy(model, real[:k], fake[:k])
     info = {**facts, "model": str(args.model), "positives": args.positives, "autoguidance": args.autoguidance, **kinds,
             "prepare_seconds": prepare_seconds, "held_out_per_kind": k, "held_out_balanced_accuracy": {f"t={t:g}": a for t, a in accuracy.items()}}
-    save_discriminator(args.out, model, args.domain, gen.model.latent_mean, gen.model.latent_std, info)
+    save_discriminator(args.out, model, args.domain, *gen.model.latent_frame(), info)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": str(args.model), "test_sets": len(test_latents),
             "test_mae": {f"t={t:g}": {k: float(e[j] * stats[k]["std"]) for j, k in enumerate(args.properties)} for t, e in errors.items()},
             "units": units, "domain": Domain.MOLECULE.name.lower()}
-    save_property_regressor(args.out, model, args.properties, stats, gen.model.latent_mean, gen.model.latent_std, info)
+    save_property_regressor(args.out, model, args.properties, stats, *gen.model.latent_frame(), info)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -8,7 +8,8 @@ so that readers globbing a folder for ``.cif``/``.csv`` files, like :mod:`sciDiT
       sample_00000.cif
       sample_00001.cif
       ...
-      manifest.tsv   tab-separated: index, file, formula, num_atoms, a, b, c, alpha, beta, gamma, volume, status, message, request
+      manifest.tsv   tab-separated: index, file, formula, num_atoms, a, b, c, alpha, beta, gamma, volume, status, message, request,
+                     structure_source
 
 A decoded lattice that is not a lattice (NaN or infinite parameters, non-positive lengths, angles
 outside (0, 180), non-positive volume) or non-finite coordinates get no CIF file; the manifest
@@ -21,6 +22,10 @@ Conditional samples (token sets with ``meta['request']``, or Structures with
 unconditional sample) and, in every CIF data block (one file per crystal, or each block of a
 multi-block file), as the data item ``_scidit_request`` right after the ``data_`` line, a quoted
 string that pymatgen and ASE read past.
+
+``structure_source`` says where a generated crystal's elements, sites and cell come from: ``decoded`` (as the VAE
+decoded them) or ``refined`` (restored by the model's crystal refiner, :mod:`sciDiT.models.crystal_refiner`);
+empty for a Structure or a token set that does not say.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class ManifestRow:
     status: str
     message: str
     request: str = "{}"
+    structure_source: str = ""
 
 
 def _formula(numbers: Sequence[int]) -> str:
@@ -93,7 +99,7 @@ def lattice_problem(params: Sequence[float]) -> str:
 
 def to_structure(sample: TokenSet | Structure, index: int = 0) -> tuple[Structure | None, ManifestRow]:
     """A pymatgen ``Structure`` (None if degenerate) and its manifest row, for a token set or a Structure."""
-    request = "{}"
+    request, source = "{}", ""
     if isinstance(sample, Structure):
         request = str((sample.properties or {}).get("request", request))
         lat = sample.lattice
@@ -101,7 +107,7 @@ def to_structure(sample: TokenSet | Structure, index: int = 0) -> tuple[Structur
     elif isinstance(sample, TokenSet):
         if sample.domain != Domain.CRYSTAL:
             raise SciDiTInputError(f"sample {index} is a {sample.domain.name.lower()}, not a crystal: it cannot go into a CIF")
-        request = str(sample.meta.get("request", request))
+        request, source = str(sample.meta.get("request", request)), str(sample.meta.get("structure_source", ""))
         params, numbers = sample.lattice.double().cpu().tolist(), sample.types.cpu().tolist()
         frac = sample.frac.double().cpu().numpy()
     else:
@@ -116,7 +122,8 @@ def to_structure(sample: TokenSet | Structure, index: int = 0) -> tuple[Structur
         if request != "{}":
             structure.properties = {**(structure.properties or {}), "request": request}
         volume = float(structure.volume)
-    row = ManifestRow(index, "", _formula(numbers), len(numbers), *map(float, params), volume, status if problem else "ok", problem, request)
+    row = ManifestRow(index, "", _formula(numbers), len(numbers), *map(float, params), volume, status if problem else "ok", problem, request,
+                      source)
     return structure, row
 
 

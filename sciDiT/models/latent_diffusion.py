@@ -1,7 +1,7 @@
 """Latent diffusion over token sets: a frozen all-atom VAE and a DiT trained on its latents.
 
 Training maps a token batch to normalised per-token latents ``x1`` (the VAE's posterior means,
-standardised per dimension) and regresses the DiT's velocity with flow matching. Generation draws
+standardised per dimension; with ``domain_stats`` then once more per domain) and regresses the DiT's velocity with flow matching. Generation draws
 set sizes from each domain's training histogram, integrates the flow ODE from noise with
 classifier-free guidance (on the domain, or per condition), and decodes with the VAE into a :class:`TokenBatch`.
 """
@@ -19,21 +19,41 @@ from sciDiT.flow import DEFAULT_SDE_NOISE, flow_matching_loss, integrate, model_
 from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.composition import MAX_ELEMENTS, MAX_PRIOR_TOKENS, num_elements_log_prior
 from sciDiT.models.dit import DiT
-from sciDiT.models.vae import AllAtomVAE, GraphDecoder, Refiner, SiteWeights
+from sciDiT.models.vae import AllAtomVAE, CrystalRefine, GraphDecoder, Refiner, SiteWeights
 
 MAX_SET_SIZE = 1024  # longest token set whose size the count histogram can record
 
 
+def latent_frame(latent_mean: Tensor, latent_std: Tensor, domain_mean: Tensor | None = None,
+                 domain_std: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Each domain's standardisation as one mean and std ``[len(Domain), L]`` (standardised = (VAE latent - mean) / std):
+    what a latent head (discriminator, property regressor) or a guide DiT must share with the model it serves."""
+    domain_mean = torch.zeros(len(Domain), latent_mean.shape[-1]) if domain_mean is None else domain_mean.float().cpu()
+    domain_std = torch.ones(len(Domain), latent_mean.shape[-1]) if domain_std is None else domain_std.float().cpu()
+    mean, std = latent_mean.float().cpu(), latent_std.float().cpu()
+    return mean + domain_mean * std, std * domain_std
+
+
 class LatentDiffusion(nn.Module):
     """Frozen VAE + trainable DiT; buffers hold latent statistics, per-domain set-size histograms and
-    (atoms, distinct elements) counts, the prior of coherent crystal decoding."""
+    (atoms, distinct elements) counts, the prior of coherent crystal decoding.
 
-    def __init__(self, vae: dict[str, Any], dit: dict[str, Any]):
+    ``domain_stats``: after the standardisation over all tokens, standardise each domain's latents on their own
+    (``domain_mean`` / ``domain_std``), so that every domain reaches the DiT at unit scale. Why: one VAE packs
+    molecules and crystals into one latent space, and in the joint QM9 + MP-20 model crystal latents spread only
+    ~0.27 of the global standard deviation, so a DiT error that molecules tolerate is most of a crystal's spread
+    (``experiments/crystal_refiner/README.md``); latent diffusion wants unit-variance latents (Rombach et al. 2022's
+    scale factor), per domain here. Off: the buffers stay zeros / ones and change nothing (older checkpoints)."""
+
+    def __init__(self, vae: dict[str, Any], dit: dict[str, Any], domain_stats: bool = False):
         super().__init__()
         self.vae = AllAtomVAE(**vae).requires_grad_(False).eval()
         self.dit = DiT(latent_dim=self.vae.latent_dim, **dit)
+        self.domain_stats = domain_stats
         self.register_buffer("latent_mean", torch.zeros(self.vae.latent_dim))
         self.register_buffer("latent_std", torch.ones(self.vae.latent_dim))
+        self.register_buffer("domain_mean", torch.zeros(len(Domain), self.vae.latent_dim))
+        self.register_buffer("domain_std", torch.ones(len(Domain), self.vae.latent_dim))
         self.register_buffer("size_counts", torch.zeros(len(Domain), MAX_SET_SIZE + 1))
         self.register_buffer("element_counts", torch.zeros(len(Domain), MAX_PRIOR_TOKENS + 1, MAX_ELEMENTS + 1))
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
@@ -46,18 +66,28 @@ class LatentDiffusion(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints written before the element-count prior existed load with an empty one (argmax decoding)
         state_dict.setdefault(prefix + "element_counts", torch.zeros_like(self.element_counts))
+        # ... and those written before per-domain statistics with the identity ones
+        state_dict.setdefault(prefix + "domain_mean", torch.zeros_like(self.domain_mean))
+        state_dict.setdefault(prefix + "domain_std", torch.ones_like(self.domain_std))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- preparation (once, before training) ------------------------------------------------------
     @torch.no_grad()
     def prepare(self, batches: list[TokenBatch], size_histograms: dict[Domain, Tensor],
                 element_counts: dict[Domain, Tensor] | None = None) -> None:
-        """Latent mean/std from a few training batches, the set-size histogram of each domain and its
-        (atoms, distinct elements) counts ``[MAX_PRIOR_TOKENS + 1, MAX_ELEMENTS + 1]``."""
+        """Latent mean/std (and per domain with ``domain_stats``) from a few training batches, the set-size histogram
+        of each domain and its (atoms, distinct elements) counts ``[MAX_PRIOR_TOKENS + 1, MAX_ELEMENTS + 1]``."""
         mus = [self.vae.encode(b)[0][b.mask] for b in batches]  # each [n_real, L]
+        domains = torch.cat([b.domain[:, None].expand_as(b.mask)[b.mask] for b in batches])  # [n_real]
         latents = torch.cat(mus).float()
         self.latent_mean.copy_(latents.mean(0))
         self.latent_std.copy_(latents.std(0).clamp_min(1e-3))
+        self.domain_mean.zero_()
+        self.domain_std.fill_(1.0)
+        standard = (latents - self.latent_mean) / self.latent_std  # [n_real, L]
+        for d in domains.unique().tolist() if self.domain_stats else []:
+            self.domain_mean[d] = standard[domains == d].mean(0)
+            self.domain_std[d] = standard[domains == d].std(0).clamp_min(1e-3)
         self.size_counts.zero_()
         for domain, counts in size_histograms.items():
             n = min(len(counts), MAX_SET_SIZE + 1)
@@ -72,7 +102,17 @@ class LatentDiffusion(nn.Module):
     def latents(self, batch: TokenBatch) -> Tensor:
         """Standardised VAE posterior means [B, N, L] (zeros at padding): the data end of the flow."""
         mu, _ = self.vae.encode(batch)  # [B, N, L]
-        return (mu.float() - self.latent_mean) / self.latent_std * batch.mask[..., None]  # [B, N, L]
+        x = (mu.float() - self.latent_mean) / self.latent_std  # [B, N, L]
+        return (x - self.domain_mean[batch.domain][:, None]) / self.domain_std[batch.domain][:, None] * batch.mask[..., None]  # [B, N, L]
+
+    def latent_frame(self) -> tuple[Tensor, Tensor]:
+        """Each domain's standardisation, mean and std ``[len(Domain), L]`` on the CPU (:func:`latent_frame`)."""
+        return latent_frame(self.latent_mean, self.latent_std, self.domain_mean, self.domain_std)
+
+    def to_vae(self, x1: Tensor, domain: Tensor) -> Tensor:
+        """Standardised latents ``x1 [B, N, L]`` of sets of ``domain [B]`` -> the VAE's latents (the inverse of :meth:`latents`)."""
+        x = x1.float() * self.domain_std[domain][:, None] + self.domain_mean[domain][:, None]  # [B, N, L]
+        return x * self.latent_std + self.latent_mean  # [B, N, L]
 
     def loss(self, batch: TokenBatch, self_condition_prob: float = 0.5, time_schedule: str = "uniform") -> Tensor:
         x1 = self.latents(batch)  # [B, N, L]
@@ -186,13 +226,15 @@ class LatentDiffusion(nn.Module):
         site_weights: SiteWeights | None = None,
         graph_decoder: GraphDecoder | None = None,
         refiner: Refiner | None = None,
+        crystal_refiner: CrystalRefine | None = None,
     ) -> TokenBatch:
         """Token sets decoded from standardised latents ``x1 [B, N, L]`` (e.g. of :meth:`sample_latents`) with ``mask [B, N]``;
         the decoding arguments as :meth:`generate`. Always float32, outside any autocast."""
         device, domain = x1.device, domain.to(x1.device)
         with torch.autocast(device.type, enabled=False):
-            z = x1.float() * self.latent_std + self.latent_mean  # [B, N, L]
+            z = self.to_vae(x1, domain)  # [B, N, L]
             prior = self.element_log_prior(Domain.CRYSTAL) if coherent_elements else None
             return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder,
                                             allowed_elements=None if allowed_elements is None else allowed_elements.to(device),
-                                            charge_balanced=charge_balanced, site_weights=site_weights, refiner=refiner)
+                                            charge_balanced=charge_balanced, site_weights=site_weights, refiner=refiner,
+                                            crystal_refiner=crystal_refiner)

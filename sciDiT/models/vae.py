@@ -35,6 +35,9 @@ SiteWeights = Callable[[Tensor, Tensor], Tensor]
 # molecules' types [B, N], charges [B, N], bond orders [B, N, N], positions [B, N, 3] (Angstrom), mask [B, N] -> positions
 # [B, N, 3] placed on that graph (e.g. sciDiT.models.refiner.GeometryRefiner)
 Refiner = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+# crystals' element log-probabilities [B, N, T], fractional sites [B, N, 3], normalised cell features [B, 6], mask [B, N]
+# -> refined element logits, sites and cell features (e.g. sciDiT.models.crystal_refiner.CrystalRefiner)
+CrystalRefine = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 REFINE_ROUNDS = 3  # refine, re-decode the graph on the refined geometry, ...: 3 refinements (experiments/geometry_refiner)
 REFINED_MIN_DISTANCE = 0.5  # Angstrom: a refinement that brings two atoms closer is undone (the shortest bond, H2, is 0.74)
 
@@ -75,6 +78,13 @@ def lattice_to_features(lattice: Tensor, has_lattice: Tensor) -> Tensor:
 def features_to_lattice(feat: Tensor) -> Tensor:
     """Inverse of :func:`lattice_to_features` for sets that have a lattice."""
     return torch.cat([torch.exp(feat[:, :3]) * LENGTH_SCALE, feat[:, 3:] * ANGLE_SCALE + 90.0], dim=-1)  # [B, 6]
+
+
+def element_log_probs(type_logits: Tensor) -> Tensor:
+    """Type logits [..., T] -> log-probabilities over the real elements only (padding and mask types get -inf), float32."""
+    logits = type_logits.float().clone()
+    logits[..., 0] = logits[..., MASK_TYPE] = -torch.inf
+    return logits.log_softmax(-1)
 
 
 def fourier_frac(frac: Tensor, num_freqs: int) -> Tensor:
@@ -239,7 +249,7 @@ class AllAtomVAE(nn.Module):
     def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None,
                         graph_decoder: GraphDecoder | None = None, allowed_elements: Tensor | None = None,
                         charge_balanced: bool = False, site_weights: SiteWeights | None = None,
-                        refiner: Refiner | None = None) -> TokenBatch:
+                        refiner: Refiner | None = None, crystal_refiner: CrystalRefine | None = None) -> TokenBatch:
         """Decode latents into a :class:`TokenBatch` in physical units.
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
@@ -252,17 +262,20 @@ class AllAtomVAE(nn.Module):
         Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`). ``refiner``: molecules'
         positions are placed on their decoded graph by it, and the graph is decoded again from the refined geometry
         (the bond head reads positions), :data:`REFINE_ROUNDS` refinements in turn with graph decodings.
+        ``crystal_refiner``: crystals' element distributions, sites and cells are refined by it, before any type rule.
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
         type_logits, pos, frac, lattice_feat = self.output_heads(h, mask)
-        type_logits = type_logits.float().clone()
-        type_logits[..., 0] = type_logits[..., MASK_TYPE] = -torch.inf  # only real elements
-        type_log_probs = type_logits.log_softmax(-1)  # [B, N, T], read by every type rule and the graph decoder
+        type_log_probs = element_log_probs(type_logits)  # [B, N, T], read by every type rule and the graph decoder
         xtal = domain == Domain.CRYSTAL  # [B]
         is_crystal = xtal[:, None]  # [B, 1]
         frac = circle_to_frac(frac.float()) * is_crystal[..., None]  # [B, N, 3]
-        lattice = features_to_lattice(lattice_feat.float()) * is_crystal  # [B, 6]
-        argmax = type_logits.argmax(-1) * mask  # [B, N]
+        lattice_feat = lattice_feat.float()  # [B, 6]
+        if crystal_refiner is not None and xtal.any():
+            logits, frac[xtal], lattice_feat[xtal] = crystal_refiner(type_log_probs[xtal], frac[xtal], lattice_feat[xtal], mask[xtal])
+            type_log_probs[xtal] = element_log_probs(logits)  # [B_xtal, N, T]
+        lattice = features_to_lattice(lattice_feat) * is_crystal  # [B, 6]
+        argmax = type_log_probs.argmax(-1) * mask  # [B, N]
         types = argmax.clone()  # [B, N]
         if xtal.any():
             weights = mask.long()  # [B, N] atoms of the output crystal per token

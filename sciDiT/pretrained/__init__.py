@@ -8,7 +8,8 @@ histograms, a conditional model's condition statistics and the EMA DiT weights (
 ``torch.load(weights_only=True)``. A file may also carry a ``guide`` section: the EMA weights of a weaker
 DiT trained on the same VAE, for autoguidance (:func:`guide_section`), and a ``discriminators`` section: per
 domain, a latent discriminator trained on the model's own samples, for discriminator guidance
-(:func:`discriminator_entry`), and a ``refiner`` section: the geometry refiner of its molecules (:func:`refiner_entry`). The model card ``<name>.md`` beside it says data, steps, command and measured metrics.
+(:func:`discriminator_entry`), a ``refiner`` section: the geometry refiner of its molecules (:func:`refiner_entry`), and a ``crystal_refiner``
+section: the refiner of its crystals (:func:`crystal_refiner_entry`). The model card ``<name>.md`` beside it says data, steps, command and measured metrics.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def with_decoder(state: dict[str, torch.Tensor], vae_hparams: dict[str, Any], de
 GUIDE_KEY = "guide"
 
 
+def state_frame(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each domain's latent standardisation (:func:`sciDiT.models.latent_diffusion.latent_frame`) of a DiT module's ``state``
+    (identity per-domain statistics where the state predates them)."""
+    from sciDiT.models.latent_diffusion import latent_frame
+
+    return latent_frame(state["model.latent_mean"], state["model.latent_std"], state.get("model.domain_mean"), state.get("model.domain_std"))
+
+
 def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide_ckpt: str | Path) -> dict[str, Any]:
     """The ``guide`` section for a DiT module's ``state``: the EMA DiT of DiT-stage checkpoint ``guide_ckpt``
     (its hyper-parameters, weights in bfloat16, its training steps), for :class:`sciDiT.flow.AutoGuidance`.
@@ -85,8 +94,7 @@ def guide_section(state: dict[str, torch.Tensor], hparams: dict[str, Any], guide
     if changed:
         raise SciDiTInputError(f"its VAE encoder differs from the model's ({len(changed)} tensors, e.g. {changed[0]}): a guide must sample "
                                "the same latents (train it with dit.vae_ckpt=<this model>)", guide_ckpt)
-    mismatch = latent_stat_mismatch(state["model.latent_mean"], state["model.latent_std"], guide_state["model.latent_mean"],
-                                    guide_state["model.latent_std"])
+    mismatch = latent_stat_mismatch(*state_frame(state), *state_frame(guide_state))
     if mismatch:
         raise SciDiTInputError(f"its latent statistics differ from the model's ({mismatch})", guide_ckpt)
     weights = cast_floats({k.removeprefix(EMA_PREFIX): v for k, v in guide_state.items() if k.startswith(EMA_PREFIX)}, torch.bfloat16)
@@ -102,7 +110,7 @@ def discriminator_entry(state: dict[str, torch.Tensor], path: str | Path) -> tup
     line naming the file when it was trained on other latents (:func:`sciDiT.training.latent_guides.load_discriminator`)."""
     from sciDiT.training.latent_guides import load_discriminator
 
-    _, contents = load_discriminator(path, state["model.latent_mean"], state["model.latent_std"])
+    _, contents = load_discriminator(path, *state_frame(state))
     weights = cast_floats(contents["state_dict"], torch.bfloat16)
     return contents["domain"], {"hparams": dict(contents["hparams"]), "state_dict": weights, "info": dict(contents["info"])}
 
@@ -121,14 +129,29 @@ def refiner_entry(state: dict[str, torch.Tensor], path: str | Path) -> dict[str,
     return {"hparams": dict(contents["hparams"]), "state_dict": contents["state_dict"], "info": dict(contents["info"])}
 
 
+CRYSTAL_REFINER_KEY = "crystal_refiner"
+
+
+def crystal_refiner_entry(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, Any]:
+    """The packed entry (sizes, float32 weights, training facts) of the crystal refiner file ``path``
+    (``experiments/crystal_refiner/train_crystal_refiner.py``) for a DiT module's ``state``; one line naming the file
+    when it learned the decodes of another VAE (:func:`sciDiT.training.crystal_refiner.load_crystal_refiner`)."""
+    from sciDiT.training.crystal_refiner import load_crystal_refiner
+
+    _, contents = load_crystal_refiner(path, state["model.latent_mean"], state["model.latent_std"])
+    return {"hparams": dict(contents["hparams"]), "state_dict": contents["state_dict"], "info": dict(contents["info"])}
+
+
 def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None,
-                      discriminators: Sequence[str | Path] = (), refiner: str | Path | None = None) -> Path:
+                      discriminators: Sequence[str | Path] = (), refiner: str | Path | None = None,
+                      crystal_refiner: str | Path | None = None) -> Path:
     """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` (or of a shipped file) to ``out``
     (atomically); ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`);
     ``guide``: a weaker DiT on the same VAE, packed for autoguidance (:func:`guide_section`; a guide already in
     ``ckpt`` is kept otherwise); ``discriminators``: latent discriminator files, packed per domain for discriminator
     guidance (:func:`discriminator_entry`; each replaces the packed one of its domain, the others are kept); ``refiner``:
-a geometry refiner file (:func:`refiner_entry`; replaces a packed one, which is kept otherwise)."""
+a geometry refiner file (:func:`refiner_entry`; replaces a packed one, which is kept otherwise); ``crystal_refiner``:
+    a crystal refiner file (:func:`crystal_refiner_entry`; the same)."""
     from sciDiT.training.checkpoint import atomic_torch_save
     from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
@@ -155,4 +178,8 @@ a geometry refiner file (:func:`refiner_entry`; replaces a packed one, which is 
         slim[REFINER_KEY] = refiner_entry(state, refiner)
     elif REFINER_KEY in raw:
         slim[REFINER_KEY] = raw[REFINER_KEY]
+    if crystal_refiner is not None:
+        slim[CRYSTAL_REFINER_KEY] = crystal_refiner_entry(state, crystal_refiner)
+    elif CRYSTAL_REFINER_KEY in raw:
+        slim[CRYSTAL_REFINER_KEY] = raw[CRYSTAL_REFINER_KEY]
     return atomic_torch_save(slim, out)

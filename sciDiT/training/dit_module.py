@@ -49,10 +49,11 @@ class DiTModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
         compile: bool = False,
+        domain_stats: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = LatentDiffusion(vae, dit)
+        self.model = LatentDiffusion(vae, dit, domain_stats=domain_stats)
         self.ema = EMA(self.model.dit, decay=ema_decay)
         self.condition_stats: dict[str, dict[str, Any]] = {}  # training statistics of the data's conditions (checkpointed)
 

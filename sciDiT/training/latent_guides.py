@@ -211,8 +211,8 @@ def _load(path: str | Path, kind: str, cls: type[nn.Module], latent_mean: Tensor
     if raw.get("kind") != kind:
         raise SciDiTInputError(f"not a {what} file (train one with {script})", path)
     mean, std = latent_mean.detach().cpu().float(), latent_std.detach().cpu().float()
-    if raw["latent_mean"].shape != mean.shape:
-        raise SciDiTInputError(f"its latents have width {raw['latent_mean'].numel()}, the model's {mean.numel()}: train it on this model's VAE", path)
+    if raw["latent_mean"].shape[-1] != mean.shape[-1]:  # [L] (files before per-domain statistics: the same for all) or [D, L]
+        raise SciDiTInputError(f"its latents have width {raw['latent_mean'].shape[-1]}, the model's {mean.shape[-1]}: train it on this model's VAE", path)
     mismatch = latent_stat_mismatch(mean, std, raw["latent_mean"], raw["latent_std"])
     if mismatch:
         raise SciDiTInputError(f"it was trained on other latents than the model's ({mismatch}): train it on this model's VAE", path)

@@ -43,7 +43,7 @@ def decoded_positions(model: LatentDiffusion, batch: TokenBatch, sigma: Tensor, 
     ``sigma [B]`` standardised latent units (the units the DiT samples in), atom by atom in the batch's order."""
     x1 = model.latents(batch)  # [B, N, L] standardised
     x1 = x1 + torch.randn(x1.shape, generator=generator).to(x1.device) * sigma[:, None, None] * batch.mask[..., None]
-    z = x1 * model.latent_std + model.latent_mean  # [B, N, L]
+    z = model.to_vae(x1, batch.domain)  # [B, N, L]
     h = model.vae.decode_states(z, batch.mask, batch.domain)  # [B, N, D]
     return model.vae.pos_head(h).float() * POS_SCALE * batch.mask[..., None]  # [B, N, 3]
 
