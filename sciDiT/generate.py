@@ -11,6 +11,7 @@
     mols = gen.generate("molecule", n=100, discriminator_guidance=20, autoguidance=2)  # tilted towards its valid molecules
     gen = load_generator("qm9_mp20_cpu", discriminator="disc.pt")  # your own discriminator replaces the packed one
     xtals = gen.generate("crystal", n=100, num_atoms=8)     # pymatgen Structures (None if degenerate)
+    gen = load_generator("qm9_mp20_cpu", crystal_refiner="cr.pt")  # crystals then refined (refine="auto")
     gen.export(gen.generate_token_sets("molecule", n=1000), "molecules.sdf")
 
 The checkpoint is self-contained (VAE weights, latent statistics, set-size histograms, EMA DiT).
@@ -272,13 +273,17 @@ class Generator:
         request, by the regressor's reading of the finished latents, of this many candidates of the same size (one
         decoding). Candidate 0 is the unscreened sample. Separate figures from guidance: nothing is optimised against a
         predictor but the choice among the model's own samples.
-        ``refine`` (molecules; ``"auto"``: where the model has a refiner): the geometry refiner packed in the model (or
+        ``refine`` (molecules; ``"auto"``: where the model has a geometry refiner): the geometry refiner packed in the model (or
         ``load_generator(..., refiner=FILE)``) moves each decoded molecule's atoms to the geometry of its decoded graph,
         and the graph is decoded again from the refined geometry, in turns (:mod:`sciDiT.models.refiner`,
         :data:`sciDiT.models.vae.REFINE_ROUNDS`; a learned stage of decoding, not a force field: ``relax`` in
         :meth:`generate` is that). Every molecule's ``meta['geometry_source']`` says
         ``decoded`` or ``refined`` (SD property ``geometry_source``); a refinement that puts two atoms within
         :data:`sciDiT.models.vae.REFINED_MIN_DISTANCE` of each other is undone for that molecule (``decoded``).
+        For crystals (``"auto"``: where the model has a crystal refiner, and not for asymmetric-unit models) the crystal
+        refiner (:mod:`sciDiT.models.crystal_refiner`; ``load_generator(..., crystal_refiner=FILE)``) restores each decoded
+        crystal's element distributions, sites and cell before any ``composition`` rule; ``meta['structure_source']``
+        (manifest column ``structure_source``) says ``decoded`` or ``refined``.
         """
         call = {k: v for k, v in locals().items() if k != "self"}  # the arguments, for the candidate runs of a structure screen
         dom = parse_domain(domain)

@@ -120,7 +120,7 @@ class CrystalRefiner(nn.Module):
     """Decoded crystal (per-token element log-probabilities, fractional sites, cell features) -> refined element
     logits, sites and cell features; starts as the identity (zero-initialised output layers)."""
 
-    def __init__(self, num_types: int, hidden_size: int = 128, depth: int = 4, num_rbf: int = 32, num_freqs: int = 4):
+    def __init__(self, num_types: int, hidden_size: int = 64, depth: int = 4, num_rbf: int = 32, num_freqs: int = 4):
         super().__init__()
         self.sizes = {"num_types": num_types, "hidden_size": hidden_size, "depth": depth, "num_rbf": num_rbf, "num_freqs": num_freqs}
         self.type_embed = nn.Linear(num_types, hidden_size, bias=False)  # element probabilities -> state (a soft embedding)
