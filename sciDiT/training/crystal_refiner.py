@@ -20,13 +20,14 @@ import torch
 from torch import Tensor
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet, collate
-from sciDiT.checkpoint import build_module, latent_stat_mismatch, load_checkpoint
+from sciDiT.checkpoint import build_module
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.crystal_refiner import CRYSTAL_REFINER_SIZES, CrystalRefiner, crystal_refiner_loss
 from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.vae import circle_to_frac, element_log_probs, lattice_to_features
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES
 from sciDiT.training.optim import fit
+from sciDiT.training.refiner import refiner_file
 
 CRYSTAL_REFINER_KIND = "scidit_crystal_refiner"
 
@@ -105,16 +106,8 @@ def load_crystal_refiner(path: str | Path, latent_mean: Tensor, latent_std: Tens
     """The crystal refiner of ``path`` (eval mode) and its contents; one line naming the file for a file of another
     kind or one that learned the decodes of another VAE than that of ``latent_mean`` / ``latent_std``.
     ``packed_key``: ``path`` may also be a model file that packs one in that section."""
-    raw = load_checkpoint(path, "crystal refiner (crystal_refiner)")
-    if packed_key is not None and packed_key in raw:
-        stats = {k: raw["state_dict"][f"model.{k}"] for k in ("latent_mean", "latent_std")}
-        raw = {**raw[packed_key], **stats, "kind": CRYSTAL_REFINER_KIND}
-    if raw.get("kind") != CRYSTAL_REFINER_KIND:
-        raise SciDiTInputError("not a crystal refiner file (train one with experiments/crystal_refiner/train_crystal_refiner.py)", path)
-    mismatch = latent_stat_mismatch(latent_mean.detach().cpu().float(), latent_std.detach().cpu().float(), raw["latent_mean"],
-                                    raw["latent_std"]) if raw["latent_mean"].shape == latent_mean.shape else "another latent width"
-    if mismatch:
-        raise SciDiTInputError(f"it learned the decodes of another VAE than the model's ({mismatch}): train it on this model", path)
+    raw = refiner_file(path, CRYSTAL_REFINER_KIND, "crystal refiner", "experiments/crystal_refiner/train_crystal_refiner.py",
+                       latent_mean, latent_std, packed_key)
     return packed_crystal_refiner(raw, path), raw
 
 

@@ -128,17 +128,27 @@ def load_refiner(path: str | Path, latent_mean: Tensor, latent_std: Tensor,
     """The refiner of ``path`` (eval mode) and its contents; one line naming the file for a file of another kind or
     one that learned the decodes of another VAE than that of ``latent_mean`` / ``latent_std``. ``packed_key``: ``path``
     may also be a model file that packs a refiner in that section (checked against the model's latent statistics)."""
-    raw = load_checkpoint(path, "geometry refiner (refiner)")
+    raw = refiner_file(path, REFINER_KIND, "geometry refiner", "experiments/geometry_refiner/train_refiner.py", latent_mean, latent_std,
+                       packed_key)
+    return packed_refiner(raw, path), raw
+
+
+def refiner_file(path: str | Path, kind: str, what: str, script: str, latent_mean: Tensor, latent_std: Tensor,
+                 packed_key: str | None) -> dict[str, Any]:
+    """The contents of a refiner file of ``kind`` (a ``what``, trained by ``script``), or of the section ``packed_key`` of
+    a model file; one line naming the file for another kind or for the decodes of another VAE than ``latent_mean`` /
+    ``latent_std``'s (a refiner learns one VAE decoder's errors)."""
+    raw = load_checkpoint(path, what)
     if packed_key is not None and packed_key in raw:
         stats = {k: raw["state_dict"][f"model.{k}"] for k in ("latent_mean", "latent_std")}
-        raw = {**raw[packed_key], **stats, "kind": REFINER_KIND}
-    if raw.get("kind") != REFINER_KIND:
-        raise SciDiTInputError("not a geometry refiner file (train one with experiments/geometry_refiner/train_refiner.py)", path)
+        raw = {**raw[packed_key], **stats, "kind": kind}
+    if raw.get("kind") != kind:
+        raise SciDiTInputError(f"not a {what} file (train one with {script})", path)
     mismatch = latent_stat_mismatch(latent_mean.detach().cpu().float(), latent_std.detach().cpu().float(), raw["latent_mean"],
                                     raw["latent_std"]) if raw["latent_mean"].shape == latent_mean.shape else "another latent width"
     if mismatch:
         raise SciDiTInputError(f"it learned the decodes of another VAE than the model's ({mismatch}): train it on this model", path)
-    return packed_refiner(raw, path), raw
+    return raw
 
 
 def packed_refiner(entry: dict[str, Any], source: str | Path) -> GeometryRefiner:
