@@ -51,9 +51,10 @@ def test_figures(gen, refiner, sets, noise: float, seed: int = 0) -> dict[str, f
         dec = model.decode_latents(x1, truth.mask, truth.domain, crystal_refiner=xr)
         acc = float(((dec.types == truth.types) & truth.mask).sum() / truth.mask.sum())
         sets_out = dec.unbatch()
-        smact = sum(composition_validity(ts) for ts in sets_out) / len(sets_out)
-        struct = sum(structure_validity(to_structure(ts)) for ts in sets_out) / len(sets_out)
-        both = sum(composition_validity(ts) and structure_validity(to_structure(ts)) for ts in sets_out) / len(sets_out)
+        comp = [composition_validity(ts) for ts in sets_out]
+        structural = [structure_validity(to_structure(ts)) for ts in sets_out]
+        smact, struct = sum(comp) / len(comp), sum(structural) / len(structural)
+        both = sum(c and s for c, s in zip(comp, structural)) / len(comp)
         out.update({f"type_acc_{name}": acc, f"smact_{name}": smact, f"struct_{name}": struct, f"valid_{name}": both,
                     f"site_rmsd_{name}": site_rmsd(dec, truth)})
     return out

@@ -27,7 +27,7 @@ from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.vae import circle_to_frac, element_log_probs, lattice_to_features
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES
 from sciDiT.training.optim import fit
-from sciDiT.training.refiner import refiner_file
+from sciDiT.training.refiner import refiner_file, write_refiner_file
 
 CRYSTAL_REFINER_KIND = "scidit_crystal_refiner"
 
@@ -94,11 +94,7 @@ def train_crystal_refiner(sets: Sequence[TokenSet], model: LatentDiffusion, *, s
 
 def save_crystal_refiner(path: str | Path, refiner: CrystalRefiner, latent_mean: Tensor, latent_std: Tensor, info: dict[str, Any]) -> Path:
     """Write the weights-only crystal refiner file (atomically)."""
-    from sciDiT.training.checkpoint import atomic_torch_save
-
-    contents = {"kind": CRYSTAL_REFINER_KIND, "hparams": dict(refiner.sizes), "latent_mean": latent_mean.detach().cpu().float(),
-                "latent_std": latent_std.detach().cpu().float(), "state_dict": refiner.state_dict(), "info": info}
-    return atomic_torch_save(contents, path)
+    return write_refiner_file(path, CRYSTAL_REFINER_KIND, refiner, latent_mean, latent_std, info)
 
 
 def load_crystal_refiner(path: str | Path, latent_mean: Tensor, latent_std: Tensor,

@@ -116,9 +116,16 @@ def refine_batch(refiner: GeometryRefiner, batch: TokenBatch) -> Tensor:
 
 def save_refiner(path: str | Path, refiner: GeometryRefiner, latent_mean: Tensor, latent_std: Tensor, info: dict[str, Any]) -> Path:
     """Write the weights-only refiner file (atomically)."""
+    return write_refiner_file(path, REFINER_KIND, refiner, latent_mean, latent_std, info)
+
+
+def write_refiner_file(path: str | Path, kind: str, refiner: torch.nn.Module, latent_mean: Tensor, latent_std: Tensor,
+                       info: dict[str, Any]) -> Path:
+    """Write a weights-only refiner file of ``kind`` (atomically): its sizes (``refiner.sizes``) and weights, the latent
+    statistics of the VAE whose decodes it learned, and the training facts ``info``; :func:`refiner_file` reads it."""
     from sciDiT.training.checkpoint import atomic_torch_save
 
-    contents = {"kind": REFINER_KIND, "hparams": dict(refiner.sizes), "latent_mean": latent_mean.detach().cpu().float(),
+    contents = {"kind": kind, "hparams": dict(refiner.sizes), "latent_mean": latent_mean.detach().cpu().float(),
                 "latent_std": latent_std.detach().cpu().float(), "state_dict": refiner.state_dict(), "info": info}
     return atomic_torch_save(contents, path)
 
