@@ -179,6 +179,7 @@ class Generator:
         method: str = "euler",
         sde_noise: float = DEFAULT_SDE_NOISE,
         cfg_scale: float = 1.0,
+        temperature: float = 1.0,
         seed: int = 0,
         batch_size: int = 256,
         use_ema: bool = True,
@@ -209,7 +210,10 @@ class Generator:
         each. ``steps``/``method``: solver (ODE: ``euler``, ``heun``, ``midpoint``; ``sde``: Euler-Maruyama
         on the SDE with the flow's marginals, ``sde_noise`` its strength, :func:`sciDiT.flow.stochastic_euler`;
         sample ``i``'s step noise comes from its own generator, so determinism holds as for ODEs); ``cfg_scale``:
-        classifier-free guidance on the domain (1 = plain conditional). ``compile``: torch.compile
+        classifier-free guidance on the domain (1 = plain conditional). ``temperature``: the ODE starts from
+        noise of this standard deviation instead of 1 (the source noise ``x0`` is scaled; ``sde`` step noise is not):
+        below 1 trades diversity for fidelity, as a sampling temperature does, so report it with uniqueness,
+        novelty and coverage; 1 samples the trained model. ``compile``: torch.compile
         the DiT (dynamic shapes; eager with a one-line warning where inductor is unavailable).
         ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
         where bf16 is native (GPUs, CPUs with AVX-512 BF16 / AMX). bf16 rounds more coarsely, so
@@ -294,6 +298,8 @@ class Generator:
             raise SciDiTInputError(f"sde_noise must be a finite number >= 0, got {sde_noise}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise SciDiTInputError(f"temperature must be a finite number > 0, got {temperature}")
         interval = _check_autoguidance(autoguidance, autoguidance_interval, self.weak_dit is not None)
         property_interval = _check_interval("property_guidance", property_guidance, property_guidance_interval, open_start=True)
         discriminator_interval = _check_interval("discriminator_guidance", discriminator_guidance, discriminator_guidance_interval, open_start=True)
@@ -378,11 +384,11 @@ class Generator:
         sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()),
                                request=request if condition_sizes else None)  # [n]
         latent_dim = self.model.vae.latent_dim
-        noise = torch.cat([torch.randn(int(k), latent_dim, generator=g) for k, g in zip(sizes, gens)])  # [sum sizes, L], in sample order
+        noise = temperature * torch.cat([torch.randn(int(k), latent_dim, generator=g) for k, g in zip(sizes, gens)])  # [sum sizes, L], in sample order
         offsets = torch.cumsum(sizes, 0) - sizes  # [n] first noise row of each sample
         k = property_screen
         screen_gens = [[torch.Generator().manual_seed(candidate_seed(seed, i, c)) for c in range(1, k)] for i in range(n)]  # candidates 1..k-1
-        screen_noise = [[torch.randn(int(sizes[i]), latent_dim, generator=g) for g in row] for i, row in enumerate(screen_gens)]
+        screen_noise = [[temperature * torch.randn(int(sizes[i]), latent_dim, generator=g) for g in row] for i, row in enumerate(screen_gens)]
         order = torch.argsort(sizes, stable=True)  # batches of similar sizes: little padding
         batches = torch.arange(n).split(1) if reproducible else order.split(batch_size)
         dit = self._dit(use_ema, compile)

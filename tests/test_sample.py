@@ -104,6 +104,35 @@ def test_sde_sampling_keeps_the_determinism_contract(gen):
     assert KEYS["sde_noise"][1] == DEFAULT_SDE_NOISE  # the CLI (which imports no torch at start) states the same default
 
 
+def test_temperature_scales_the_source_noise_and_nothing_else(gen, monkeypatch, ckpt, tmp_path, capsys):
+    """temperature=t starts every ODE from t times the sample's own noise (1 is the default, bit for bit);
+    a temperature that is not a positive number is refused (API: one-line error; CLI: exit code 2)."""
+    kwargs = {"n": 5, "seed": 1, "reproducible": True, "bf16": False, **FAST}
+    seen: list[torch.Tensor] = []
+    sample_latents = gen.model.sample_latents
+
+    def spy(*args, **kw):
+        seen.append(kw["x0"].clone())
+        return sample_latents(*args, **kw)
+
+    monkeypatch.setattr(gen.model, "sample_latents", spy)
+    plain = gen.generate_token_sets("crystal", **kwargs)
+    assert _bits(plain, gen.generate_token_sets("crystal", temperature=1.0, **kwargs))
+    cooled = gen.generate_token_sets("crystal", temperature=0.5, **kwargs)
+    x0_plain, x0_cooled = seen[:5], seen[10:]
+    assert all(torch.equal(b, 0.5 * a) for a, b in zip(x0_plain, x0_cooled, strict=True)) and x0_plain[0].abs().sum() > 0
+    assert not _bits(plain, cooled)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(SciDiTInputError, match="temperature must be a finite number > 0"):
+            gen.generate_token_sets("crystal", temperature=bad, **kwargs)
+    monkeypatch.undo()
+    assert main([f"ckpt={ckpt}", "domain=crystal", "n=3", f"out={tmp_path / 'ok'}", "steps=2", "temperature=0.8", "progress=false"]) == 0
+    capsys.readouterr()
+    assert main([f"ckpt={ckpt}", "domain=crystal", "n=3", f"out={tmp_path / 'bad'}", "steps=2", "temperature=0", "progress=false"]) == 2
+    assert capsys.readouterr().err.strip() == "error: temperature must be a finite number > 0, got 0.0"
+    assert not (tmp_path / "bad").exists()
+
+
 def test_reproducible_files_are_byte_identical_for_any_batch_size(ckpt, tmp_path):
     """CLI reproducible=true: batch sizes 1, 3 and 7 write byte-identical SDF files and CIF folders (in float32;
     the API test above runs bf16=auto, which is bf16 on a bf16-native CPU)."""
