@@ -12,7 +12,9 @@ import torch
 from sciDiT.batch import TokenSet
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.crystals import (
+    all_metal_share,
     coverage,
+    element_counts,
     evaluate_crystals,
     novel_mask,
     smact_validity,
@@ -21,6 +23,7 @@ from sciDiT.evaluation.crystals import (
     unique_mask,
 )
 from sciDiT.evaluation.io import read_crystals, write_cifs
+from sciDiT.tokenizers import CrystalTokenizer
 
 DATA_DIR = Path(os.environ.get("SCIDIT_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -72,6 +75,23 @@ def test_mp20_test_rows_score_like_the_data(mp20_test, tmp_path):
     valid = ev.structural & ev.compositional
     assert m["novelty"] == pytest.approx(1 - valid[:50].sum() / valid.sum(), abs=0.02)  # the train rows are not novel
     assert m["w1_density"] < 0.15 and m["w1_num_elements"] < 0.05  # valid subset vs all (g/cm^3; densities span ~1-20)
+
+
+def test_element_distribution_closed_form(mp20_test):
+    """tv_elements and all_metal on structures built by hand: NaCl rock salt and fcc Cu."""
+    from pymatgen.core import Lattice, Structure
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # 4 Na + 4 Cl
+    cu = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.61), ["Cu"], [[0, 0, 0]])  # 4 Cu
+    assert element_counts([nacl, cu]) == {"Na": 4, "Cl": 4, "Cu": 4}
+    assert all_metal_share([nacl, cu, cu]) == pytest.approx(2 / 3) and np.isnan(all_metal_share([]))
+    tokenize = CrystalTokenizer().from_structure
+    sets, ref = [tokenize(cu)] * 3, [tokenize(nacl), tokenize(cu)]
+    m = evaluate_crystals(sets, test=ref).metrics
+    assert m["tv_elements"] == pytest.approx(2 / 3)  # samples all Cu; reference 1/3 each of Na, Cl, Cu
+    assert m["all_metal"] == 1.0 and m["all_metal_reference"] == 0.5
+    m = evaluate_crystals(mp20_test[:100], test=mp20_test[:100]).metrics  # valid rows against all: close to, not exactly, 0
+    assert 0 < m["tv_elements"] < 0.1 and abs(m["all_metal"] - m["all_metal_reference"]) < 0.1
 
 
 def test_corrupted_crystals_score_low(mp20_test):

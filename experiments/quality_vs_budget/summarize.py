@@ -35,6 +35,7 @@ CRYSTAL_ROWS = [
     ("n_samples", "CIFs written (of 1,000)"), ("structural_validity", "structural validity"), ("compositional_validity", "compositional validity (SMACT)"),
     ("validity", "overall validity"), ("uniqueness", "uniqueness (StructureMatcher)"), ("novelty", "novelty vs MP-20 train"),
     ("cov_recall", "COV-R"), ("cov_precision", "COV-P"), ("w1_density", "W1 density (g/cm^3)"), ("w1_num_elements", "W1 number of elements"),
+    ("tv_elements", "TV element types"), ("all_metal", "all-metal share of valid crystals"), ("all_metal_reference", "all-metal share of MP-20 test"),
     ("chgnet_energy_per_atom", "CHGNet energy (eV/atom)"), ("chgnet_max_force", "CHGNet max force (eV/A)"),
     ("chgnet_relax_displacement", "CHGNet 50-step relaxation displacement (A)"),
 ]

@@ -14,6 +14,10 @@
   formula (a match needs it, so this prunes the search without changing the answer).
 * ``w1_density`` (g/cm^3), ``w1_num_elements`` - 1-Wasserstein distances of valid samples vs the
   reference (test) set.
+* ``tv_elements`` - total variation distance between the element distributions (over atoms) of valid
+  samples and the reference set; ``all_metal`` / ``all_metal_reference`` - the share of valid samples /
+  of reference crystals made of metals only, the alloys that pass ``compositional_validity`` without a
+  charge check. A sampler that trades diversity for validity (a low ``temperature``) shows here.
 * ``cov_recall`` / ``cov_precision`` (optional, slow; CDVAE): CrystalNN site fingerprints
   (averaged over sites) and Magpie composition fingerprints; a pair is close when the structure
   distance <= 0.4 and the standardised composition distance <= 10. CDVAE standardises with
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,7 @@ from pymatgen.core import Composition, Structure
 from scipy.stats import wasserstein_distance
 
 from sciDiT.batch import TokenSet
+from sciDiT.evaluation.molecules import total_variation
 from sciDiT.evaluation.reconstruction import CRYSTAL_MATCHER_KWARGS
 from sciDiT.tokenizers import CrystalTokenizer
 from sciDiT.tokenizers.oxidation import reduced_counts, smact_validity
@@ -213,6 +219,16 @@ def _density_and_elements(structures: list[Structure]) -> tuple[np.ndarray, np.n
     return np.array([s.density for s in structures], dtype=float), np.array([len(s.composition.elements) for s in structures], dtype=float)
 
 
+def element_counts(structures: list[Structure]) -> Counter:
+    """Atoms per element symbol over all sites of ``structures``."""
+    return Counter(site.specie.symbol for s in structures for site in s)
+
+
+def all_metal_share(structures: list[Structure]) -> float:
+    """Share of ``structures`` whose elements are all metals (NaN for none)."""
+    return float(np.mean([all(el.is_metal for el in s.composition.elements) for s in structures])) if structures else float("nan")
+
+
 def evaluate_crystals(
     sets: list[TokenSet],
     train: list[TokenSet] | None = None,
@@ -257,6 +273,8 @@ def evaluate_crystals(
         if valid_structs:
             m["w1_density"] = float(wasserstein_distance(density, ref_density))
             m["w1_num_elements"] = float(wasserstein_distance(n_elem, ref_nelem))
+            m["tv_elements"] = total_variation(element_counts(valid_structs), element_counts(test_structs))
+            m["all_metal"], m["all_metal_reference"] = all_metal_share(valid_structs), all_metal_share(test_structs)
         if with_coverage:
             m.update(coverage(valid_structs, test_structs, cache_dir) if valid_structs else {"cov_recall": 0.0, "cov_precision": 0.0})
     if with_chgnet and ok_structs:
