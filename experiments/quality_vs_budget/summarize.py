@@ -32,7 +32,7 @@ MOLECULE_ROWS = [
     ("pb_internal_steric_clash", "PoseBusters internal steric clash"), ("pb_all", "PoseBusters all checks"),
 ]
 CRYSTAL_ROWS = [
-    ("n_samples", "CIFs written (of 1,000)"), ("structural_validity", "structural validity"), ("compositional_validity", "compositional validity (SMACT)"),
+    ("n_samples", "crystals sampled"), ("n_unwritten", "of which no CIF (degenerate lattice, counted invalid)"), ("structural_validity", "structural validity"), ("compositional_validity", "compositional validity (SMACT)"),
     ("validity", "overall validity"), ("uniqueness", "uniqueness (StructureMatcher)"), ("novelty", "novelty vs MP-20 train"),
     ("cov_recall", "COV-R"), ("cov_precision", "COV-P"), ("w1_density", "W1 density (g/cm^3)"), ("w1_num_elements", "W1 number of elements"),
     ("tv_elements", "TV element types"), ("all_metal", "all-metal share of valid crystals"), ("all_metal_reference", "all-metal share of MP-20 test"),
@@ -92,7 +92,8 @@ def table(runs: list[dict]) -> str:
     for part, title, rows in parts:
         lines.append(f"| **{title}** |" + " |" * len(runs))
         for key, label in rows:
-            lines.append(f"| {label} | " + " | ".join(fmt(r.get(part, {}).get(key)) for r in runs) + " |")
+            show = (lambda v: "n/a" if v is None else f"{v:.0f}") if key.startswith("n_") else fmt  # counts as integers
+            lines.append(f"| {label} | " + " | ".join(show(r.get(part, {}).get(key)) for r in runs) + " |")
     return "\n".join(lines)
 
 
