@@ -212,8 +212,9 @@ class Generator:
         sample ``i``'s step noise comes from its own generator, so determinism holds as for ODEs); ``cfg_scale``:
         classifier-free guidance on the domain (1 = plain conditional). ``temperature``: the ODE starts from
         noise of this standard deviation instead of 1 (the source noise ``x0`` is scaled; ``sde`` step noise is not):
-        below 1 trades diversity for fidelity, as a sampling temperature does, so report it with uniqueness,
-        novelty and coverage; 1 samples the trained model. ``compile``: torch.compile
+        below 1 trades diversity for fidelity, as a sampling temperature does; 1 samples the trained model. On MP-20
+        it lifts SMACT validity by turning crystals into alloys (``experiments/sampling_temperature``): report it with
+        coverage and the element distribution (``tv_elements``, ``all_metal``). ``compile``: torch.compile
         the DiT (dynamic shapes; eager with a one-line warning where inductor is unavailable).
         ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
         where bf16 is native (GPUs, CPUs with AVX-512 BF16 / AMX). bf16 rounds more coarsely, so

@@ -82,7 +82,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "method": (str, "euler", "solver: euler, heun or midpoint (ODE), or sde (stochastic, same marginals: corrects the DiT's drift)"),
     "sde_noise": (float, 2.0, "method=sde: noise strength s, diffusion g(t)^2 = 2 s (1 - t) (0 = euler)"),
     "cfg_scale": (float, 1.0, "classifier-free guidance scale on all conditions at once: the domain and any request (1 = none; per condition: guidance.KEY)"),
-    "temperature": (float, 1.0, "scale of the ODE's source noise (1 = the trained model; below 1 trades diversity for fidelity: report coverage)"),
+    "temperature": (float, 1.0, "scale of the ODE's source noise (1 = the trained model; below 1 trades diversity for fidelity: crystals turn into alloys)"),
     "autoguidance": (float, 1.0, "guide the DiT with a weaker DiT on the same VAE (packed in the checkpoint, or guide=) at this scale (1 = none)"),
     "autoguidance_interval": (_interval, (0.5, 1.0), "times [t_min,t_max] of the path where autoguidance acts (default the late half: sharper coordinates)"),
     "guide": (str, None, "autoguidance: a weaker DiT-stage checkpoint trained on the same VAE (default: the one packed in the checkpoint)"),
