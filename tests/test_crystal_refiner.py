@@ -118,7 +118,7 @@ def test_training_lowers_the_held_out_loss_of_decodes(crystals, tiny_dit_ckpt):
 
     gen = load_generator(tiny_dit_ckpt)  # an untrained VAE: its decodes carry little of the crystal, so this checks learning only
     train, test = crystals[:100], collate(crystals[100:])
-    refiner, facts = train_crystal_refiner(train, gen.model, size="CR-T", batch_size=16, lr=3e-3, steps=150, minutes=5.0,
+    refiner, facts = train_crystal_refiner(train, gen.model, size="CR-T", batch_size=16, lr=3e-3, steps=150, minutes=60.0,
                                            latent_noise=0.1, log_every=0)
     assert facts["steps"] == 150 and facts["train_sets"] == 100
     inputs = decoded_crystals(gen.model, test, torch.zeros(test.batch_size), torch.Generator().manual_seed(0))

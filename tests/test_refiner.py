@@ -74,7 +74,7 @@ def test_an_untrained_refiner_is_the_identity_and_the_loss_of_the_truth_is_zero(
 
 def test_training_restores_bond_lengths_of_noised_real_molecules(molecules):
     train, test = molecules[:200], molecules[200:260]
-    refiner, facts = train_refiner(train, None, size="R-T", batch_size=32, lr=3e-3, steps=300, minutes=5.0, pos_noise=0.15, log_every=0)
+    refiner, facts = train_refiner(train, None, size="R-T", batch_size=32, lr=3e-3, steps=300, minutes=60.0, pos_noise=0.15, log_every=0)
     assert facts["steps"] == 300
     batch = collate(test)
     rough = batch.pos + 0.1 * torch.randn(batch.pos.shape, generator=torch.Generator().manual_seed(0)) * batch.mask[..., None]
@@ -89,7 +89,7 @@ def test_training_restores_bond_lengths_of_noised_real_molecules(molecules):
 def test_weights_decide_which_sets_are_drawn(molecules):
     poisoned = [replace(ts, pos=torch.full_like(ts.pos, float("nan"))) for ts in molecules[:20]]  # a draw makes the weights NaN
     sets = molecules[20:120] + poisoned
-    kwargs = dict(size="R-T", batch_size=16, lr=1e-3, steps=10, minutes=5.0, log_every=0)
+    kwargs = dict(size="R-T", batch_size=16, lr=1e-3, steps=10, minutes=60.0, log_every=0)
     weighted, _ = train_refiner(sets, None, weights=[1.0] * 100 + [0.0] * 20, **kwargs)
     assert all(torch.isfinite(p).all() for p in weighted.parameters())
     uniform, _ = train_refiner(sets, None, **kwargs)
