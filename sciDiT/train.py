@@ -87,7 +87,7 @@ def run_stage(cfg: DictConfig, stage: str, ckpt_path: str | None = None) -> Path
     trainer = _trainer(cfg, stage, stage_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        trainer.save_checkpoint(last, weights_only=False)  # periodic saves need not fall on the final step; full state to resume
+        trainer.save_checkpoint(last)  # the periodic checkpoints need not fall on the final step
     except (NonFiniteTrainingError, NonFiniteWeightsError) as err:
         kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was saved"
         raise NonFiniteTrainingError(f"{stage} stage {err}; {kept}") from None

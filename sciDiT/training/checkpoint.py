@@ -111,7 +111,7 @@ class StepSnapshots(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step in self.steps and self.dirpath is not None:
-            trainer.save_checkpoint(str(Path(self.dirpath) / f"step-{trainer.global_step}.ckpt"), weights_only=False)
+            trainer.save_checkpoint(str(Path(self.dirpath) / f"step-{trainer.global_step}.ckpt"))
 
 
 # -- RNG state ----------------------------------------------------------------------------------------
