@@ -67,10 +67,11 @@ def load(run: Path) -> dict:
     return out
 
 
-def fmt(v) -> str:
+def fmt(v, count: bool = False) -> str:
+    """A table cell: ``n/a`` for a missing figure, an integer for a count or a whole number above 1, else 3 decimals."""
     if v is None:
         return "n/a"
-    return f"{v:.0f}" if float(v).is_integer() and abs(v) > 1 else f"{v:.3f}"
+    return f"{v:.0f}" if count or float(v).is_integer() and abs(v) > 1 else f"{v:.3f}"
 
 
 def table(runs: list[dict]) -> str:
@@ -92,8 +93,7 @@ def table(runs: list[dict]) -> str:
     for part, title, rows in parts:
         lines.append(f"| **{title}** |" + " |" * len(runs))
         for key, label in rows:
-            show = (lambda v: "n/a" if v is None else f"{v:.0f}") if key.startswith("n_") else fmt  # counts as integers
-            lines.append(f"| {label} | " + " | ".join(show(r.get(part, {}).get(key)) for r in runs) + " |")
+            lines.append(f"| {label} | " + " | ".join(fmt(r.get(part, {}).get(key), count=key.startswith("n_")) for r in runs) + " |")
     return "\n".join(lines)
 
 
