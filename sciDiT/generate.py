@@ -49,7 +49,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
-from sciDiT.data.conditions import SIZE_KEY, encode_conditions, finite_number, request_json, size_distribution, validate_request
+from sciDiT.data.conditions import (SIZE_KEY, composition_numbers, encode_conditions, finite_number, formula, request_json,
+                                    size_distribution, validate_request)
 from sciDiT.checkpoint import cast_floats, load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.property_predictor import load_screeners, predict, scorable
@@ -60,7 +61,8 @@ from sciDiT.flow.solvers import NoiseFn
 from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.models.latent_guides import gaussian_log_likelihood
-from sciDiT.pretrained import CRYSTAL_REFINER_KEY, DISCRIMINATORS_KEY, GUIDE_KEY, REFINER_KEY, guide_section, pretrained_path
+from sciDiT.pretrained import (COMPOSITION_MODEL_KEY, CRYSTAL_REFINER_KEY, DISCRIMINATORS_KEY, GUIDE_KEY, REFINER_KEY, guide_section,
+                              pretrained_path)
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
@@ -68,6 +70,7 @@ from sciDiT.training.compile import compile_module
 from sciDiT.training.dit_module import CONDITION_STATS_KEY, DiTModule
 from sciDiT.training.precision import resolve_bf16
 from sciDiT.training.latent_guides import load_discriminator, load_property_regressor, packed_discriminator
+from sciDiT.training.composition_model import load_composition_model, packed_composition_model
 from sciDiT.training.crystal_refiner import load_crystal_refiner, packed_crystal_refiner
 from sciDiT.training.refiner import load_refiner, packed_refiner
 from sciDiT.training.targets import check_config
@@ -110,7 +113,8 @@ class Generator:
                  condition_stats: Mapping[str, Mapping[str, Any]] | None = None, weak_dit: nn.Module | None = None,
                  regressor: nn.Module | None = None, regressor_stats: Mapping[str, Mapping[str, Any]] | None = None,
                  discriminators: Mapping[str, nn.Module] | None = None, refiner: nn.Module | None = None,
-                 crystal_refiner: nn.Module | None = None, screeners: Mapping[str, nn.Module] | None = None, screener_stats: Mapping[str, Mapping[str, Any]] | None = None):
+                 crystal_refiner: nn.Module | None = None, screeners: Mapping[str, nn.Module] | None = None, screener_stats: Mapping[str, Mapping[str, Any]] | None = None,
+                 composition_model: nn.Module | None = None):
         self.device = usable_device(device)
         self.condition_stats = dict(condition_stats or {})  # the DiT's own conditions (sciDiT.data.conditions)
         self.regressor = None if regressor is None else regressor.to(self.device).eval()  # classifier guidance's p(y | x_t), if any
@@ -125,6 +129,8 @@ class Generator:
         self.refiner = None if refiner is None else refiner.to(self.device).eval()  # places decoded molecules' atoms, if any
         # restores decoded crystals' elements, sites and cells, if any
         self.crystal_refiner = None if crystal_refiner is None else crystal_refiner.to(self.device).eval()
+        # composition-first crystals: draws each crystal's composition before the DiT places its atoms, if any
+        self.composition_model = None if composition_model is None else composition_model.to(self.device).eval()
         self.model = model.to(self.device).eval()
         self.ema_dit = ema_dit.to(self.device).eval()
         self.weak_dit = None if weak_dit is None else weak_dit.to(self.device).eval()  # autoguidance's weaker model, if any
@@ -188,6 +194,7 @@ class Generator:
         compile: bool = False,
         bf16: bool | str = "auto",
         composition: str = "argmax",
+        composition_first: bool = False,
         bond_decoding: str = "joint",
         bond_min_prob: float | None = None,
         condition: Mapping[str, Any] | None = None,
@@ -226,7 +233,13 @@ class Generator:
         decoding: every atom takes an element of the request and each requested element appears, in the most
         probable such assignment that is charge balanced by SMACT's rules, else the most probable one
         (:func:`sciDiT.tokenizers.oxidation.balanced_types`, :func:`sciDiT.models.composition.requested_types`;
-        sizes are drawn with at least that many atoms); the DiT's conditioning alone is ``argmax``/``coherent``.
+        sizes are drawn with at least that many atoms); a ``condition.composition`` request (which fixes the number
+        of atoms) it enforces exactly, each requested atom on its most probable token
+        (:func:`sciDiT.models.composition.counted_types`; no charge rule); the DiT's conditioning alone is ``argmax``/``coherent``.
+        ``composition_first`` (crystals of a DiT conditioned on ``composition``): each crystal's composition is first drawn
+        from the composition model (``load_generator(..., composition_model=FILE)``; :mod:`sciDiT.models.composition_model`,
+        from sample ``i``'s own random stream) and then requested of the DiT, as ``condition.composition`` would be; with
+        ``composition=requested`` it is also enforced at decoding (experiments/composition_first/README.md).
         ``balanced``: each crystal's most probable element assignment (each atom among its three most
         probable elements) whose composition is charge balanced by SMACT's rules
         (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is found). Both need ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
@@ -343,15 +356,37 @@ class Generator:
         request = validate_request(condition, dom, self.request_stats, allow_extrapolation)
         dit_request = {k: v for k, v in request.items() if k in self.condition_stats}  # what the DiT's own embedders take
         regressed = [k for k in self.regressor_stats if k in request]  # what classifier guidance steers
-        allowed = None
-        if composition in ("balanced", "requested") and dom == Domain.CRYSTAL:
+        seed = _check_seed(seed)
+        gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: composition or size, then noise
+        allowed, counts, drawn = None, None, None
+        compositions = None  # each sample's composition (atomic numbers, one per atom) where one is requested or drawn
+        if "composition" in request or composition_first:
+            if "elements" in request or SIZE_KEY in request or num_atoms is not None or property_screen > 1:
+                raise SciDiTInputError("a composition (condition.composition or composition_first) fixes the elements and the number of "
+                                       "atoms: give no condition.elements, num_atoms or property_screen with it")
+        if "composition" in request:
+            if composition_first:
+                raise SciDiTInputError("composition_first=true draws each crystal's composition: request none (condition.composition)")
+            compositions = [composition_numbers(request["composition"])] * n
+        if composition_first:
+            if dom != Domain.CRYSTAL or self.composition_model is None or "composition" not in self.condition_stats:
+                raise SciDiTInputError("composition_first=true needs crystals, a DiT conditioned on composition (experiment=mp20_composition_cpu) "
+                                       "and a composition model: load_generator(..., composition_model=FILE) (experiments/composition_first)")
+            uniforms = torch.stack([torch.rand(self.composition_model.max_atoms + 1, generator=g) for g in gens])  # [n, A + 1]
+            compositions = self.composition_model.sample(uniforms)
+            drawn = [formula(c) for c in compositions]
+        if compositions is not None:
+            num_atoms = [len(c) for c in compositions]
+            if composition == "requested":
+                counts = torch.stack([torch.bincount(torch.tensor(c), minlength=NUM_ATOM_TYPES) for c in compositions])  # [n, T]
+        if dom == Domain.CRYSTAL and (composition == "balanced" or (composition == "requested" and counts is None)):
             try:
                 import smact  # noqa: F401
             except ImportError:
                 raise SciDiTInputError(f"composition={composition} needs smact's oxidation states: pip install 'sciDiT[eval]'") from None
-        if composition == "requested":
+        if composition == "requested" and counts is None:
             if "elements" not in request:
-                raise SciDiTInputError("composition=requested enforces condition.elements, and the request names none")
+                raise SciDiTInputError("composition=requested enforces condition.elements or condition.composition, and the request names neither")
             allowed = torch.zeros(NUM_ATOM_TYPES, dtype=torch.bool)
             allowed[[atomic_number(el) for el in request["elements"]]] = True
         hall = None
@@ -373,15 +408,14 @@ class Generator:
                                    f"properties ({', '.join(known) or 'none loaded: load_generator(..., screen_predictor=... or property_guide=...)'})")
         if property_screen > 1 and screened:
             return self._structure_screened(call, request, screened)
-        scale = _guidance(guidance, dit_request, cfg_scale)
+        scale = _guidance(guidance, {**dit_request, **({"composition": drawn} if drawn else {})}, cfg_scale)
         request_cond = encode_conditions([request], self.condition_stats, list(dit_request))  # one set's tensors
+        sample_cond = {} if drawn is None else encode_conditions([{"composition": f} for f in drawn], self.condition_stats, ["composition"])  # [n, ...]
         if regressed:
             stats = self.regressor_stats
             request_cond[PROPERTY_TARGET_KEY] = torch.tensor([[(request[k] - stats[k]["mean"]) / stats[k]["std"] if k in request else 0.0
                                                               for k in stats]], dtype=torch.float32)  # [1, P]
             request_cond[PROPERTY_KNOWN_KEY] = torch.tensor([[float(k in request) for k in stats]])  # [1, P]
-        seed = _check_seed(seed)
-        gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: sizes, then noise
         sizes = self.set_sizes(dom, n, num_atoms, gens, min_size=1 if allowed is None else int(allowed.sum()),
                                request=request if condition_sizes else None)  # [n]
         latent_dim = self.model.vae.latent_dim
@@ -415,6 +449,7 @@ class Generator:
                 row_gens = [g for i in idx.tolist() for g in [gens[i], *screen_gens[i]]]
                 dom_t = torch.full((len(rows),), int(dom), dtype=torch.long)  # [b k]
                 cond = {key: v.expand(len(rows), *v.shape[1:]) for key, v in request_cond.items()}  # the same request for every set
+                cond.update({key: v[rows] for key, v in sample_cond.items()})  # and each set's drawn composition
                 with autocast:
                     x1, row_mask = self.model.sample_latents(dom_t, sizes[rows], x0=x0.flatten(0, 1), dit=dit, steps=steps, method=method,
                                                              cfg_scale=scale, cond=cond, sde_noise=sde_noise,
@@ -427,12 +462,14 @@ class Generator:
                                                     charge_balanced=composition == "balanced",
                                                     site_weights=None if hall is None else functools.partial(_unit_weights, hall),
                                                     graph_decoder=graph_decoder, refiner=self.refiner if refine and dom == Domain.MOLECULE else None,
-                                                    crystal_refiner=self.crystal_refiner if refine and dom == Domain.CRYSTAL else None)
+                                                    crystal_refiner=self.crystal_refiner if refine and dom == Domain.CRYSTAL else None,
+                                                    element_counts=None if counts is None else counts[idx])
                 decoded = decoded.to("cpu")
                 _check_finite(decoded)
                 for i, ts in zip(idx.tolist(), decoded.unbatch()):
                     ts = ts if hall is None else _expand(ts, hall)
-                    ts.meta = {**ts.meta, "sample_index": i, **({"request": request_json(request)} if request else {})}
+                    asked = request if drawn is None else {**request, "composition": drawn[i]}
+                    ts.meta = {**ts.meta, "sample_index": i, **({"request": request_json(asked)} if asked else {})}
                     if dom == Domain.MOLECULE:
                         ts.meta.setdefault("geometry_source", "decoded")  # "refined" where the refiner placed the atoms
                     else:
@@ -637,7 +674,7 @@ def _resolve(ckpt: str | Path) -> Path:
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
                    property_guide: str | Path | None = None, discriminator: str | Path | None = None,
                    refiner: str | Path | None = None, screen_predictor: str | Path | None = None,
-                   crystal_refiner: str | Path | None = None) -> Generator:
+                   crystal_refiner: str | Path | None = None, composition_model: str | Path | None = None) -> Generator:
     """A :class:`Generator` from a DiT-stage checkpoint (``<output_dir>/dit/checkpoints/last.ckpt``)
     or from the name of a model shipped in the package (``load_generator("qm9_mp20_cpu")``, see
     :mod:`sciDiT.pretrained`). ``guide``: a weaker DiT-stage checkpoint on the same VAE for autoguidance
@@ -649,6 +686,8 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     a refiner file, or a model file or shipped name that packs one (``refiner="qm9_mp20_cpu"`` for a DiT trained on its VAE).
     ``crystal_refiner``: a crystal refiner of the model, for ``refine`` of crystals (default: the one packed in ``ckpt``, if
     any): a file, or a model file or shipped name that packs one.
+    ``composition_model``: a composition model for ``composition_first`` crystals (default: the one packed in ``ckpt``, if
+    any): a file (``experiments/composition_first/train_composition_model.py``), or a model file or shipped name that packs one.
     ``screen_predictor``: QM9 property predictors trained on half B (a file or a folder, one per property:
     ``experiments/inverse_design/train_property_predictor.py --half B``), for ``property_screen`` by the decoded molecules.
 
@@ -697,10 +736,14 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     else:
         xtal_refiner = packed_crystal_refiner(raw[CRYSTAL_REFINER_KEY], path) if CRYSTAL_REFINER_KEY in raw else None
     screeners = load_screeners(screen_predictor) if screen_predictor is not None else {}
+    if composition_model is not None:
+        compositions = load_composition_model(_resolve(composition_model), packed_key=COMPOSITION_MODEL_KEY)[0]
+    else:
+        compositions = packed_composition_model(raw[COMPOSITION_MODEL_KEY], path) if COMPOSITION_MODEL_KEY in raw else None
     try:
         return Generator(module.model, module.ema.module, device, condition_stats=raw.get(CONDITION_STATS_KEY), weak_dit=weak,
                          regressor=regressor, regressor_stats=regressor_stats, discriminators=discriminators, refiner=geometry_refiner,
-                         crystal_refiner=xtal_refiner,
+                         crystal_refiner=xtal_refiner, composition_model=compositions,
                          screeners={k: m for k, (m, _) in screeners.items()}, screener_stats={k: st for k, (_, st) in screeners.items()})
     except (RuntimeError, AssertionError) as err:
         raise SciDiTInputError(f"device={device!r} is not usable here: {str(err).splitlines()[0]}") from err

@@ -104,7 +104,7 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "compile": (_bool, False, "torch.compile the DiT"),
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
-    "composition": (_composition, "argmax", "crystal types: argmax (per atom), coherent (one element set per crystal, prior from training), requested (exactly condition.elements) or balanced (charge balanced, SMACT)"),
+    "composition": (_composition, "argmax", "crystal types: argmax (per atom), coherent (one element set per crystal, prior from training), requested (exactly condition.elements or condition.composition) or balanced (charge balanced, SMACT)"),
     "bond_decoding": (_bond_decoding, "joint", "molecules: argmax bond order per pair, constrained (most probable graph with exact valences) "
                       "or joint (elements, charges and bonds chosen together: neutral, closed shell, connected where possible)"),
     "bond_min_prob": (float, None, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen "
@@ -116,6 +116,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
                "and cell (learned; manifest structure_source=refined): true, false or auto (on where the model has one)"),
     "refiner": (str, None, "a geometry refiner file for refine=true (default: the one packed in the checkpoint, if any)"),
     "crystal_refiner": (str, None, "a crystal refiner file for refine=true on crystals (default: the one packed in the checkpoint, if any)"),
+    "composition_model": (str, None, "a composition model file (experiments/composition_first) for composition_first=true"),
+    "composition_first": (_bool, False, "crystals: draw each crystal's composition from composition_model, then its structure from a DiT "
+                          "conditioned on composition (with composition=requested the drawn composition is also enforced at decoding)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")
@@ -214,12 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             opts["ckpt"] = str(pretrained_path(opts["pretrained"]))
         gen = load_generator(opts["ckpt"], device=opts["device"], guide=opts["guide"], property_guide=opts["property_guide"],
                              discriminator=opts["discriminator"], refiner=opts["refiner"], screen_predictor=opts["screen_predictor"],
-                             crystal_refiner=opts["crystal_refiner"])
+                             crystal_refiner=opts["crystal_refiner"], composition_model=opts["composition_model"])
         start = time.perf_counter()
         sets = gen.generate_token_sets(
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],
             cfg_scale=opts["cfg_scale"], temperature=opts["temperature"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
+            composition_first=opts["composition_first"],
             bond_decoding=opts["bond_decoding"], bond_min_prob=opts["bond_min_prob"],
             condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
             condition_sizes=opts["condition_sizes"], reproducible=opts["reproducible"],

@@ -90,7 +90,7 @@ def tiny_predictor(cells, tmp_path_factory):
     return predictor.fit(cells, work_dir=tmp_path_factory.mktemp("cells"))
 
 
-COND_NAMES = ["gap", "mu", "spacegroup", "band_gap", "elements"]
+COND_NAMES = ["gap", "mu", "spacegroup", "band_gap", "elements", "composition"]
 
 
 @pytest.fixture(scope="session")

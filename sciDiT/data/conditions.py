@@ -17,6 +17,7 @@ spacegroup          crystal   class      international space-group number 1..230
 formation_energy    crystal   vector     formation energy, eV/atom (MP-20 ``formation_energy_per_atom``)
 band_gap            crystal   vector     band gap, eV (MP-20 ``band_gap``)
 elements            crystal   token_set  the exact element set (chemical system), e.g. [Li, Fe, P, O]
+composition         crystal   token_set  the cell's composition, e.g. Li4Fe4P4O16: one id per atom (fixes num_atoms)
 ==================  ========  =========  ==============================================================
 
 Each key is its own DiT condition, so a set without a value (a crystal has no HOMO-LUMO gap, a
@@ -33,6 +34,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,7 @@ CONDITION_KEYS: dict[str, ConditionKey] = {
     "formation_energy": ConditionKey(Domain.CRYSTAL, "vector", "eV/atom", "formation energy per atom", "formation_energy_per_atom"),
     "band_gap": ConditionKey(Domain.CRYSTAL, "vector", "eV", "band gap", "band_gap"),
     "elements": ConditionKey(Domain.CRYSTAL, "token_set", "", "exact element set, e.g. [Li,Fe,P,O]"),
+    "composition": ConditionKey(Domain.CRYSTAL, "token_set", "", "the cell's composition, e.g. Li4Fe4P4O16 (fixes num_atoms)"),
 }
 NUM_SPACEGROUPS = 230
 SIZE_KEY = "num_atoms"  # a request key that sizes the sets (not a DiT condition)
@@ -165,7 +168,7 @@ def condition_values(data: TokenSetDataset, names: Sequence[str], source: Path, 
     """Per item of ``data``, the raw value of each scalar/class condition of its domain (NaN where unknown).
 
     ``source``: the qm9pack folder (``layout`` ``qm9pack``) or the CDVAE split CSV (``layout`` ``cdvae``).
-    ``elements`` needs no column (it is read from the token types at collate time).
+    ``elements`` and ``composition`` need no column (they are read from the token types at collate time).
     """
     wanted = [n for n in names if CONDITION_KEYS[n].domain == data.domain and CONDITION_KEYS[n].column]
     if not wanted:
@@ -197,12 +200,22 @@ def element_set(types: Tensor) -> list[int]:
     return sorted(int(z) for z in torch.unique(types) if 1 <= int(z) <= NUM_ELEMENTS)
 
 
-class ConditionedDataset(Dataset):
-    """A :class:`TokenSetDataset` whose items carry their raw condition values in ``meta['condition']``."""
+def element_multiset(types: Tensor) -> list[int]:
+    """A set's atomic numbers, one per atom, sorted (its composition; the order of the atoms is lost)."""
+    return sorted(int(z) for z in types if 1 <= int(z) <= NUM_ELEMENTS)
 
-    def __init__(self, data: TokenSetDataset, values: Mapping[str, np.ndarray], elements: bool):
+
+DERIVED = {"elements": element_set, "composition": element_multiset}  # keys read from a set's own types, not a data column
+
+
+class ConditionedDataset(Dataset):
+    """A :class:`TokenSetDataset` whose items carry their raw condition values in ``meta['condition']``.
+
+    ``derived``: the keys of :data:`DERIVED` to read from each set's own types (those of its domain)."""
+
+    def __init__(self, data: TokenSetDataset, values: Mapping[str, np.ndarray], derived: Sequence[str] = ()):
         self.data, self.values = data, dict(values)
-        self.elements = elements and data.domain == CONDITION_KEYS["elements"].domain
+        self.derived = [k for k in derived if CONDITION_KEYS[k].domain == data.domain]
 
     def __len__(self) -> int:
         return len(self.data)
@@ -210,8 +223,8 @@ class ConditionedDataset(Dataset):
     def __getitem__(self, i: int) -> TokenSet:
         ts = self.data[i]
         condition: dict[str, Any] = {k: float(v[i]) for k, v in self.values.items() if math.isfinite(v[i])}
-        if self.elements:
-            condition["elements"] = element_set(ts.types)
+        for key in self.derived:
+            condition[key] = DERIVED[key](ts.types)
         ts.meta = {**ts.meta, "condition": condition}
         return ts
 
@@ -220,14 +233,14 @@ def condition_stats(names: Sequence[str], parts: Sequence[tuple[TokenSetDataset,
     """Plain-data statistics of each condition over the training ``parts`` (dataset, its values).
 
     Scalars: mean, std (the standardisation), min, max (the training range, which bounds requests)
-    and count; ``spacegroup``: the groups seen; ``elements``: the elements seen in training sets;
+    and count; ``spacegroup``: the groups seen; ``elements`` / ``composition``: the elements seen in training sets;
     each also its table of set sizes given the value (:func:`size_table`).
     """
     stats: dict[str, dict[str, Any]] = {}
     for name in names:
         key = CONDITION_KEYS[name]
         entry: dict[str, Any] = {"kind": key.kind, "domain": key.domain.name.lower(), "unit": key.unit}
-        if name == "elements":
+        if name in DERIVED:
             seen: set[int] = set()
             for data, _ in parts:
                 if data.domain == key.domain:
@@ -257,7 +270,7 @@ def size_table(name: str, parts: Sequence[tuple[TokenSetDataset, Mapping[str, np
     ``p(num_atoms | value)`` as EDM's conditional protocol does (a polarizability fixes the size more than anything).
 
     Scalars: ``size_edges`` (quantile edges of ``SIZE_BINS`` bins) and ``size_counts`` {bin: counts by size};
-    ``spacegroup``: {group: counts}; ``elements``: {number of distinct elements: counts}.
+    ``spacegroup``: {group: counts}; ``elements``: {number of distinct elements: counts}; ``composition``: {number of atoms: counts}.
     """
     key = CONDITION_KEYS[name]
     sizes, labels = [], []
@@ -266,7 +279,7 @@ def size_table(name: str, parts: Sequence[tuple[TokenSetDataset, Mapping[str, np
             continue
         if key.kind == "token_set":
             sizes.append(data.num_tokens)
-            labels.append(data.num_distinct_types())
+            labels.append(data.num_tokens if name == "composition" else data.num_distinct_types())
         elif name in values:
             known = np.isfinite(values[name])
             sizes.append(data.num_tokens[known])
@@ -340,7 +353,8 @@ def encode_conditions(values: Sequence[Mapping[str, Any]], stats: Mapping[str, M
         elif st["kind"] == "class":
             cond[name] = torch.tensor([int(v.get(name, 1)) - 1 for v in values], dtype=torch.long)  # [B]
         else:
-            ids = [[z if isinstance(z, int) else atomic_number(z) for z in v.get(name, [])] for v in values]
+            ids = [composition_numbers(v[name]) if name == "composition" and isinstance(v.get(name), str)
+                   else [z if isinstance(z, int) else atomic_number(z) for z in v.get(name, [])] for v in values]
             ids_t = torch.zeros(len(values), max([len(i) for i in ids] + [1]), dtype=torch.long)  # [B, M]
             for b, row in enumerate(ids):
                 ids_t[b, : len(row)] = torch.tensor(row, dtype=torch.long)
@@ -390,6 +404,34 @@ def _element_list(value: Any) -> list[str]:
     return [v.strip() for v in value]
 
 
+def composition_numbers(value: Any) -> list[int]:
+    """A cell's composition (a formula such as ``Li4Fe4P4O16``, or a list of symbols one per atom) -> sorted atomic numbers, one per atom."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return sorted(atomic_number(v.strip(), "condition.composition") for v in value)
+    if not isinstance(value, str) or not value.strip():
+        raise SciDiTInputError(f"condition.composition must be a formula with integer counts, e.g. Li4Fe4P4O16, got {value!r}")
+    from pymatgen.core import Composition
+
+    try:
+        amounts = Composition(value.strip()).get_el_amt_dict()
+    except (ValueError, KeyError) as err:
+        raise SciDiTInputError(f"condition.composition={value!r} is not a formula: {err}") from None
+    if not amounts or any(a != round(a) or a < 1 for a in amounts.values()):
+        raise SciDiTInputError(f"condition.composition={value!r} must give each element a positive integer count (the atoms of one cell)")
+    return sorted(z for el, a in amounts.items() for z in [atomic_number(el, "condition.composition")] * int(round(a)))
+
+
+def formula(numbers: Sequence[int]) -> str:
+    """Atomic numbers, one per atom -> the cell's formula, elements by electronegativity as pymatgen writes them (``Li4Fe4P4O16``)."""
+    from pymatgen.core import Composition
+
+    counts = np.bincount(np.asarray(numbers, dtype=np.int64))
+    with warnings.catch_warnings():  # noble gases have no Pauling electronegativity: pymatgen warns and orders them last
+        warnings.simplefilter("ignore", UserWarning)
+        parts = Composition({symbol(z): int(c) for z, c in enumerate(counts) if c}).formula.split()  # ["Li4", "Fe4", "P4", "O16"]
+    return "".join(p[:-1] if p[-1] == "1" and not p[-2].isdigit() else p for p in parts)
+
+
 def validate_request(request: Mapping[str, Any] | None, domain: Domain, stats: Mapping[str, Mapping[str, Any]],
                      allow_extrapolation: bool = False) -> dict[str, Any]:
     """The canonical request (numbers as floats, ``spacegroup`` int, ``elements`` symbols by atomic number).
@@ -429,11 +471,12 @@ def validate_request(request: Mapping[str, Any] | None, domain: Domain, stats: M
                 raise SciDiTInputError(f"condition.{key}={int(x)}: no training crystal has this space group{flag}")
             out[key] = int(x)
         else:
-            zs = sorted({atomic_number(s, f"condition.{key}") for s in _element_list(value)})
+            zs = (composition_numbers(value) if key == "composition"
+                  else sorted({atomic_number(s, f"condition.{key}") for s in _element_list(value)}))
             unseen = [symbol(z) for z in zs if z not in st["seen"]]
             if unseen and not allow_extrapolation:
                 raise SciDiTInputError(f"condition.{key}: no training crystal contains {', '.join(unseen)}{flag}")
-            out[key] = [symbol(z) for z in zs]
+            out[key] = [symbol(z) for z in zs] if key == "elements" else formula(zs)
     return out
 
 

@@ -26,6 +26,10 @@ and every element of ``S`` must appear. Forcing element ``e`` onto token ``i`` c
 one token is a linear assignment of ``S`` to distinct tokens (exact, scipy's
 ``linear_sum_assignment``), the other tokens keep their best element in ``S``.
 
+A whole composition (``condition.composition``: how many atoms of each element) is enforced by
+:func:`counted_types`, the most likely assignment of exactly those atoms to the tokens: a linear
+assignment of the ``n`` requested atoms to the ``n`` tokens at cost ``-log p_i(e)``.
+
 The prior :func:`num_elements_log_prior` is data-derived: counts of (atoms, distinct elements) in
 the training sets, with one pseudo-count spread as the marginal over ``k <= n`` so that unseen
 sizes back off to the marginal. It is applied to crystals only (molecules are decoded per atom).
@@ -124,4 +128,22 @@ def requested_types(log_probs: Tensor, mask: Tensor, allowed: Tensor) -> Tensor:
         cost = best[b, tokens][None, :] - lp[b, tokens][:, elements].T  # [E, n] log-likelihood lost by forcing e onto token i
         rows, cols = linear_sum_assignment(cost.double().cpu().numpy())
         types[b, tokens[torch.as_tensor(cols)]] = elements[torch.as_tensor(rows)]
+    return types
+
+
+def counted_types(log_probs: Tensor, mask: Tensor, counts: Tensor) -> Tensor:
+    """Most likely element assignment ``[B, N]`` with exactly ``counts [B, T]`` atoms of each element (module docstring).
+
+    ``log_probs [B, N, T]``: per-token log-probabilities; ``mask [B, N]``: real tokens. Each set's counts must sum
+    to its number of tokens (ValueError otherwise). Padding tokens get type 0.
+    """
+    if (counts.sum(1) != mask.sum(1)).any():
+        raise ValueError("a set's requested composition has another number of atoms than the set")
+    types = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)  # [B, N]
+    for b in range(log_probs.shape[0]):
+        tokens = mask[b].nonzero().squeeze(1)  # [n]
+        atoms = torch.repeat_interleave(torch.arange(counts.shape[1], device=counts.device), counts[b])  # [n] one element per requested atom
+        cost = -log_probs[b, tokens][:, atoms].double().cpu().numpy()  # [n, n] -log p_i(e) of putting atom j on token i
+        rows, cols = linear_sum_assignment(cost)
+        types[b, tokens[torch.as_tensor(rows)]] = atoms[torch.as_tensor(cols)]
     return types

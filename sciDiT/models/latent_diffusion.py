@@ -227,9 +227,11 @@ class LatentDiffusion(nn.Module):
         graph_decoder: GraphDecoder | None = None,
         refiner: Refiner | None = None,
         crystal_refiner: CrystalRefine | None = None,
+        element_counts: Tensor | None = None,
     ) -> TokenBatch:
         """Token sets decoded from standardised latents ``x1 [B, N, L]`` (e.g. of :meth:`sample_latents`) with ``mask [B, N]``;
-        the decoding arguments as :meth:`generate`. Always float32, outside any autocast."""
+        the decoding arguments as :meth:`generate`, and ``element_counts [B, T]``: a requested composition per crystal
+        (:meth:`AllAtomVAE.decode_to_batch`). Always float32, outside any autocast."""
         device, domain = x1.device, domain.to(x1.device)
         with torch.autocast(device.type, enabled=False):
             z = self.to_vae(x1, domain)  # [B, N, L]
@@ -237,4 +239,4 @@ class LatentDiffusion(nn.Module):
             return self.vae.decode_to_batch(z, mask, domain, element_log_prior=prior, graph_decoder=graph_decoder,
                                             allowed_elements=None if allowed_elements is None else allowed_elements.to(device),
                                             charge_balanced=charge_balanced, site_weights=site_weights, refiner=refiner,
-                                            crystal_refiner=crystal_refiner)
+                                            crystal_refiner=crystal_refiner, element_counts=element_counts)

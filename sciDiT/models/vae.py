@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from sciDiT.batch import NO_GRAPH, Domain, TokenBatch
 from sciDiT.models.attention import TransformerBlock, masked_mean, xavier_linear_init
 from sciDiT.models.bonds import CHARGE_OFFSET, NUM_CHARGE_CLASSES, BondHead
-from sciDiT.models.composition import coherent_types, requested_types
+from sciDiT.models.composition import coherent_types, counted_types, requested_types
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import MASK_TYPE, NUM_ATOM_TYPES
 from sciDiT.tokenizers.oxidation import balanced_types
@@ -249,14 +249,17 @@ class AllAtomVAE(nn.Module):
     def decode_to_batch(self, z: Tensor, mask: Tensor, domain: Tensor, element_log_prior: Tensor | None = None,
                         graph_decoder: GraphDecoder | None = None, allowed_elements: Tensor | None = None,
                         charge_balanced: bool = False, site_weights: SiteWeights | None = None,
-                        refiner: Refiner | None = None, crystal_refiner: CrystalRefine | None = None) -> TokenBatch:
+                        refiner: Refiner | None = None, crystal_refiner: CrystalRefine | None = None,
+                        element_counts: Tensor | None = None) -> TokenBatch:
         """Decode latents into a :class:`TokenBatch` in physical units.
 
         Types: argmax over elements per token; with ``element_log_prior`` (``log pi(k | n)``, see
         :mod:`sciDiT.models.composition`) a crystal's types are chosen jointly, as a coherent element set;
         with ``allowed_elements`` ([B, T] bool, a requested element set per crystal) they use exactly those elements,
         charge balanced where such an assignment exists; ``charge_balanced``: each crystal's most probable
-        SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`). ``site_weights``: for
+        SMACT-valid assignment (:func:`sciDiT.tokenizers.oxidation.balanced_types`); ``element_counts`` ([B, T] long, a
+        requested composition per crystal): exactly these atoms, in their most probable places
+        (:func:`sciDiT.models.composition.counted_types`; no other type rule applies then). ``site_weights``: for
         crystals decoded as asymmetric units, how many atoms of the full crystal each token becomes; those two
         rules then count compositions and log-probabilities with these weights (a dropped token keeps its argmax).
         Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`). ``refiner``: molecules'
@@ -291,6 +294,8 @@ class AllAtomVAE(nn.Module):
                 types = torch.where(mask & ~kept, argmax, types)  # [B, N] dropped tokens keep their argmax
             if charge_balanced or allowed_elements is not None:
                 self._balance_charges(types, type_log_probs, mask, xtal, allowed_elements, weights)
+            if element_counts is not None:
+                types[xtal] = counted_types(type_log_probs[xtal], mask[xtal], element_counts[xtal].to(mask.device))  # [B_xtal, N]
         crystal_pos = frac @ lattice_matrix(lattice.double()).float()  # [B, N, 3]
         pos = torch.where(is_crystal[..., None], crystal_pos, pos.float() * POS_SCALE) * mask[..., None]  # [B, N, 3]
         bonds, charges, meta = None, None, []

@@ -9,7 +9,8 @@ histograms, a conditional model's condition statistics and the EMA DiT weights (
 DiT trained on the same VAE, for autoguidance (:func:`guide_section`), and a ``discriminators`` section: per
 domain, a latent discriminator trained on the model's own samples, for discriminator guidance
 (:func:`discriminator_entry`), a ``refiner`` section: the geometry refiner of its molecules (:func:`refiner_entry`), and a ``crystal_refiner``
-section: the refiner of its crystals (:func:`crystal_refiner_entry`). The model card ``<name>.md`` beside it says data, steps, command and measured metrics.
+section: the refiner of its crystals (:func:`crystal_refiner_entry`), and a ``composition_model`` section: the model of compositions
+that composition-first sampling draws from (:func:`composition_model_entry`). The model card ``<name>.md`` beside it says data, steps, command and measured metrics.
 """
 
 from __future__ import annotations
@@ -142,16 +143,29 @@ def crystal_refiner_entry(state: dict[str, torch.Tensor], path: str | Path) -> d
     return {"hparams": dict(contents["hparams"]), "state_dict": contents["state_dict"], "info": dict(contents["info"])}
 
 
+COMPOSITION_MODEL_KEY = "composition_model"
+
+
+def composition_model_entry(path: str | Path) -> dict[str, Any]:
+    """The packed entry (sizes, float32 weights, training facts) of the composition model file ``path``
+    (``experiments/composition_first/train_composition_model.py``); one line naming the file for another kind."""
+    from sciDiT.training.composition_model import load_composition_model
+
+    model, info = load_composition_model(path)
+    return {"hparams": dict(model.sizes), "state_dict": model.state_dict(), "info": info}
+
+
 def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None,
                       discriminators: Sequence[str | Path] = (), refiner: str | Path | None = None,
-                      crystal_refiner: str | Path | None = None) -> Path:
+                      crystal_refiner: str | Path | None = None, composition_model: str | Path | None = None) -> Path:
     """Write the slim, weights-only file of a DiT-stage checkpoint ``ckpt`` (or of a shipped file) to ``out``
     (atomically); ``decoder``: a VAE-stage checkpoint whose decoder replaces the DiT's (see :func:`with_decoder`);
     ``guide``: a weaker DiT on the same VAE, packed for autoguidance (:func:`guide_section`; a guide already in
     ``ckpt`` is kept otherwise); ``discriminators``: latent discriminator files, packed per domain for discriminator
     guidance (:func:`discriminator_entry`; each replaces the packed one of its domain, the others are kept); ``refiner``:
 a geometry refiner file (:func:`refiner_entry`; replaces a packed one, which is kept otherwise); ``crystal_refiner``:
-    a crystal refiner file (:func:`crystal_refiner_entry`; the same)."""
+    a crystal refiner file (:func:`crystal_refiner_entry`; the same); ``composition_model``: a composition model file
+    (:func:`composition_model_entry`; the same)."""
     from sciDiT.training.checkpoint import atomic_torch_save
     from sciDiT.training.dit_module import CONDITION_STATS_KEY
 
@@ -182,4 +196,8 @@ a geometry refiner file (:func:`refiner_entry`; replaces a packed one, which is 
         slim[CRYSTAL_REFINER_KEY] = crystal_refiner_entry(state, crystal_refiner)
     elif CRYSTAL_REFINER_KEY in raw:
         slim[CRYSTAL_REFINER_KEY] = raw[CRYSTAL_REFINER_KEY]
+    if composition_model is not None:
+        slim[COMPOSITION_MODEL_KEY] = composition_model_entry(composition_model)
+    elif COMPOSITION_MODEL_KEY in raw:
+        slim[COMPOSITION_MODEL_KEY] = raw[COMPOSITION_MODEL_KEY]
     return atomic_torch_save(slim, out)

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from sciDiT.batch import Domain, collate
 from sciDiT.data.cache import TokenSetDataset
 from sciDiT.data.cdvae import CDVAE_FOLDERS, load_cdvae, split_file
-from sciDiT.data.conditions import CONDITION_KEYS, ConditionCollate, ConditionedDataset, condition_stats, condition_values
+from sciDiT.data.conditions import CONDITION_KEYS, DERIVED, ConditionCollate, ConditionedDataset, condition_stats, condition_values
 from sciDiT.data.paths import resolve_cache_dir
 from sciDiT.data.qm9 import QM9_SIZE, edm_property_halves, find_qm9, load_qm9_split, qm9_split
 from sciDiT.data.sampler import BucketBatchSampler, ResumableDataLoader, rank_and_world_size
@@ -195,7 +195,7 @@ class TokenSetDataModule(L.LightningDataModule):
         datasets: list[Any] = parts
         if self.conditions:
             collate_fn = ConditionCollate(self.condition_stats())
-            datasets = [ConditionedDataset(p, v, "elements" in self.conditions) for p, v in zip(parts, self.values[split])]
+            datasets = [ConditionedDataset(p, v, [k for k in DERIVED if k in self.conditions]) for p, v in zip(parts, self.values[split])]
         rank, world_size = self._rank_world()
         sampler = BucketBatchSampler(
             np.concatenate([p.num_tokens for p in parts]),

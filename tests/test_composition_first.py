@@ -1,0 +1,184 @@
+"""Composition-first crystals: composition requests (parsing, exact decoding), the composition model (sampling rules,
+training, its file) and drawing each crystal's composition before its structure (API and CLI)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sciDiT.batch import Domain
+from sciDiT.data.conditions import ConditionedDataset, composition_numbers, formula, validate_request
+from sciDiT.errors import SciDiTInputError
+from sciDiT.export import MANIFEST
+from sciDiT.generate import load_generator
+from sciDiT.models.composition import counted_types
+from sciDiT.models.composition_model import CompositionModel
+from sciDiT.sample import main
+from sciDiT.training.composition_model import load_composition_model, mean_nll, save_composition_model, train_composition_model
+
+FAST = {"steps": 3, "progress": False}
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def test_formulas_round_trip_through_atomic_numbers():
+    assert composition_numbers("LiFePO4") == [3, 8, 8, 8, 8, 15, 26]
+    assert formula(composition_numbers("Li4Fe4P4O16")) == "Li4Fe4P4O16"
+    assert formula(composition_numbers(["O", "Na", "Cl", "O"])) == "NaClO2"
+    for text in ("NaCl", "Fe11O12", "SrTiO3", "Ba2YCu3O7"):
+        assert composition_numbers(formula(composition_numbers(text))) == composition_numbers(text)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("Li0.5O", "must give each element a positive integer count"),
+    ("Xx2O", "unknown element 'Xx'"),
+    ("", "must be a formula with integer counts"),
+    (3, "must be a formula with integer counts"),
+])
+def test_bad_compositions_are_one_line_errors(value, message):
+    with pytest.raises(SciDiTInputError) as err:
+        composition_numbers(value)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_training_sets_carry_their_composition(data_dir, cache_dir):
+    from sciDiT.data import load_cdvae
+
+    data = load_cdvae("mp20", "train", data_dir=data_dir, cache_dir=cache_dir, limit=20, workers=1)
+    sets = ConditionedDataset(data, {}, ["composition", "elements"])
+    for i in range(len(data)):
+        condition = sets[i].meta["condition"]
+        assert condition["composition"] == sorted(data[i].types.tolist())
+        assert condition["elements"] == sorted(set(data[i].types.tolist()))
+
+
+# -- exact decoding of a composition -----------------------------------------------------------------
+
+
+def test_counted_types_use_exactly_the_counts_at_the_brute_force_optimum():
+    gen = torch.Generator().manual_seed(0)
+    log_probs = torch.randn(3, 5, 6, generator=gen).log_softmax(-1)  # [B, N, T]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    counts = torch.zeros(3, 6, dtype=torch.long)
+    counts[0, [1, 2, 4]] = torch.tensor([2, 2, 1])
+    counts[1, [3, 5]] = torch.tensor([1, 3])
+    counts[2, [1]] = 3
+    types = counted_types(log_probs, mask, counts)
+    for b in range(3):
+        n = int(mask[b].sum())
+        assert torch.equal(torch.bincount(types[b, :n], minlength=6), counts[b]) and (types[b, n:] == 0).all()
+        atoms = torch.repeat_interleave(torch.arange(6), counts[b]).tolist()
+        best = max(sum(log_probs[b, i, z] for i, z in enumerate(p)) for p in set(itertools.permutations(atoms)))
+        assert float(sum(log_probs[b, i, types[b, i]] for i in range(n))) == pytest.approx(float(best), abs=1e-5)
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    assert torch.equal(counted_types(log_probs[:1, perm], mask[:1], counts[:1]), types[:1, perm])
+    with pytest.raises(ValueError, match="another number of atoms"):
+        counted_types(log_probs, mask, counts.flip(0))
+
+
+# -- the composition model ---------------------------------------------------------------------------
+
+
+def test_samples_are_sorted_bounded_and_each_row_its_own():
+    torch.manual_seed(0)
+    model = CompositionModel(num_types=10, max_atoms=4, hidden_size=32, depth=1, num_heads=2).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 1.0)  # an untrained model has a flat head: give it preferences
+    u = torch.rand(64, 5, generator=torch.Generator().manual_seed(1))
+    comps = model.sample(u)
+    assert all(1 <= len(c) <= 4 and c == sorted(c) and all(1 <= z < 10 for z in c) for c in comps)
+    assert len({tuple(c) for c in comps}) > 5
+    assert model.sample(u[10:13]) == comps[10:13]  # a row's composition does not depend on the batch
+
+
+def test_training_fits_the_data_and_the_file_round_trips(tmp_path):
+    train = [[3, 8]] * 30 + [[11, 17]] * 10  # LiO three times as often as NaCl
+    model, info = train_composition_model(train, train[::4], num_types=20, size="CM-S", batch_size=32, lr=3e-3, steps=120, minutes=5)
+    exact = -np.log(np.array([0.75, 0.25]))  # the data's entropy per composition
+    assert info["steps"] == 120 and info["val_nll"] < 1.2 * (0.75 * exact[0] + 0.25 * exact[1]) + 0.1
+    comps = model.sample(torch.rand(400, model.max_atoms + 1, generator=torch.Generator().manual_seed(0)))
+    share = sum(c == [3, 8] for c in comps) / len(comps)
+    assert sum(c in ([3, 8], [11, 17]) for c in comps) >= 390 and 0.65 < share < 0.85
+    path = save_composition_model(tmp_path / "cm.pt", model, info)
+    loaded, facts = load_composition_model(path)
+    assert facts["steps"] == 120 and mean_nll(loaded, train) == pytest.approx(mean_nll(model, train), rel=1e-5)
+    torch.save({"kind": "something_else"}, tmp_path / "other.pt")
+    with pytest.raises(SciDiTInputError, match="not a composition model file"):
+        load_composition_model(tmp_path / "other.pt")
+
+
+# -- generation: a requested composition, and composition first ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_cond_ckpt):
+    return load_generator(tiny_cond_ckpt)
+
+
+@pytest.fixture(scope="module")
+def composition_file(tmp_path_factory, gen) -> str:
+    seen = gen.condition_stats["composition"]["seen"]
+    train = [[seen[0], seen[-1]], [seen[1]] * 2 + [seen[-1]] * 3, [seen[2]] * 4]
+    model, info = train_composition_model(train * 10, train, num_types=119, batch_size=16, steps=40, minutes=5)
+    return str(save_composition_model(tmp_path_factory.mktemp("cm") / "cm.pt", model, info))
+
+
+def test_a_requested_composition_fixes_the_atoms_and_is_enforced_when_asked(gen):
+    request = {"composition": "Li2Fe2O4"}
+    free = gen.generate_token_sets("crystal", n=4, seed=0, condition=request, **FAST)
+    exact = gen.generate_token_sets("crystal", n=4, seed=0, condition=request, composition="requested", **FAST)
+    assert all(ts.num_tokens == 8 for ts in free + exact)
+    assert all(sorted(ts.types.tolist()) == composition_numbers("Li2Fe2O4") for ts in exact)
+    assert any(sorted(ts.types.tolist()) != composition_numbers("Li2Fe2O4") for ts in free)  # an untrained DiT's conditioning alone misses
+    for a, b in zip(free, exact):
+        assert torch.equal(a.frac, b.frac) and torch.equal(a.lattice, b.lattice)  # only the types change
+    assert json.loads(exact[0].meta["request"]) == {"composition": "Li2Fe2O4"}
+    assert validate_request({"composition": "O4Fe2Li2"}, Domain.CRYSTAL, gen.condition_stats) == request
+    for extra, message in [({"num_atoms": 8}, "give no condition.elements, num_atoms"),
+                           ({"condition": {**request, "elements": ["Li"]}}, "give no condition.elements")]:
+        with pytest.raises(SciDiTInputError, match=message):
+            gen.generate_token_sets("crystal", n=2, **{"condition": request, **extra}, **FAST)
+
+
+def test_composition_first_draws_each_crystals_composition_then_its_structure(tiny_cond_ckpt, composition_file):
+    gen = load_generator(tiny_cond_ckpt, composition_model=composition_file)
+    sets = gen.generate_token_sets("crystal", n=6, seed=3, composition_first=True, composition="requested", **FAST)
+    for ts in sets:
+        asked = json.loads(ts.meta["request"])["composition"]
+        assert sorted(ts.types.tolist()) == composition_numbers(asked)
+    first = gen.generate_token_sets("crystal", n=2, seed=3, composition_first=True, composition="requested", **FAST)
+    assert [ts.meta["request"] for ts in first] == [ts.meta["request"] for ts in sets[:2]]  # sample i's draw is its own
+    with pytest.raises(SciDiTInputError, match="draws each crystal's composition: request none"):
+        gen.generate_token_sets("crystal", n=2, composition_first=True, condition={"composition": "NaCl"}, **FAST)
+    with pytest.raises(SciDiTInputError, match="composition_first=true needs crystals"):
+        load_generator(tiny_cond_ckpt).generate_token_sets("crystal", n=2, composition_first=True, **FAST)
+
+
+def test_a_packed_composition_model_samples_as_its_file(tiny_cond_ckpt, composition_file, tmp_path):
+    from sciDiT.pretrained import export_pretrained
+
+    packed = export_pretrained(tiny_cond_ckpt, tmp_path / "packed.pt", composition_model=composition_file)
+    kwargs = {"n": 4, "seed": 5, "composition_first": True, "composition": "requested", **FAST}
+    from_file = load_generator(tiny_cond_ckpt, composition_model=composition_file).generate_token_sets("crystal", **kwargs)
+    from_pack = load_generator(packed).generate_token_sets("crystal", **kwargs)
+    assert [ts.meta["request"] for ts in from_pack] == [ts.meta["request"] for ts in from_file]
+    again = export_pretrained(packed, tmp_path / "again.pt")  # a re-export keeps the packed section
+    assert load_generator(again).composition_model is not None
+
+
+def test_cli_composition_first_writes_each_request_and_bad_files_exit_2(tiny_cond_ckpt, composition_file, tmp_path, capsys):
+    out = tmp_path / "xtals"
+    assert main([f"ckpt={tiny_cond_ckpt}", f"composition_model={composition_file}", "composition_first=true", "composition=requested",
+                 "domain=crystal", "n=3", "steps=2", "progress=false", f"out={out}"]) == 0
+    rows = pd.read_csv(out / MANIFEST, sep="\t")
+    assert len(rows) == 3 and all("composition" in json.loads(r) for r in rows["request"])
+    assert main([f"ckpt={tiny_cond_ckpt}", f"composition_model={tiny_cond_ckpt}", "composition_first=true", "domain=crystal", "n=2",
+                 f"out={tmp_path / 'bad'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not a composition model file" in err[-1] and not (tmp_path / "bad").exists()
