@@ -195,6 +195,7 @@ class Generator:
         bf16: bool | str = "auto",
         composition: str = "argmax",
         composition_first: bool = False,
+        compositions: Sequence[str] | None = None,
         bond_decoding: str = "joint",
         bond_min_prob: float | None = None,
         condition: Mapping[str, Any] | None = None,
@@ -240,6 +241,7 @@ class Generator:
         from the composition model (``load_generator(..., composition_model=FILE)``; :mod:`sciDiT.models.composition_model`,
         from sample ``i``'s own random stream) and then requested of the DiT, as ``condition.composition`` would be; with
         ``composition=requested`` it is also enforced at decoding (experiments/composition_first/README.md).
+        ``compositions``: the same with the compositions given, one formula per sample (e.g. those of a test set).
         ``balanced``: each crystal's most probable element assignment (each atom among its three most
         probable elements) whose composition is charge balanced by SMACT's rules
         (:func:`sciDiT.tokenizers.oxidation.balanced_types`; the argmax where none is found). Both need ``smact`` (the ``eval`` extra). ``reproducible``: each sample in a batch of its own,
@@ -358,27 +360,39 @@ class Generator:
         regressed = [k for k in self.regressor_stats if k in request]  # what classifier guidance steers
         seed = _check_seed(seed)
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: composition or size, then noise
-        allowed, counts, drawn = None, None, None
-        compositions = None  # each sample's composition (atomic numbers, one per atom) where one is requested or drawn
-        if "composition" in request or composition_first:
+        allowed, counts, drawn = None, None, None  # drawn: each sample's own composition (formula), given or drawn
+        atoms = None  # each sample's composition (atomic numbers, one per atom) where one is requested, given or drawn
+        per_sample = compositions is not None or composition_first
+        if "composition" in request or per_sample:
             if "elements" in request or SIZE_KEY in request or num_atoms is not None or property_screen > 1:
-                raise SciDiTInputError("a composition (condition.composition or composition_first) fixes the elements and the number of "
-                                       "atoms: give no condition.elements, num_atoms or property_screen with it")
+                raise SciDiTInputError("a composition (condition.composition, compositions or composition_first) fixes the elements and the "
+                                       "number of atoms: give no condition.elements, num_atoms or property_screen with it")
         if "composition" in request:
+            if per_sample:
+                raise SciDiTInputError("compositions / composition_first give each crystal its own composition: request none (condition.composition)")
+            atoms = [composition_numbers(request["composition"])] * n
+        if per_sample:
+            if compositions is not None and composition_first:
+                raise SciDiTInputError("give compositions or composition_first, not both")
+            if dom != Domain.CRYSTAL or "composition" not in self.condition_stats:
+                raise SciDiTInputError("compositions / composition_first need crystals and a DiT conditioned on composition "
+                                       "(experiment=mp20_composition_cpu; experiments/composition_first)")
             if composition_first:
-                raise SciDiTInputError("composition_first=true draws each crystal's composition: request none (condition.composition)")
-            compositions = [composition_numbers(request["composition"])] * n
-        if composition_first:
-            if dom != Domain.CRYSTAL or self.composition_model is None or "composition" not in self.condition_stats:
-                raise SciDiTInputError("composition_first=true needs crystals, a DiT conditioned on composition (experiment=mp20_composition_cpu) "
-                                       "and a composition model: load_generator(..., composition_model=FILE) (experiments/composition_first)")
-            uniforms = torch.stack([torch.rand(self.composition_model.max_atoms + 1, generator=g) for g in gens])  # [n, A + 1]
-            compositions = self.composition_model.sample(uniforms)
-            drawn = [formula(c) for c in compositions]
-        if compositions is not None:
-            num_atoms = [len(c) for c in compositions]
+                if self.composition_model is None:
+                    raise SciDiTInputError("composition_first=true draws compositions from a composition model: load_generator(..., "
+                                           "composition_model=FILE) (experiments/composition_first/train_composition_model.py)")
+                uniforms = torch.stack([torch.rand(self.composition_model.max_atoms + 1, generator=g) for g in gens])  # [n, A + 1]
+                atoms = self.composition_model.sample(uniforms)
+            else:
+                if isinstance(compositions, str) or len(compositions) != n:
+                    raise SciDiTInputError(f"compositions must be a list of n={n} formulas, one per sample")
+                atoms = [composition_numbers(validate_request({"composition": c}, dom, self.request_stats, allow_extrapolation)["composition"])
+                         for c in compositions]
+            drawn = [formula(c) for c in atoms]
+        if atoms is not None:
+            num_atoms = [len(c) for c in atoms]
             if composition == "requested":
-                counts = torch.stack([torch.bincount(torch.tensor(c), minlength=NUM_ATOM_TYPES) for c in compositions])  # [n, T]
+                counts = torch.stack([torch.bincount(torch.tensor(c), minlength=NUM_ATOM_TYPES) for c in atoms])  # [n, T]
         if dom == Domain.CRYSTAL and (composition == "balanced" or (composition == "requested" and counts is None)):
             try:
                 import smact  # noqa: F401

@@ -154,9 +154,17 @@ def test_composition_first_draws_each_crystals_composition_then_its_structure(ti
         assert sorted(ts.types.tolist()) == composition_numbers(asked)
     first = gen.generate_token_sets("crystal", n=2, seed=3, composition_first=True, composition="requested", **FAST)
     assert [ts.meta["request"] for ts in first] == [ts.meta["request"] for ts in sets[:2]]  # sample i's draw is its own
-    with pytest.raises(SciDiTInputError, match="draws each crystal's composition: request none"):
-        gen.generate_token_sets("crystal", n=2, composition_first=True, condition={"composition": "NaCl"}, **FAST)
-    with pytest.raises(SciDiTInputError, match="composition_first=true needs crystals"):
+    given = gen.generate_token_sets("crystal", n=2, seed=3, compositions=[json.loads(ts.meta["request"])["composition"] for ts in first],
+                                    composition="requested", **FAST)
+    assert [ts.meta["request"] for ts in given] == [ts.meta["request"] for ts in first]
+    assert all(sorted(a.types.tolist()) == sorted(b.types.tolist()) for a, b in zip(given, first))
+    for kwargs, message in [({"composition_first": True, "condition": {"composition": "NaCl"}}, "request none"),
+                            ({"composition_first": True, "compositions": ["NaCl", "KCl"]}, "not both"),
+                            ({"compositions": ["NaCl"]}, "a list of n=2 formulas"),
+                            ({"compositions": ["NaCl", "Na0.5Cl"]}, "positive integer count")]:
+        with pytest.raises(SciDiTInputError, match=message):
+            gen.generate_token_sets("crystal", n=2, **kwargs, **FAST)
+    with pytest.raises(SciDiTInputError, match="draws compositions from a composition model"):
         load_generator(tiny_cond_ckpt).generate_token_sets("crystal", n=2, composition_first=True, **FAST)
 
 

@@ -31,13 +31,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout in the transformer blocks (training only)")
     ap.add_argument("--data-dir", default=None, help="the data folder holding mp20/ (default: SCIDIT_DATA_DIR)")
     args = ap.parse_args()
     try:
         train, val = (load_cdvae("mp20", split, data_dir=args.data_dir) for split in ("train", "val"))
         model, info = train_composition_model([ts.types.tolist() for ts in train], [ts.types.tolist() for ts in val],
                                               num_types=NUM_ELEMENTS + 1, size=args.size, batch_size=args.batch_size, lr=args.lr,
-                                              steps=args.steps, minutes=args.minutes, seed=args.seed)
+                                              steps=args.steps, minutes=args.minutes, seed=args.seed,
+                                              dropout=args.dropout)
         info["data"] = "MP-20 train (the shared CDVAE-layout copy)"
         save_composition_model(args.out, model, info)
     except SciDiTInputError as err:

@@ -36,16 +36,19 @@ COMPOSITION_SIZES: dict[str, dict[str, int]] = {
 
 
 class CompositionModel(nn.Module):
-    """Autoregressive model of sorted id multisets (module docstring): ``forward`` gives next-token logits."""
+    """Autoregressive model of sorted id multisets (module docstring): ``forward`` gives next-token logits.
 
-    def __init__(self, num_types: int, max_atoms: int, hidden_size: int = 128, depth: int = 3, num_heads: int = 4):
+    ``dropout`` (training only) keeps a model of a few thousand compositions from memorising them."""
+
+    def __init__(self, num_types: int, max_atoms: int, hidden_size: int = 128, depth: int = 3, num_heads: int = 4, dropout: float = 0.0):
         super().__init__()
-        self.sizes = {"num_types": num_types, "max_atoms": max_atoms, "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads}
+        self.sizes = {"num_types": num_types, "max_atoms": max_atoms, "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads,
+                      "dropout": dropout}
         self.num_types, self.max_atoms = num_types, max_atoms
         self.bos, self.eos = num_types, num_types + 1  # ids 0..num_types-1 are types (0: none)
         self.token_embed = nn.Embedding(num_types + 2, hidden_size)
         self.pos_embed = nn.Embedding(max_atoms + 2, hidden_size)  # a place in the sorted sequence, not an atom index
-        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, 4 * hidden_size, dropout=0.0, activation="gelu",
+        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, 4 * hidden_size, dropout=dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden_size)

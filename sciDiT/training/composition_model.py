@@ -26,7 +26,7 @@ COMPOSITION_MODEL_KIND = "scidit_composition_model"
 
 def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequence[int]], *, num_types: int, size: str = "CM-S",
                             batch_size: int = 256, lr: float = 1e-3, steps: int = 20000, minutes: float = 10.0, seed: int = 0,
-                            log_every: int = 500) -> tuple[CompositionModel, dict[str, Any]]:
+                            dropout: float = 0.0, log_every: int = 500) -> tuple[CompositionModel, dict[str, Any]]:
     """A composition model fitted to ``train`` (lists of type ids, one per atom) and its training facts, among them the
     mean negative log-likelihood (nats per composition) of ``train`` and ``val``."""
     if size not in COMPOSITION_SIZES:
@@ -35,7 +35,7 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
         raise SciDiTInputError("the composition model needs training and held-out compositions")
     torch.manual_seed(seed)
     max_atoms = max(len(c) for c in [*train, *val])
-    model = CompositionModel(num_types, max_atoms, **COMPOSITION_SIZES[size])
+    model = CompositionModel(num_types, max_atoms, **COMPOSITION_SIZES[size], dropout=dropout)
     rng = np.random.default_rng(seed)
 
     def batch_loss() -> torch.Tensor:
@@ -44,7 +44,7 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
         return model.nll(batch).sum() / sum(len(c) + 1 for c in batch)  # nats per token
 
     info = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll/token")
-    info.update(size=size, batch_size=batch_size, seed=seed, train_compositions=len(train), val_compositions=len(val),
+    info.update(size=size, batch_size=batch_size, seed=seed, dropout=dropout, train_compositions=len(train), val_compositions=len(val),
                 train_nll=mean_nll(model, train[: len(val)]), val_nll=mean_nll(model, val))
     return model, info
 
