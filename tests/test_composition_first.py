@@ -85,26 +85,32 @@ def test_counted_types_use_exactly_the_counts_at_the_brute_force_optimum():
 # -- the composition model ---------------------------------------------------------------------------
 
 
-def test_samples_are_sorted_bounded_and_each_row_its_own():
+def test_samples_are_sorted_sized_by_the_histogram_and_each_row_its_own():
     torch.manual_seed(0)
     model = CompositionModel(num_types=10, max_atoms=4, hidden_size=32, depth=1, num_heads=2).eval()
+    model.fit_support([[1, 2]] * 30 + [[3, 3, 4, 5]] * 10)
     with torch.no_grad():
         model.head.weight.normal_(0, 1.0)  # an untrained model has a flat head: give it preferences
-    u = torch.rand(64, 5, generator=torch.Generator().manual_seed(1))
+    assert model.size_log_probs().exp().tolist() == pytest.approx([0, 1 / 44, 31 / 44, 1 / 44, 11 / 44])  # add-one smoothed
+    u = torch.rand(2000, 5, generator=torch.Generator().manual_seed(1))
     comps = model.sample(u)
-    assert all(1 <= len(c) <= 4 and c == sorted(c) and all(1 <= z < 10 for z in c) for c in comps)
-    assert len({tuple(c) for c in comps}) > 5
+    assert all(1 <= len(c) <= 4 and c == sorted(c) and set(c) <= {1, 2, 3, 4, 5} for c in comps)  # only ids of the training sets
+    assert np.mean([len(c) == 2 for c in comps]) == pytest.approx(31 / 44, abs=0.03)
+    assert len({tuple(c) for c in comps}) > 10
     assert model.sample(u[10:13]) == comps[10:13]  # a row's composition does not depend on the batch
+    nll = model.nll([[1, 2], [3, 3, 4, 5]])
+    assert torch.allclose(nll - model.nll([[1, 2], [3, 3, 4, 5]], with_size=False), -model.size_log_probs()[[2, 4]])
 
 
 def test_training_fits_the_data_and_the_file_round_trips(tmp_path):
-    train = [[3, 8]] * 30 + [[11, 17]] * 10  # LiO three times as often as NaCl
-    model, info = train_composition_model(train, train[::4], num_types=20, size="CM-S", batch_size=32, lr=3e-3, steps=120, minutes=5)
-    exact = -np.log(np.array([0.75, 0.25]))  # the data's entropy per composition
-    assert info["steps"] == 120 and info["val_nll"] < 1.2 * (0.75 * exact[0] + 0.25 * exact[1]) + 0.1
-    comps = model.sample(torch.rand(400, model.max_atoms + 1, generator=torch.Generator().manual_seed(0)))
-    share = sum(c == [3, 8] for c in comps) / len(comps)
-    assert sum(c in ([3, 8], [11, 17]) for c in comps) >= 390 and 0.65 < share < 0.85
+    train = [[3, 8]] * 30 + [[11, 17]] * 10 + [[3, 3, 8]] * 10  # of two atoms, LiO three times as often as NaCl
+    model, info = train_composition_model(train, train, num_types=20, size="CM-S", batch_size=32, lr=3e-3, steps=120, minutes=5)
+    exact = -(0.6 * np.log(0.6 * 0.75) + 0.2 * np.log(0.6 * 0.25) + 0.2 * np.log(0.2))  # the data's entropy per composition
+    smoothing = -np.log(np.array([51 / 53, 11 / 53])) + np.log([0.8, 0.2])  # p(n) is add-one smoothed over sizes 1..3
+    assert info["steps"] == 120 and info["val_nll"] == pytest.approx(exact + 0.8 * smoothing[0] + 0.2 * smoothing[1], abs=0.05)
+    comps = model.sample(torch.rand(500, model.max_atoms + 1, generator=torch.Generator().manual_seed(0)))
+    pairs = [c for c in comps if len(c) == 2]
+    assert sum(c in ([3, 8], [11, 17], [3, 3, 8]) for c in comps) >= 480 and 0.65 < np.mean([c == [3, 8] for c in pairs]) < 0.85
     path = save_composition_model(tmp_path / "cm.pt", model, info)
     loaded, facts = load_composition_model(path)
     assert facts["steps"] == 120 and mean_nll(loaded, train) == pytest.approx(mean_nll(model, train), rel=1e-5)

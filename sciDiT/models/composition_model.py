@@ -3,14 +3,19 @@
 Composition-first generation splits a crystal into ``p(composition) p(structure | composition)``: this
 module is the first factor, a DiT conditioned on ``condition.composition`` the second (experiments/
 composition_first). A composition is a multiset of type ids, one per atom; written in ascending order
-it is a sequence, and :class:`CompositionModel` is a small causal transformer over
-``BOS, id_1 <= id_2 <= ... <= id_n, EOS``. Sampling draws each next token from the model with ids below the
-previous one removed (training sequences never descend, so no mass the data shows is lost) and stops at
-EOS or ``max_atoms``; each draw inverts the CDF at a given uniform number, so a caller that owns one random
-stream per sample gets the same composition for it whatever the batch. The model knows ids, not chemistry: the tokenizers say which id is which element.
+it is a sequence ``id_1 <= id_2 <= ... <= id_n``, and
 
-Sections in data-flow order: sizes, the model (embedding -> causal blocks -> next-token logits), the
-loss, sampling.
+    p(composition) = p(n) prod_i p(id_i | id_<i, n)
+
+with ``p(n)`` the training histogram of sizes (a buffer of the model, add-one smoothed) and the factors a small
+causal transformer that is told ``n`` (a size embedding added at every place), so it never has to decide
+when a cell is complete. Sampling draws ``n``, then each id with those below the previous one and those no
+training set holds removed (neither has mass in the data). Every draw inverts a CDF at a given
+uniform number, so a caller that owns one random stream per sample gets the same composition for it
+whatever the batch. The model knows ids, not chemistry: the tokenizers say which id is which element.
+
+Sections in data-flow order: sizes, the model (embedding -> causal blocks -> next-id logits), the
+likelihood, sampling.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ COMPOSITION_SIZES: dict[str, dict[str, int]] = {
 
 
 class CompositionModel(nn.Module):
-    """Autoregressive model of sorted id multisets (module docstring): ``forward`` gives next-token logits.
+    """``p(n) p(ids | n)`` of sorted id multisets (module docstring): ``forward`` gives next-id logits given the size.
 
     ``dropout`` (training only) keeps a model of a few thousand compositions from memorising them."""
 
@@ -45,14 +50,17 @@ class CompositionModel(nn.Module):
         self.sizes = {"num_types": num_types, "max_atoms": max_atoms, "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads,
                       "dropout": dropout}
         self.num_types, self.max_atoms = num_types, max_atoms
-        self.bos, self.eos = num_types, num_types + 1  # ids 0..num_types-1 are types (0: none)
-        self.token_embed = nn.Embedding(num_types + 2, hidden_size)
-        self.pos_embed = nn.Embedding(max_atoms + 2, hidden_size)  # a place in the sorted sequence, not an atom index
+        self.bos = num_types  # ids 0..num_types-1 are types (0: none, never drawn)
+        self.register_buffer("size_counts", torch.zeros(max_atoms + 1))  # training histogram of n (set by fit_support)
+        self.register_buffer("seen", torch.ones(num_types, dtype=torch.bool))  # ids of the training sets (set by fit_support)
+        self.token_embed = nn.Embedding(num_types + 1, hidden_size)
+        self.pos_embed = nn.Embedding(max_atoms, hidden_size)  # a place in the sorted sequence, not an atom index
+        self.size_embed = nn.Embedding(max_atoms + 1, hidden_size)  # n, at every place
         layer = nn.TransformerEncoderLayer(hidden_size, num_heads, 4 * hidden_size, dropout=dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden_size)
-        self.head = nn.Linear(hidden_size, num_types + 2)
+        self.head = nn.Linear(hidden_size, num_types)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -62,66 +70,70 @@ class CompositionModel(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.normal_(self.token_embed.weight, std=0.02)
-        nn.init.normal_(self.pos_embed.weight, std=0.02)
+        for embed in (self.token_embed, self.pos_embed, self.size_embed):
+            nn.init.normal_(embed.weight, std=0.02)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """Next-token logits ``[B, S, V]`` for token sequences ``tokens [B, S]`` (BOS first; causal)."""
+    def fit_support(self, compositions: Sequence[Sequence[int]]) -> None:
+        """Set ``p(n)`` to the histogram of the training compositions' sizes, and the ids sampling may draw to theirs."""
+        self.size_counts.copy_(torch.bincount(torch.tensor([len(c) for c in compositions]), minlength=self.max_atoms + 1).float())
+        self.seen.copy_(torch.bincount(torch.tensor([z for c in compositions for z in c]), minlength=self.num_types)[: self.num_types] > 0)
+
+    def size_log_probs(self) -> Tensor:
+        """``log p(n)`` ``[max_atoms + 1]``: the training histogram, add-one smoothed over sizes 1..max_atoms."""
+        counts = self.size_counts.clone()
+        counts[1:] += 1.0
+        return (counts / counts.sum()).log()  # [A + 1]; size 0 has probability 0
+
+    def forward(self, tokens: Tensor, size: Tensor) -> Tensor:
+        """Next-id logits ``[B, S, T]`` for id sequences ``tokens [B, S]`` (BOS first; causal) of sets of ``size [B]`` atoms."""
         s = tokens.shape[1]
-        h = self.token_embed(tokens) + self.pos_embed(torch.arange(s, device=tokens.device))  # [B, S, H]
+        h = self.token_embed(tokens) + self.pos_embed(torch.arange(s, device=tokens.device)) + self.size_embed(size)[:, None]  # [B, S, H]
         causal = torch.triu(torch.full((s, s), float("-inf"), device=tokens.device), diagonal=1)  # [S, S]
         h = self.blocks(h, mask=causal, is_causal=True)  # [B, S, H]
-        return self.head(self.norm(h))  # [B, S, V]
+        logits = self.head(self.norm(h))  # [B, S, T]
+        return logits.index_fill(-1, torch.tensor([0], device=tokens.device), float("-inf"))  # [B, S, T] id 0 is no type
 
-    # -- sequences ----------------------------------------------------------------------------
-    def encode(self, compositions: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-        """Inputs ``[B, S]`` (BOS + sorted ids, padded with EOS) and targets ``[B, S]`` (sorted ids + EOS, padding -100)."""
+    # -- the likelihood ------------------------------------------------------------------------
+    def encode(self, compositions: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Inputs ``[B, S]`` (BOS + sorted ids but the last, padded), targets ``[B, S]`` (sorted ids, padding -100) and sizes ``[B]``."""
         rows = [sorted(int(z) for z in c) for c in compositions]
         if any(not r or len(r) > self.max_atoms or r[0] < 1 or r[-1] >= self.num_types for r in rows):
             raise ValueError(f"a composition is empty, has more than {self.max_atoms} atoms, or an id outside 1..{self.num_types - 1}")
-        s = max(len(r) for r in rows) + 1
-        inputs = torch.full((len(rows), s), self.eos, dtype=torch.long)  # [B, S]
+        s = max(len(r) for r in rows)
+        inputs = torch.full((len(rows), s), self.bos, dtype=torch.long)  # [B, S]
         targets = torch.full((len(rows), s), -100, dtype=torch.long)  # [B, S]
         for b, r in enumerate(rows):
-            inputs[b, : len(r) + 1] = torch.tensor([self.bos, *r])
-            targets[b, : len(r) + 1] = torch.tensor([*r, self.eos])
-        return inputs, targets
+            inputs[b, : len(r)] = torch.tensor([self.bos, *r[:-1]])
+            targets[b, : len(r)] = torch.tensor(r)
+        return inputs, targets, torch.tensor([len(r) for r in rows])
 
-    # -- the loss ------------------------------------------------------------------------------
-    def nll(self, compositions: Sequence[Sequence[int]]) -> Tensor:
-        """Negative log-likelihood ``[B]`` (nats) of each composition under the model (with its end token)."""
-        inputs, targets = self.encode(compositions)
-        inputs, targets = inputs.to(self.head.weight.device), targets.to(self.head.weight.device)
-        logits = self(inputs)  # [B, S, V]
+    def nll(self, compositions: Sequence[Sequence[int]], with_size: bool = True) -> Tensor:
+        """Negative log-likelihood ``[B]`` (nats) of each composition: of its ids given its size, plus ``-log p(n)`` when
+        ``with_size``."""
+        device = self.head.weight.device
+        inputs, targets, size = (t.to(device) for t in self.encode(compositions))
+        logits = self(inputs, size)  # [B, S, T]
         per_token = nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=-100, reduction="none")  # [B, S]
-        return per_token.sum(1)  # [B]
+        return per_token.sum(1) - (self.size_log_probs()[size] if with_size else 0.0)  # [B]
 
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, uniforms: Tensor, temperature: float = 1.0) -> list[list[int]]:
-        """One composition (sorted ids, one per atom) per row of ``uniforms [n, max_atoms + 1]``, U[0, 1) draws one per
-        token: each token by inverse-CDF sampling (module docstring), so a composition depends on its own row alone."""
+        """One composition (sorted ids, one per atom) per row of ``uniforms [n, max_atoms + 1]``, U[0, 1) draws: the first
+        draws the size, the others the ids (module docstring), so a composition depends on its own row alone."""
         device = self.head.weight.device
-        n = uniforms.shape[0]
-        u = uniforms.to(device).float().clamp(min=1e-12)  # [n, A + 1]; 0 would pick a token of zero probability
-        seq = torch.full((n, 1), self.bos, dtype=torch.long, device=device)  # [n, 1]
-        done = torch.zeros(n, dtype=torch.bool, device=device)  # [n]
-        ids = torch.arange(self.num_types + 2, device=device)  # [V]
-        for step in range(self.max_atoms + 1):
-            logits = self(seq)[:, -1].float() / temperature  # [n, V]
+        u = uniforms.to(device).float().clamp(min=1e-12)  # [n, A + 1]; 0 would pick a value of zero probability
+        size_cdf = self.size_log_probs().exp().cumsum(0)  # [A + 1]
+        size = (size_cdf[None, :] < u[:, :1] * size_cdf[-1]).sum(1).clamp(1, self.max_atoms)  # [n] first size whose CDF reaches u
+        seq = torch.full((len(u), 1), self.bos, dtype=torch.long, device=device)  # [n, 1]
+        ids = torch.arange(self.num_types, device=device)  # [T]
+        for step in range(int(size.max())):
+            logits = self(seq, size)[:, -1].float() / temperature  # [n, T]
             last = seq[:, -1].where(seq[:, -1] < self.num_types, torch.ones_like(seq[:, -1]))  # [n] previous id (1 after BOS)
-            banned = (ids[None, :] < last[:, None]) | (ids[None, :] == 0) | (ids[None, :] == self.bos)  # [n, V]
-            if step == 0:
-                banned |= ids[None, :] == self.eos  # at least one atom
-            if step == self.max_atoms:
-                banned |= ids[None, :] != self.eos  # no more than max_atoms
-            cdf = logits.masked_fill(banned, float("-inf")).softmax(-1).cumsum(-1)  # [n, V]
-            nxt = (cdf < u[:, step, None] * cdf[:, -1:]).sum(-1).clamp(max=len(ids) - 1)  # [n] first token whose CDF reaches u
-            nxt = torch.where(done, torch.full_like(nxt, self.eos), nxt)  # [n]
+            banned = (ids[None, :] < last[:, None]) | ~self.seen[None, :]  # [n, T] descending, or never in training
+            cdf = logits.masked_fill(banned, float("-inf")).softmax(-1).cumsum(-1)  # [n, T]
+            nxt = (cdf < u[:, 1 + step, None] * cdf[:, -1:]).sum(-1).clamp(max=self.num_types - 1)  # [n] first id whose CDF reaches u
             seq = torch.cat([seq, nxt[:, None]], 1)  # [n, step + 2]
-            done |= nxt == self.eos
-            if done.all():
-                break
-        return [[int(z) for z in row[1:] if int(z) < self.num_types] for row in seq.cpu()]
+        return [row[1: 1 + int(k)].tolist() for row, k in zip(seq.cpu(), size.cpu())]

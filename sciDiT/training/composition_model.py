@@ -28,7 +28,7 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
                             batch_size: int = 256, lr: float = 1e-3, steps: int = 20000, minutes: float = 10.0, seed: int = 0,
                             dropout: float = 0.0, log_every: int = 500) -> tuple[CompositionModel, dict[str, Any]]:
     """A composition model fitted to ``train`` (lists of type ids, one per atom) and its training facts, among them the
-    mean negative log-likelihood (nats per composition) of ``train`` and ``val``."""
+    mean negative log-likelihood (nats per composition, its size included) of ``train`` and ``val``."""
     if size not in COMPOSITION_SIZES:
         raise SciDiTInputError(f"size={size!r} is not one of {', '.join(COMPOSITION_SIZES)}")
     if not train or not val:
@@ -36,14 +36,15 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
     torch.manual_seed(seed)
     max_atoms = max(len(c) for c in [*train, *val])
     model = CompositionModel(num_types, max_atoms, **COMPOSITION_SIZES[size], dropout=dropout)
+    model.fit_support(train)  # p(n): the training histogram
     rng = np.random.default_rng(seed)
 
     def batch_loss() -> torch.Tensor:
         idx = rng.integers(0, len(train), batch_size)
         batch = [train[i] for i in idx]
-        return model.nll(batch).sum() / sum(len(c) + 1 for c in batch)  # nats per token
+        return model.nll(batch, with_size=False).sum() / sum(len(c) for c in batch)  # nats per id given the size
 
-    info = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll/token")
+    info = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll/atom")
     info.update(size=size, batch_size=batch_size, seed=seed, dropout=dropout, train_compositions=len(train), val_compositions=len(val),
                 train_nll=mean_nll(model, train[: len(val)]), val_nll=mean_nll(model, val))
     return model, info
