@@ -111,6 +111,10 @@ def test_training_fits_the_data_and_the_file_round_trips(tmp_path):
     comps = model.sample(torch.rand(500, model.max_atoms + 1, generator=torch.Generator().manual_seed(0)))
     pairs = [c for c in comps if len(c) == 2]
     assert sum(c in ([3, 8], [11, 17], [3, 3, 8]) for c in comps) >= 480 and 0.65 < np.mean([c == [3, 8] for c in pairs]) < 0.85
+    more, facts = train_composition_model(train, train, num_types=20, batch_size=32, lr=1e-3, steps=10, minutes=5, init=model)
+    assert more is model and facts["steps"] == 10 and facts["val_nll"] < info["val_nll"] + 0.05  # continued, not restarted
+    with pytest.raises(SciDiTInputError, match="needs 30 and 3"):
+        train_composition_model(train, train, num_types=30, steps=1, init=model)
     path = save_composition_model(tmp_path / "cm.pt", model, info)
     loaded, facts = load_composition_model(path)
     assert facts["steps"] == 120 and mean_nll(loaded, train) == pytest.approx(mean_nll(model, train), rel=1e-5)
