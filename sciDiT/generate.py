@@ -76,7 +76,7 @@ from sciDiT.training.refiner import load_refiner, packed_refiner
 from sciDiT.training.targets import check_config
 
 DOMAINS: dict[str, Domain] = {"molecule": Domain.MOLECULE, "crystal": Domain.CRYSTAL}
-COMPOSITIONS = ("argmax", "coherent", "requested", "balanced")  # how crystal atom types are decoded (generate_token_sets)
+COMPOSITIONS = ("auto", "argmax", "coherent", "requested", "balanced")  # how crystal atom types are decoded (generate_token_sets)
 BOND_DECODINGS = ("argmax", "constrained", "joint")  # how molecules' bond orders are decoded (generate_token_sets)
 BOND_MIN_PROB = 1e-2  # the valence rules' least probability of a chosen element, charge or bond
 REFINED_BOND_MIN_PROB = 1e-4  # ... when the geometry refiner rebuilds the geometry of the chosen graph (experiments/geometry_refiner)
@@ -193,8 +193,8 @@ class Generator:
         progress: bool = True,
         compile: bool = False,
         bf16: bool | str = "auto",
-        composition: str = "argmax",
-        composition_first: bool = False,
+        composition: str = "auto",
+        composition_first: bool | str = "auto",
         compositions: Sequence[str] | None = None,
         bond_decoding: str = "joint",
         bond_min_prob: float | None = None,
@@ -227,7 +227,8 @@ class Generator:
         ``bf16``: bfloat16 autocast for the DiT (decoding stays float32); ``"auto"`` turns it on
         where bf16 is native (GPUs, CPUs with AVX-512 BF16 / AMX). bf16 rounds more coarsely, so
         outputs then agree across batch sizes to bf16 precision rather than float32 precision.
-        ``composition`` (crystals): ``argmax`` decodes each atom alone; ``coherent`` chooses each
+        ``composition`` (crystals): ``auto`` (default) is ``requested`` for a crystal whose composition is fixed
+        (``condition.composition``, ``compositions``, ``composition_first``) and ``argmax`` otherwise; ``argmax`` decodes each atom alone; ``coherent`` chooses each
         crystal's element set jointly under the training prior on the number of elements
         (:mod:`sciDiT.models.composition`; fixes the element count, not SMACT validity:
         experiments/crystal_composition/README.md); ``requested`` enforces a ``condition.elements`` request at
@@ -238,9 +239,11 @@ class Generator:
         of atoms) it enforces exactly, each requested atom on its most probable token
         (:func:`sciDiT.models.composition.counted_types`; no charge rule); the DiT's conditioning alone is ``argmax``/``coherent``.
         ``composition_first`` (crystals of a DiT conditioned on ``composition``): each crystal's composition is first drawn
-        from the composition model (``load_generator(..., composition_model=FILE)``; :mod:`sciDiT.models.composition_model`,
-        from sample ``i``'s own random stream) and then requested of the DiT, as ``condition.composition`` would be; with
-        ``composition=requested`` it is also enforced at decoding (experiments/composition_first/README.md).
+        from the composition model (packed in the model, or ``load_generator(..., composition_model=FILE)``;
+        :mod:`sciDiT.models.composition_model`, from sample ``i``'s own random stream) and then requested of the DiT, as
+        ``condition.composition`` would be, and enforced at decoding unless ``composition=argmax``
+        (experiments/composition_first/README.md). ``auto`` (default): on where the model has a composition model and
+        the call fixes no composition, elements or sizes of its own.
         ``compositions``: the same with the compositions given, one formula per sample (e.g. those of a test set).
         ``balanced``: each crystal's most probable element assignment (each atom among its three most
         probable elements) whose composition is charge balanced by SMACT's rules
@@ -362,6 +365,12 @@ class Generator:
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: composition or size, then noise
         allowed, counts, drawn = None, None, None  # drawn: each sample's own composition (formula), given or drawn
         atoms = None  # each sample's composition (atomic numbers, one per atom) where one is requested, given or drawn
+        if composition_first == "auto":
+            composition_first = (dom == Domain.CRYSTAL and self.composition_model is not None and "composition" in self.condition_stats
+                                 and compositions is None and num_atoms is None and property_screen == 1
+                                 and not {"composition", "elements", SIZE_KEY} & set(request))
+        elif not isinstance(composition_first, bool):
+            raise SciDiTInputError(f"composition_first must be true, false or auto, got {composition_first!r}")
         per_sample = compositions is not None or composition_first
         if "composition" in request or per_sample:
             if "elements" in request or SIZE_KEY in request or num_atoms is not None or property_screen > 1:
@@ -389,6 +398,8 @@ class Generator:
                 atoms = [composition_numbers(validate_request({"composition": c}, dom, self.request_stats, allow_extrapolation)["composition"])
                          for c in compositions]
             drawn = [formula(c) for c in atoms]
+        if composition == "auto":
+            composition = "requested" if atoms is not None else "argmax"
         if atoms is not None:
             num_atoms = [len(c) for c in atoms]
             if composition == "requested":

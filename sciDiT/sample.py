@@ -51,8 +51,8 @@ def _bool_or_auto(text: str) -> bool | str:
 
 
 def _composition(text: str) -> str:
-    if text not in ("argmax", "coherent", "requested", "balanced"):
-        raise ValueError("expected argmax, coherent, requested or balanced")
+    if text not in ("auto", "argmax", "coherent", "requested", "balanced"):
+        raise ValueError("expected auto, argmax, coherent, requested or balanced")
     return text
 
 
@@ -104,7 +104,9 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "compile": (_bool, False, "torch.compile the DiT"),
     "bf16": (_bool_or_auto, "auto", "bfloat16 autocast for the DiT: true, false or auto (on where bf16 is native)"),
     "progress": (_bool, True, "show a progress bar"),
-    "composition": (_composition, "argmax", "crystal types: argmax (per atom), coherent (one element set per crystal, prior from training), requested (exactly condition.elements or condition.composition) or balanced (charge balanced, SMACT)"),
+    "composition": (_composition, "auto", "crystal types: argmax (per atom), coherent (one element set per crystal, prior from training), requested "
+                    "(exactly condition.elements or the crystal's composition), balanced (charge balanced, SMACT) or auto (requested where "
+                    "the composition is fixed, else argmax)"),
     "bond_decoding": (_bond_decoding, "joint", "molecules: argmax bond order per pair, constrained (most probable graph with exact valences) "
                       "or joint (elements, charges and bonds chosen together: neutral, closed shell, connected where possible)"),
     "bond_min_prob": (float, None, "constrained / joint: the least probability the decoder must give an element, charge or bond that is chosen "
@@ -116,9 +118,10 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
                "and cell (learned; manifest structure_source=refined): true, false or auto (on where the model has one)"),
     "refiner": (str, None, "a geometry refiner file for refine=true (default: the one packed in the checkpoint, if any)"),
     "crystal_refiner": (str, None, "a crystal refiner file for refine=true on crystals (default: the one packed in the checkpoint, if any)"),
-    "composition_model": (str, None, "a composition model file (experiments/composition_first) for composition_first=true"),
-    "composition_first": (_bool, False, "crystals: draw each crystal's composition from composition_model, then its structure from a DiT "
-                          "conditioned on composition (with composition=requested the drawn composition is also enforced at decoding)"),
+    "composition_model": (str, None, "a composition model file (experiments/composition_first) for composition_first (default: the one packed in the checkpoint, if any)"),
+    "composition_first": (_bool_or_auto, "auto", "crystals: draw each crystal's composition from the composition model, then its structure "
+                          "from a DiT conditioned on composition, decoded to exactly those atoms: true, false or auto (on where the model "
+                          "has a composition model and no composition, elements or num_atoms is requested)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")

@@ -139,10 +139,10 @@ def composition_file(tmp_path_factory, gen) -> str:
     return str(save_composition_model(tmp_path_factory.mktemp("cm") / "cm.pt", model, info))
 
 
-def test_a_requested_composition_fixes_the_atoms_and_is_enforced_when_asked(gen):
+def test_a_requested_composition_fixes_the_atoms_and_is_enforced_by_default(gen):
     request = {"composition": "Li2Fe2O4"}
-    free = gen.generate_token_sets("crystal", n=4, seed=0, condition=request, **FAST)
-    exact = gen.generate_token_sets("crystal", n=4, seed=0, condition=request, composition="requested", **FAST)
+    free = gen.generate_token_sets("crystal", n=4, seed=0, condition=request, composition="argmax", **FAST)
+    exact = gen.generate_token_sets("crystal", n=4, seed=0, condition=request, **FAST)  # auto: enforced
     assert all(ts.num_tokens == 8 for ts in free + exact)
     assert all(sorted(ts.types.tolist()) == composition_numbers("Li2Fe2O4") for ts in exact)
     assert any(sorted(ts.types.tolist()) != composition_numbers("Li2Fe2O4") for ts in free)  # an untrained DiT's conditioning alone misses
@@ -164,6 +164,13 @@ def test_composition_first_draws_each_crystals_composition_then_its_structure(ti
         assert sorted(ts.types.tolist()) == composition_numbers(asked)
     first = gen.generate_token_sets("crystal", n=2, seed=3, composition_first=True, composition="requested", **FAST)
     assert [ts.meta["request"] for ts in first] == [ts.meta["request"] for ts in sets[:2]]  # sample i's draw is its own
+    default = gen.generate_token_sets("crystal", n=6, seed=3, **FAST)  # auto: a model with a composition model draws first, and enforces
+    assert all(torch.equal(a.types, b.types) and torch.equal(a.frac, b.frac) for a, b in zip(default, sets))
+    conditioned = gen.generate_token_sets("crystal", n=6, seed=3, composition="argmax", **FAST)  # the DiT's conditioning alone
+    assert all(torch.equal(a.frac, b.frac) for a, b in zip(conditioned, sets))
+    assert any(sorted(ts.types.tolist()) != composition_numbers(json.loads(ts.meta["request"])["composition"]) for ts in conditioned)
+    plain = gen.generate_token_sets("crystal", n=2, seed=3, composition_first=False, **FAST)
+    assert all("request" not in ts.meta for ts in plain)
     given = gen.generate_token_sets("crystal", n=2, seed=3, compositions=[json.loads(ts.meta["request"])["composition"] for ts in first],
                                     composition="requested", **FAST)
     assert [ts.meta["request"] for ts in given] == [ts.meta["request"] for ts in first]
