@@ -207,3 +207,21 @@ def test_cli_composition_first_writes_each_request_and_bad_files_exit_2(tiny_con
                  f"out={tmp_path / 'bad'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "not a composition model file" in err[-1] and not (tmp_path / "bad").exists()
+
+
+def test_the_shipped_composition_first_model_draws_compositions_and_decodes_them(tmp_path):
+    from sciDiT.pretrained import available, pretrained_path
+    from sciDiT.tokenizers.oxidation import reduced_counts, smact_validity
+
+    assert "mp20_composition_cpu" in available()
+    assert pretrained_path("mp20_composition_cpu").with_suffix(".md").read_text().startswith("# Model card")
+    gen = load_generator("mp20_composition_cpu")
+    assert gen.composition_model is not None and gen.crystal_refiner is not None
+    sets = gen.generate_token_sets("crystal", n=40, seed=0, **FAST)  # auto: composition first, exact atoms, refined
+    asked = [composition_numbers(json.loads(ts.meta["request"])["composition"]) for ts in sets]
+    assert all(sorted(ts.types.tolist()) == a and ts.meta["structure_source"] == "refined" for ts, a in zip(sets, asked))
+    assert np.mean([smact_validity(*reduced_counts(a)) for a in asked]) > 0.6  # the model card: 84.5% over 1,000
+    assert main(["pretrained=mp20_composition_cpu", "domain=crystal", "n=2", "steps=3", "progress=false", "condition.composition=NaCl",
+                 f"out={tmp_path / 'nacl'}"]) == 0
+    rows = pd.read_csv(tmp_path / "nacl" / MANIFEST, sep="\t")
+    assert all(composition_numbers(f) == [11, 17] for f in rows["formula"]) and set(rows["request"]) == {'{"composition": "NaCl"}'}
