@@ -164,7 +164,7 @@ PROBES = [
     Probe("predictor-not-a-checkpoint", "api", lambda c: SciDiTPredictor.load(c["in"] / "not_a_checkpoint.ckpt"), "not_a_checkpoint.ckpt: not a readable cell predictor checkpoint"),
     Probe("predictor-truncated-checkpoint", "api", lambda c: SciDiTPredictor.load(c["in"] / "truncated_cells.ckpt"), "truncated_cells.ckpt: not a readable cell predictor checkpoint"),
     # -- train CLI: Hydra composition ----------------------------------------------------------------
-    Probe("train-unknown-experiment", "train", ("experiment=nope",), "Could not find 'experiment/nope'; Available options in 'experiment': mp20_spacegroup_cond_cpu, mp20_spacegroup_cpu, perturbseq_papalexi"),
+    Probe("train-unknown-experiment", "train", ("experiment=nope",), "Could not find 'experiment/nope'; Available options in 'experiment': mp20_composition_cpu, mp20_spacegroup_cond_cpu, mp20_spacegroup_cpu"),
     Probe("train-misspelled-key", "train", (*TV, "data.batchsize=8"), "Could not override 'data.batchsize'"),
     Probe("train-unknown-option", "train", (*TV, "trainer=tpu"), "Could not find 'trainer/tpu'; Available options in 'trainer': cpu"),
     Probe("train-unknown-model-size", "train", (*TV, "model/vae=VAE-XXL"), "Could not find 'model/vae/VAE-XXL'"),
