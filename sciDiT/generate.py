@@ -363,41 +363,9 @@ class Generator:
         regressed = [k for k in self.regressor_stats if k in request]  # what classifier guidance steers
         seed = _check_seed(seed)
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: composition or size, then noise
-        allowed, counts, drawn = None, None, None  # drawn: each sample's own composition (formula), given or drawn
-        atoms = None  # each sample's composition (atomic numbers, one per atom) where one is requested, given or drawn
-        if composition_first == "auto":
-            composition_first = (dom == Domain.CRYSTAL and self.composition_model is not None and "composition" in self.condition_stats
-                                 and compositions is None and num_atoms is None and property_screen == 1
-                                 and not {"composition", "elements", SIZE_KEY} & set(request))
-        elif not isinstance(composition_first, bool):
-            raise SciDiTInputError(f"composition_first must be true, false or auto, got {composition_first!r}")
-        per_sample = compositions is not None or composition_first
-        if "composition" in request or per_sample:
-            if "elements" in request or SIZE_KEY in request or num_atoms is not None or property_screen > 1:
-                raise SciDiTInputError("a composition (condition.composition, compositions or composition_first) fixes the elements and the "
-                                       "number of atoms: give no condition.elements, num_atoms or property_screen with it")
-        if "composition" in request:
-            if per_sample:
-                raise SciDiTInputError("compositions / composition_first give each crystal its own composition: request none (condition.composition)")
-            atoms = [composition_numbers(request["composition"])] * n
-        if per_sample:
-            if compositions is not None and composition_first:
-                raise SciDiTInputError("give compositions or composition_first, not both")
-            if dom != Domain.CRYSTAL or "composition" not in self.condition_stats:
-                raise SciDiTInputError("compositions / composition_first need crystals and a DiT conditioned on composition "
-                                       "(experiment=mp20_composition_cpu; experiments/composition_first)")
-            if composition_first:
-                if self.composition_model is None:
-                    raise SciDiTInputError("composition_first=true draws compositions from a composition model: load_generator(..., "
-                                           "composition_model=FILE) (experiments/composition_first/train_composition_model.py)")
-                uniforms = torch.stack([torch.rand(self.composition_model.max_atoms + 1, generator=g) for g in gens])  # [n, A + 1]
-                atoms = self.composition_model.sample(uniforms)
-            else:
-                if isinstance(compositions, str) or len(compositions) != n:
-                    raise SciDiTInputError(f"compositions must be a list of n={n} formulas, one per sample")
-                atoms = [composition_numbers(validate_request({"composition": c}, dom, self.request_stats, allow_extrapolation)["composition"])
-                         for c in compositions]
-            drawn = [formula(c) for c in atoms]
+        allowed, counts = None, None
+        atoms, drawn = self._fixed_compositions(dom, request, compositions, composition_first, num_atoms, property_screen, gens,
+                                                allow_extrapolation)
         if composition == "auto":
             composition = "requested" if atoms is not None else "argmax"
         if atoms is not None:
@@ -434,8 +402,9 @@ class Generator:
         if property_screen > 1 and screened:
             return self._structure_screened(call, request, screened)
         scale = _guidance(guidance, {**dit_request, **({"composition": drawn} if drawn else {})}, cfg_scale)
-        request_cond = encode_conditions([request], self.condition_stats, list(dit_request))  # one set's tensors
-        sample_cond = {} if drawn is None else encode_conditions([{"composition": f} for f in drawn], self.condition_stats, ["composition"])  # [n, ...]
+        request_cond = encode_conditions([request], self.condition_stats, [k for k in dit_request if k != "composition"])  # one set's tensors
+        # each set's composition, from its atomic numbers: [n, ...]
+        set_cond = {} if atoms is None else encode_conditions([{"composition": a} for a in atoms], self.condition_stats, ["composition"])
         if regressed:
             stats = self.regressor_stats
             request_cond[PROPERTY_TARGET_KEY] = torch.tensor([[(request[k] - stats[k]["mean"]) / stats[k]["std"] if k in request else 0.0
@@ -474,7 +443,7 @@ class Generator:
                 row_gens = [g for i in idx.tolist() for g in [gens[i], *screen_gens[i]]]
                 dom_t = torch.full((len(rows),), int(dom), dtype=torch.long)  # [b k]
                 cond = {key: v.expand(len(rows), *v.shape[1:]) for key, v in request_cond.items()}  # the same request for every set
-                cond.update({key: v[rows] for key, v in sample_cond.items()})  # and each set's drawn composition
+                cond.update({key: v[rows] for key, v in set_cond.items()})  # and each set's composition
                 with autocast:
                     x1, row_mask = self.model.sample_latents(dom_t, sizes[rows], x0=x0.flatten(0, 1), dit=dit, steps=steps, method=method,
                                                              cfg_scale=scale, cond=cond, sde_noise=sde_noise,
@@ -502,6 +471,45 @@ class Generator:
                     out[i] = ts
                 bar.update(len(idx))
         return out  # type: ignore[return-value]  # every slot is filled
+
+    def _fixed_compositions(self, dom: Domain, request: Mapping[str, Any], compositions: Sequence[str] | None,
+                            composition_first: bool | str, num_atoms: Any, property_screen: int, gens: Sequence[torch.Generator],
+                            allow_extrapolation: bool) -> tuple[list[list[int]] | None, list[str] | None]:
+        """Each sample's fixed composition (atomic numbers, one per atom) where ``condition.composition`` requests one, ``compositions``
+        gives them or ``composition_first`` draws them (from sample ``i``'s stream ``gens[i]``), else None; and the formulas of the
+        given or drawn ones (each sample's own request), else None. One-line errors for combinations that cannot hold."""
+        n = len(gens)
+        if composition_first == "auto":
+            composition_first = (dom == Domain.CRYSTAL and self.composition_model is not None and "composition" in self.condition_stats
+                                 and compositions is None and num_atoms is None and property_screen == 1
+                                 and not {"composition", "elements", SIZE_KEY} & set(request))
+        elif not isinstance(composition_first, bool):
+            raise SciDiTInputError(f"composition_first must be true, false or auto, got {composition_first!r}")
+        per_sample = compositions is not None or composition_first
+        if not per_sample and "composition" not in request:
+            return None, None
+        if "elements" in request or SIZE_KEY in request or num_atoms is not None or property_screen > 1:
+            raise SciDiTInputError("a composition (condition.composition, compositions or composition_first) fixes the elements and the "
+                                   "number of atoms: give no condition.elements, num_atoms or property_screen with it")
+        if not per_sample:
+            return [composition_numbers(request["composition"])] * n, None
+        if "composition" in request:
+            raise SciDiTInputError("compositions / composition_first give each crystal its own composition: request none (condition.composition)")
+        if compositions is not None and composition_first:
+            raise SciDiTInputError("give compositions or composition_first, not both")
+        if dom != Domain.CRYSTAL or "composition" not in self.condition_stats:
+            raise SciDiTInputError("compositions / composition_first need crystals and a DiT conditioned on composition "
+                                   "(experiment=mp20_composition_cpu; experiments/composition_first)")
+        if composition_first:
+            if self.composition_model is None:
+                raise SciDiTInputError("composition_first=true draws compositions from a composition model: load_generator(..., "
+                                       "composition_model=FILE) (experiments/composition_first/train_composition_model.py)")
+            atoms = self.composition_model.draw(gens)
+            return atoms, [formula(a) for a in atoms]
+        if isinstance(compositions, str) or len(compositions) != n:
+            raise SciDiTInputError(f"compositions must be a list of n={n} formulas, one per sample")
+        drawn = [validate_request({"composition": c}, dom, self.request_stats, allow_extrapolation)["composition"] for c in compositions]
+        return [composition_numbers(f) for f in drawn], drawn
 
     @torch.no_grad()
     def _screened(self, x1: Tensor, mask: Tensor, target: Tensor, known: Tensor, k: int) -> Tensor:

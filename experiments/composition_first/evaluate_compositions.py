@@ -61,8 +61,7 @@ def main() -> None:
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    gens = [torch.Generator().manual_seed(sample_seed(args.seed, i)) for i in range(args.n)]
-    comps = model.sample(torch.stack([torch.rand(model.max_atoms + 1, generator=g) for g in gens]))
+    comps = model.draw([torch.Generator().manual_seed(sample_seed(args.seed, i)) for i in range(args.n)])
     train_cells = {formula(c) for c in train}
     train_reduced = {Composition(f).reduced_formula for f in train_cells}
     out = {"model": args.model, "training": info, "samples": figures(comps, train_cells, train_reduced, test),

@@ -353,8 +353,7 @@ def encode_conditions(values: Sequence[Mapping[str, Any]], stats: Mapping[str, M
         elif st["kind"] == "class":
             cond[name] = torch.tensor([int(v.get(name, 1)) - 1 for v in values], dtype=torch.long)  # [B]
         else:
-            ids = [composition_numbers(v[name]) if name == "composition" and isinstance(v.get(name), str)
-                   else [z if isinstance(z, int) else atomic_number(z) for z in v.get(name, [])] for v in values]
+            ids = [[z if isinstance(z, int) else atomic_number(z) for z in v.get(name, [])] for v in values]
             ids_t = torch.zeros(len(values), max([len(i) for i in ids] + [1]), dtype=torch.long)  # [B, M]
             for b, row in enumerate(ids):
                 ids_t[b, : len(row)] = torch.tensor(row, dtype=torch.long)

@@ -119,6 +119,10 @@ class CompositionModel(nn.Module):
         return per_token.sum(1) - (self.size_log_probs()[size] if with_size else 0.0)  # [B]
 
     # -- sampling ------------------------------------------------------------------------------
+    def draw(self, generators: Sequence[torch.Generator]) -> list[list[int]]:
+        """One composition per generator, from its next ``max_atoms + 1`` uniform numbers (a caller's per-sample random stream)."""
+        return self.sample(torch.stack([torch.rand(self.max_atoms + 1, generator=g) for g in generators]))  # [n, A + 1] uniforms
+
     @torch.no_grad()
     def sample(self, uniforms: Tensor, temperature: float = 1.0) -> list[list[int]]:
         """One composition (sorted ids, one per atom) per row of ``uniforms [n, max_atoms + 1]``, U[0, 1) draws: the first
