@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sciDiT.batch import Domain, TokenBatch, TokenSet
-from sciDiT.data.conditions import (SIZE_KEY, composition_numbers, encode_conditions, finite_number, formula, request_json,
+from sciDiT.data.conditions import (SIZE_KEY, composition_numbers, encode_conditions, finite_number, request_json,
                                     size_distribution, validate_request)
 from sciDiT.checkpoint import cast_floats, load_checkpoint, require_stage, restore_ema
 from sciDiT.errors import SciDiTInputError
@@ -63,7 +63,7 @@ from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.models.latent_guides import gaussian_log_likelihood
 from sciDiT.pretrained import (COMPOSITION_MODEL_KEY, CRYSTAL_REFINER_KEY, DISCRIMINATORS_KEY, GUIDE_KEY, REFINER_KEY, guide_section,
                               pretrained_path)
-from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number
+from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number, formula
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
 from sciDiT.training.compile import compile_module

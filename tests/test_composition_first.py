@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from sciDiT.batch import Domain
-from sciDiT.data.conditions import ConditionedDataset, composition_numbers, formula, validate_request
+from sciDiT.data.conditions import ConditionedDataset, composition_numbers, validate_request
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export import MANIFEST
 from sciDiT.generate import load_generator
 from sciDiT.models.composition import counted_types
 from sciDiT.models.composition_model import CompositionModel
 from sciDiT.sample import main
+from sciDiT.tokenizers.elements import element_features, formula
 from sciDiT.training.composition_model import load_composition_model, mean_nll, save_composition_model, train_composition_model
 
 FAST = {"steps": 3, "progress": False}
@@ -123,6 +124,28 @@ def test_training_fits_the_data_and_the_file_round_trips(tmp_path):
         load_composition_model(tmp_path / "other.pt")
 
 
+def test_element_features_mark_chemistry_and_enter_the_model_and_its_file(tmp_path):
+    feats = element_features()
+    names = dict(zip(range(-4, 9), range(29, 42)))  # oxidation state -> column
+    assert feats.shape == (119, 45) and not feats[0].any()
+    oxygen, iron = feats[8], feats[26]
+    assert oxygen[1] == 1 and oxygen[7 + 15] == 1 and oxygen[25 + 1] == 1 and oxygen[names[-2]] == 1 and oxygen[29:42].sum() == 1
+    assert iron[3] == 1 and iron[7 + 7] == 1 and iron[25 + 2] == 1 and iron[[names[2], names[3]]].tolist() == [1, 1] and iron[44] == 1
+    assert oxygen[42] == pytest.approx(3.44 / 4) and oxygen[44] == 0
+    train = [[3, 8]] * 20 + [[11, 17]] * 20
+    model, info = train_composition_model(train, train, num_types=20, batch_size=16, steps=20, minutes=5,
+                                          type_features=feats[:20])
+    assert info["num_features"] == 45 and torch.equal(model.type_features[:20], torch.as_tensor(feats[:20]))
+    loaded, _ = load_composition_model(save_composition_model(tmp_path / "cm.pt", model, info))
+    assert torch.equal(loaded.type_features, model.type_features) and mean_nll(loaded, train) == pytest.approx(mean_nll(model, train), rel=1e-5)
+    inputs, _, size = loaded.encode([[3, 8]])
+    before = loaded(inputs, size)[0, 1]  # [T] the logits after Li
+    loaded.set_type_features(torch.as_tensor(feats[:20]).index_copy(0, torch.tensor([3]), torch.as_tensor(feats[[11]])))  # Li as Na
+    assert not torch.allclose(loaded(inputs, size)[0, 1], before)
+    with pytest.raises(ValueError, match="shape"):
+        loaded.set_type_features(torch.zeros(20, 3))
+
+
 # -- generation: a requested composition, and composition first ----------------------------------------
 
 
@@ -202,7 +225,7 @@ def test_cli_composition_first_writes_each_request_and_bad_files_exit_2(tiny_con
     assert main([f"ckpt={tiny_cond_ckpt}", f"composition_model={composition_file}", "composition_first=true", "composition=requested",
                  "domain=crystal", "n=3", "steps=2", "progress=false", f"out={out}"]) == 0
     rows = pd.read_csv(out / MANIFEST, sep="\t")
-    assert len(rows) == 3 and all("composition" in json.loads(r) for r in rows["request"])
+    assert len(rows) == 3 and [json.loads(r)["composition"] for r in rows["request"]] == rows["formula"].tolist()  # written as asked
     assert main([f"ckpt={tiny_cond_ckpt}", f"composition_model={tiny_cond_ckpt}", "composition_first=true", "domain=crystal", "n=2",
                  f"out={tmp_path / 'bad'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

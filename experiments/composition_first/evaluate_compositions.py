@@ -22,10 +22,10 @@ from pymatgen.core import Composition, Element
 from scipy.stats import wasserstein_distance
 
 from sciDiT.data import load_cdvae
-from sciDiT.data.conditions import formula
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.molecules import total_variation
 from sciDiT.generate import sample_seed
+from sciDiT.tokenizers.elements import formula
 from sciDiT.tokenizers.oxidation import reduced_counts, smact_validity
 from sciDiT.training.composition_model import load_composition_model
 

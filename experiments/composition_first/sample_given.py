@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from sciDiT.data import load_cdvae
-from sciDiT.data.conditions import formula
+from sciDiT.tokenizers.elements import formula
 from sciDiT.errors import SciDiTInputError
 from sciDiT.generate import load_generator
 

@@ -18,7 +18,7 @@ import torch
 from sciDiT.data import load_cdvae
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.composition_model import COMPOSITION_SIZES
-from sciDiT.tokenizers.elements import NUM_ELEMENTS
+from sciDiT.tokenizers.elements import NUM_ELEMENTS, element_features
 from sciDiT.training.composition_model import load_composition_model, save_composition_model, train_composition_model
 
 
@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout in the transformer blocks (training only)")
+    ap.add_argument("--element-features", action="store_true",
+                    help="give each element its period, group, block, common oxidation states, electronegativity and metal flag")
     ap.add_argument("--init", default=None, help="continue this composition model file (its sizes and dropout)")
     ap.add_argument("--data-dir", default=None, help="the data folder holding mp20/ (default: SCIDIT_DATA_DIR)")
     args = ap.parse_args()
@@ -41,7 +43,8 @@ def main() -> None:
         model, info = train_composition_model([ts.types.tolist() for ts in train], [ts.types.tolist() for ts in val],
                                               num_types=NUM_ELEMENTS + 1, size=args.size, batch_size=args.batch_size, lr=args.lr,
                                               steps=args.steps, minutes=args.minutes, seed=args.seed,
-                                              dropout=args.dropout, init=init)
+                                              dropout=args.dropout, init=init,
+                                              type_features=element_features() if args.element_features else None)
         if init is not None:
             info.update(init=args.init, steps_before=before.get("steps"), steps=info["steps"] + int(before.get("steps", 0)))
         info["data"] = "MP-20 train (the shared CDVAE-layout copy)"

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from torch.utils.data import Dataset
 from sciDiT.batch import Domain, TokenBatch, TokenSet, collate
 from sciDiT.data.cache import TokenSetDataset, cache_path
 from sciDiT.errors import SciDiTInputError
-from sciDiT.tokenizers.elements import NUM_ELEMENTS, atomic_number, symbol
+from sciDiT.tokenizers.elements import NUM_ELEMENTS, atomic_number, formula, symbol
 from sciDiT.tokenizers.symmetry import HALL_META
 
 HARTREE_EV = 27.211386
@@ -418,17 +417,6 @@ def composition_numbers(value: Any) -> list[int]:
     if not amounts or any(a != round(a) or a < 1 for a in amounts.values()):
         raise SciDiTInputError(f"condition.composition={value!r} must give each element a positive integer count (the atoms of one cell)")
     return sorted(z for el, a in amounts.items() for z in [atomic_number(el, "condition.composition")] * int(round(a)))
-
-
-def formula(numbers: Sequence[int]) -> str:
-    """Atomic numbers, one per atom -> the cell's formula, elements by electronegativity as pymatgen writes them (``Li4Fe4P4O16``)."""
-    from pymatgen.core import Composition
-
-    counts = np.bincount(np.asarray(numbers, dtype=np.int64))
-    with warnings.catch_warnings():  # noble gases have no Pauling electronegativity: pymatgen warns and orders them last
-        warnings.simplefilter("ignore", UserWarning)
-        parts = Composition({symbol(z): int(c) for z, c in enumerate(counts) if c}).formula.split()  # ["Li4", "Fe4", "P4", "O16"]
-    return "".join(p[:-1] if p[-1] == "1" and not p[-2].isdigit() else p for p in parts)
 
 
 def validate_request(request: Mapping[str, Any] | None, domain: Domain, stats: Mapping[str, Mapping[str, Any]],

@@ -45,7 +45,7 @@ from pymatgen.io.cif import CifWriter
 from sciDiT.batch import Domain, TokenSet
 from sciDiT.errors import SciDiTInputError
 from sciDiT.export.atomic import atomic_folder, atomic_write_text
-from sciDiT.tokenizers.elements import symbol
+from sciDiT.tokenizers.elements import formula
 
 MANIFEST = "manifest.tsv"
 MIN_RELATIVE_VOLUME = 1e-5  # volume / (a b c) below this: a flat (degenerate) cell, up to rounding
@@ -70,14 +70,6 @@ class ManifestRow:
     message: str
     request: str = "{}"
     structure_source: str = ""
-
-
-def _formula(numbers: Sequence[int]) -> str:
-    """Hill-ordered-ish formula (elements sorted by symbol, counts > 1 shown), without pymatgen objects."""
-    counts: dict[str, int] = {}
-    for z in numbers:
-        counts[symbol(int(z))] = counts.get(symbol(int(z)), 0) + 1
-    return "".join(f"{el}{n if n > 1 else ''}" for el, n in sorted(counts.items()))
 
 
 def lattice_problem(params: Sequence[float]) -> str:
@@ -122,7 +114,7 @@ def to_structure(sample: TokenSet | Structure, index: int = 0) -> tuple[Structur
         if request != "{}":
             structure.properties = {**(structure.properties or {}), "request": request}
         volume = float(structure.volume)
-    row = ManifestRow(index, "", _formula(numbers), len(numbers), *map(float, params), volume, status if problem else "ok", problem, request,
+    row = ManifestRow(index, "", formula(numbers), len(numbers), *map(float, params), volume, status if problem else "ok", problem, request,
                       source)
     return structure, row
 

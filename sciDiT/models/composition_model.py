@@ -12,7 +12,10 @@ causal transformer that is told ``n`` (a size embedding added at every place), s
 when a cell is complete. Sampling draws ``n``, then each id with those below the previous one and those no
 training set holds removed (neither has mass in the data). Every draw inverts a CDF at a given
 uniform number, so a caller that owns one random stream per sample gets the same composition for it
-whatever the batch. The model knows ids, not chemistry: the tokenizers say which id is which element.
+whatever the batch. The model knows ids, not chemistry: the tokenizers say which id is which element,
+and may give each id a row of numbers (``num_features``, :meth:`CompositionModel.set_type_features`;
+for elements, their period, group, oxidation states...) that is projected into its embedding, so what
+the model learns of one element carries over to those like it.
 
 Sections in data-flow order: sizes, the model (embedding -> causal blocks -> next-id logits), the
 likelihood, sampling.
@@ -43,17 +46,22 @@ COMPOSITION_SIZES: dict[str, dict[str, int]] = {
 class CompositionModel(nn.Module):
     """``p(n) p(ids | n)`` of sorted id multisets (module docstring): ``forward`` gives next-id logits given the size.
 
-    ``dropout`` (training only) keeps a model of a few thousand compositions from memorising them."""
+    ``dropout`` (training only) keeps a model of a few thousand compositions from memorising them; ``num_features``
+    (0: none) is the width of the per-id feature rows added to the id embeddings (module docstring)."""
 
-    def __init__(self, num_types: int, max_atoms: int, hidden_size: int = 128, depth: int = 3, num_heads: int = 4, dropout: float = 0.0):
+    def __init__(self, num_types: int, max_atoms: int, hidden_size: int = 128, depth: int = 3, num_heads: int = 4, dropout: float = 0.0,
+                 num_features: int = 0):
         super().__init__()
         self.sizes = {"num_types": num_types, "max_atoms": max_atoms, "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads,
-                      "dropout": dropout}
+                      "dropout": dropout, "num_features": num_features}
         self.num_types, self.max_atoms = num_types, max_atoms
         self.bos = num_types  # ids 0..num_types-1 are types (0: none, never drawn)
         self.register_buffer("size_counts", torch.zeros(max_atoms + 1))  # training histogram of n (set by fit_support)
         self.register_buffer("seen", torch.ones(num_types, dtype=torch.bool))  # ids of the training sets (set by fit_support)
         self.token_embed = nn.Embedding(num_types + 1, hidden_size)
+        if num_features:
+            self.register_buffer("type_features", torch.zeros(num_types + 1, num_features))  # per-id rows (set_type_features); BOS: 0
+            self.feature_embed = nn.Linear(num_features, hidden_size, bias=False)
         self.pos_embed = nn.Embedding(max_atoms, hidden_size)  # a place in the sorted sequence, not an atom index
         self.size_embed = nn.Embedding(max_atoms + 1, hidden_size)  # n, at every place
         layer = nn.TransformerEncoderLayer(hidden_size, num_heads, 4 * hidden_size, dropout=dropout, activation="gelu",
@@ -80,6 +88,12 @@ class CompositionModel(nn.Module):
         self.size_counts.copy_(torch.bincount(torch.tensor([len(c) for c in compositions]), minlength=self.max_atoms + 1).float())
         self.seen.copy_(torch.bincount(torch.tensor([z for c in compositions for z in c]), minlength=self.num_types)[: self.num_types] > 0)
 
+    def set_type_features(self, features: Tensor) -> None:
+        """Set the feature rows ``[num_types, num_features]`` of the ids (row 0, no type, is unused)."""
+        if features.shape != (self.num_types, self.sizes["num_features"]):
+            raise ValueError(f"type features of shape {tuple(features.shape)}; this model takes {(self.num_types, self.sizes['num_features'])}")
+        self.type_features[: self.num_types].copy_(features)
+
     def size_log_probs(self) -> Tensor:
         """``log p(n)`` ``[max_atoms + 1]``: the training histogram, add-one smoothed over sizes 1..max_atoms."""
         counts = self.size_counts.clone()
@@ -90,6 +104,8 @@ class CompositionModel(nn.Module):
         """Next-id logits ``[B, S, T]`` for id sequences ``tokens [B, S]`` (BOS first; causal) of sets of ``size [B]`` atoms."""
         s = tokens.shape[1]
         h = self.token_embed(tokens) + self.pos_embed(torch.arange(s, device=tokens.device)) + self.size_embed(size)[:, None]  # [B, S, H]
+        if self.sizes["num_features"]:
+            h = h + self.feature_embed(self.type_features[tokens])  # [B, S, H] what the ids are, shared between like ids
         causal = torch.triu(torch.full((s, s), float("-inf"), device=tokens.device), diagonal=1)  # [S, S]
         h = self.blocks(h, mask=causal, is_causal=True)  # [B, S, H]
         logits = self.head(self.norm(h))  # [B, S, T]

@@ -6,6 +6,12 @@ so atom-type embeddings have ``NUM_ELEMENTS + 2`` rows.
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from sciDiT.errors import SciDiTInputError
@@ -28,3 +34,42 @@ def symbol(z: int) -> str:
     if not 1 <= int(z) <= NUM_ELEMENTS:
         raise SciDiTInputError(f"atomic number {int(z)} is not an element (1..{NUM_ELEMENTS})")
     return chemical_symbols[int(z)]
+
+
+def formula(numbers: Sequence[int]) -> str:
+    """Atomic numbers, one per atom -> the cell's formula, elements by electronegativity as pymatgen writes them (``Li4Fe4P4O16``)."""
+    from pymatgen.core import Composition
+
+    counts = np.bincount(np.asarray(numbers, dtype=np.int64))
+    with warnings.catch_warnings():  # noble gases have no Pauling electronegativity: pymatgen warns and orders them last
+        warnings.simplefilter("ignore", UserWarning)
+        parts = Composition({symbol(z): int(c) for z, c in enumerate(counts) if c}).formula.split()  # ["Li4", "Fe4", "P4", "O16"]
+    return "".join(p[:-1] if p[-1] == "1" and not p[-2].isdigit() else p for p in parts)
+
+
+OXIDATION_STATES = tuple(range(-4, 9))  # the states a feature row marks: -4..+8
+
+
+@lru_cache(maxsize=1)
+def element_features() -> np.ndarray:
+    """Chemistry of each type id as numbers, ``[NUM_ELEMENTS + 1, 45]`` float32 (row 0, padding, is zero), for models
+    that should share what they learn between similar elements: one-hot period (7), group (18) and block (s/p/d/f),
+    pymatgen's common oxidation states among -4..+8 (multi-hot, 13), Pauling electronegativity / 4 and a flag for
+    its absence, and a metal flag."""
+    from pymatgen.core import Element
+
+    rows = np.zeros((NUM_ELEMENTS + 1, 7 + 18 + 4 + len(OXIDATION_STATES) + 3), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns of elements without electronegativity data
+        for z in range(1, NUM_ELEMENTS + 1):
+            el, row = Element.from_Z(z), rows[z]
+            row[el.row - 1] = 1.0
+            row[7 + el.group - 1] = 1.0
+            row[25 + "spdf".index(el.block)] = 1.0
+            for ox in el.common_oxidation_states:
+                if ox in OXIDATION_STATES:
+                    row[29 + OXIDATION_STATES.index(ox)] = 1.0
+            x = el.X
+            row[42], row[43] = (0.0, 1.0) if math.isnan(x) else (x / 4.0, 0.0)
+            row[44] = float(el.is_metal)
+    return rows

@@ -26,11 +26,12 @@ COMPOSITION_MODEL_KIND = "scidit_composition_model"
 
 def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequence[int]], *, num_types: int, size: str = "CM-S",
                             batch_size: int = 256, lr: float = 1e-3, steps: int = 20000, minutes: float = 10.0, seed: int = 0,
-                            dropout: float = 0.0, init: CompositionModel | None = None, log_every: int = 500
-                            ) -> tuple[CompositionModel, dict[str, Any]]:
+                            dropout: float = 0.0, type_features: np.ndarray | None = None, init: CompositionModel | None = None,
+                            log_every: int = 500) -> tuple[CompositionModel, dict[str, Any]]:
     """A composition model fitted to ``train`` (lists of type ids, one per atom) and its training facts, among them the
-    mean negative log-likelihood (nats per composition, its size included) of ``train`` and ``val``. ``init``: continue
-    this model (its sizes; ``size`` and ``dropout`` are then unused) instead of a fresh one."""
+    mean negative log-likelihood (nats per composition, its size included) of ``train`` and ``val``. ``type_features``
+    (``[num_types, F]``): a feature row per id for the model's embeddings. ``init``: continue this model (its sizes and
+    features; ``size``, ``dropout`` and ``type_features`` are then unused) instead of a fresh one."""
     if size not in COMPOSITION_SIZES:
         raise SciDiTInputError(f"size={size!r} is not one of {', '.join(COMPOSITION_SIZES)}")
     if not train or not val:
@@ -40,7 +41,13 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
     if init is not None and (init.num_types, init.max_atoms) != (num_types, max_atoms):
         raise SciDiTInputError(f"the model to continue has {init.num_types} types and {init.max_atoms} atoms at most; this data needs "
                                f"{num_types} and {max_atoms}")
-    model = init if init is not None else CompositionModel(num_types, max_atoms, **COMPOSITION_SIZES[size], dropout=dropout)
+    if init is None:
+        width = 0 if type_features is None else int(type_features.shape[1])
+        model = CompositionModel(num_types, max_atoms, **COMPOSITION_SIZES[size], dropout=dropout, num_features=width)
+        if width:
+            model.set_type_features(torch.as_tensor(type_features, dtype=torch.float32))
+    else:
+        model = init
     model.fit_support(train)  # p(n): the training histogram
     rng = np.random.default_rng(seed)
 
@@ -50,7 +57,8 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
         return model.nll(batch, with_size=False).sum() / sum(len(c) for c in batch)  # nats per id given the size
 
     info = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll/atom")
-    info.update(size=size if init is None else "continued", batch_size=batch_size, seed=seed, dropout=model.sizes["dropout"], train_compositions=len(train), val_compositions=len(val),
+    info.update(size=size if init is None else "continued", batch_size=batch_size, seed=seed, dropout=model.sizes["dropout"],
+                num_features=model.sizes["num_features"], train_compositions=len(train), val_compositions=len(val),
                 train_nll=mean_nll(model, train[: len(val)]), val_nll=mean_nll(model, val))
     return model, info
 
