@@ -195,6 +195,7 @@ class Generator:
         bf16: bool | str = "auto",
         composition: str = "auto",
         composition_first: bool | str = "auto",
+        composition_temperature: float = 1.0,
         compositions: Sequence[str] | None = None,
         bond_decoding: str = "joint",
         bond_min_prob: float | None = None,
@@ -243,7 +244,9 @@ class Generator:
         :mod:`sciDiT.models.composition_model`, from sample ``i``'s own random stream) and then requested of the DiT, as
         ``condition.composition`` would be, and enforced at decoding unless ``composition=argmax``
         (experiments/composition_first/README.md). ``auto`` (default): on where the model has a composition model and
-        the call fixes no composition, elements or sizes of its own.
+        the call fixes no composition, elements or sizes of its own. ``composition_temperature``: the composition model's
+        sampling temperature (1, the default, samples the trained model; below 1 draws its likelier compositions more
+        often: more of them charge balanced, fewer of them new; a separately named setting, never a headline's).
         ``compositions``: the same with the compositions given, one formula per sample (e.g. those of a test set).
         ``balanced``: each crystal's most probable element assignment (each atom among its three most
         probable elements) whose composition is charge balanced by SMACT's rules
@@ -317,8 +320,9 @@ class Generator:
             raise SciDiTInputError(f"sde_noise must be a finite number >= 0, got {sde_noise}")
         if not math.isfinite(cfg_scale):
             raise SciDiTInputError(f"cfg_scale must be a finite number, got {cfg_scale}")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise SciDiTInputError(f"temperature must be a finite number > 0, got {temperature}")
+        for name, value in (("temperature", temperature), ("composition_temperature", composition_temperature)):
+            if not (math.isfinite(value) and value > 0):
+                raise SciDiTInputError(f"{name} must be a finite number > 0, got {value}")
         interval = _check_autoguidance(autoguidance, autoguidance_interval, self.weak_dit is not None)
         property_interval = _check_interval("property_guidance", property_guidance, property_guidance_interval, open_start=True)
         discriminator_interval = _check_interval("discriminator_guidance", discriminator_guidance, discriminator_guidance_interval, open_start=True)
@@ -365,7 +369,7 @@ class Generator:
         gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]  # one per sample: composition or size, then noise
         allowed, counts = None, None
         atoms, drawn = self._fixed_compositions(dom, request, compositions, composition_first, num_atoms, property_screen, gens,
-                                                allow_extrapolation)
+                                                allow_extrapolation, composition_temperature)
         if composition == "auto":
             composition = "requested" if atoms is not None else "argmax"
         if atoms is not None:
@@ -474,9 +478,9 @@ class Generator:
 
     def _fixed_compositions(self, dom: Domain, request: Mapping[str, Any], compositions: Sequence[str] | None,
                             composition_first: bool | str, num_atoms: Any, property_screen: int, gens: Sequence[torch.Generator],
-                            allow_extrapolation: bool) -> tuple[list[list[int]] | None, list[str] | None]:
+                            allow_extrapolation: bool, temperature: float = 1.0) -> tuple[list[list[int]] | None, list[str] | None]:
         """Each sample's fixed composition (atomic numbers, one per atom) where ``condition.composition`` requests one, ``compositions``
-        gives them or ``composition_first`` draws them (from sample ``i``'s stream ``gens[i]``), else None; and the formulas of the
+        gives them or ``composition_first`` draws them (from sample ``i``'s stream ``gens[i]``, at ``temperature``), else None; and the formulas of the
         given or drawn ones (each sample's own request), else None. One-line errors for combinations that cannot hold."""
         n = len(gens)
         if composition_first == "auto":
@@ -504,7 +508,7 @@ class Generator:
             if self.composition_model is None:
                 raise SciDiTInputError("composition_first=true draws compositions from a composition model: load_generator(..., "
                                        "composition_model=FILE) (experiments/composition_first/train_composition_model.py)")
-            atoms = self.composition_model.draw(gens)
+            atoms = self.composition_model.draw(gens, temperature)
             return atoms, [formula(a) for a in atoms]
         if isinstance(compositions, str) or len(compositions) != n:
             raise SciDiTInputError(f"compositions must be a list of n={n} formulas, one per sample")

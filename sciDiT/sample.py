@@ -122,6 +122,8 @@ KEYS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "composition_first": (_bool_or_auto, "auto", "crystals: draw each crystal's composition from the composition model, then its structure "
                           "from a DiT conditioned on composition, decoded to exactly those atoms: true, false or auto (on where the model "
                           "has a composition model and no composition, elements or num_atoms is requested)"),
+    "composition_temperature": (float, 1.0, "composition_first: the composition model's sampling temperature (1 = the trained model; "
+                                "below 1 draws its likelier compositions more often: more charge-balanced, fewer new ones)"),
     "relax": (_bool, False, "molecules: force-field minimise each sanitizable molecule on its decoded graph (MMFF94, UFF fallback)"),
 }
 REQUIRED = ("domain", "out")
@@ -226,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             domain, opts["n"], num_atoms=opts["num_atoms"], steps=opts["steps"], method=opts["method"], sde_noise=opts["sde_noise"],
             cfg_scale=opts["cfg_scale"], temperature=opts["temperature"], seed=opts["seed"], batch_size=opts["batch_size"], use_ema=opts["use_ema"],
             progress=opts["progress"], compile=opts["compile"], bf16=opts["bf16"], composition=opts["composition"],
-            composition_first=opts["composition_first"],
+            composition_first=opts["composition_first"], composition_temperature=opts["composition_temperature"],
             bond_decoding=opts["bond_decoding"], bond_min_prob=opts["bond_min_prob"],
             condition=opts["condition"], guidance=opts["guidance"], allow_extrapolation=opts["allow_extrapolation"],
             condition_sizes=opts["condition_sizes"], reproducible=opts["reproducible"],

@@ -99,6 +99,8 @@ def test_samples_are_sorted_sized_by_the_histogram_and_each_row_its_own():
     assert np.mean([len(c) == 2 for c in comps]) == pytest.approx(31 / 44, abs=0.03)
     assert len({tuple(c) for c in comps}) > 10
     assert model.sample(u[10:13]) == comps[10:13]  # a row's composition does not depend on the batch
+    cold = model.sample(u, temperature=1e-4)  # near zero: each id the most probable allowed one, the size still drawn
+    assert [len(c) for c in cold] == [len(c) for c in comps] and len({tuple(c) for c in cold if len(c) == 2}) == 1
     nll = model.nll([[1, 2], [3, 3, 4, 5]])
     assert torch.allclose(nll - model.nll([[1, 2], [3, 3, 4, 5]], with_size=False), -model.size_log_probs()[[2, 4]])
 
@@ -144,6 +146,43 @@ def test_element_features_mark_chemistry_and_enter_the_model_and_its_file(tmp_pa
     assert not torch.allclose(loaded(inputs, size)[0, 1], before)
     with pytest.raises(ValueError, match="shape"):
         loaded.set_type_features(torch.zeros(20, 3))
+
+
+@pytest.fixture(scope="module")
+def substitution():
+    from sciDiT.tokenizers.substitution import IonicSubstitution
+
+    return IonicSubstitution()
+
+
+def test_ionic_substitutes_replace_one_element_at_its_oxidation_state(substitution):
+    from pymatgen.core import Element
+
+    assert substitution.assignment(composition_numbers("LiFePO4")) == {3: 1, 8: -2, 15: 5, 26: 2}
+    assert substitution.assignment(composition_numbers("Fe3Al")) is None and substitution(composition_numbers("Fe3Al"), None) == [13, 26, 26, 26]
+    rng = np.random.default_rng(0)
+    for text in ["Li4Fe4P4O16", "NaCl", "BaTiO3", "La2CuO4", "Cs2AgBiBr6"]:
+        old = composition_numbers(text)
+        states = substitution.assignment(old)
+        for _ in range(5):
+            new = substitution(old, rng)
+            gone, came = set(old) - set(new), set(new) - set(old)
+            assert len(gone) == 1 and len(came) == 1 and new == sorted(new)
+            (z_old,), (z_new,) = gone, came
+            assert new.count(z_new) == old.count(z_old) and states[z_old] in Element.from_Z(z_new).oxidation_states
+            assert sum(states.get(z, states[z_old]) for z in new) == 0  # neutral under the same states
+    again = [substitution(composition_numbers("BaTiO3"), np.random.default_rng(1)) for _ in range(2)]
+    assert again[0] == again[1]
+
+
+def test_training_on_augmented_compositions_learns_them():
+    train = [[3, 8]] * 39 + [[11, 17]]  # sampling draws only elements of the training cells
+    model, info = train_composition_model(train, train, num_types=20, batch_size=32, lr=3e-3, steps=120, minutes=5,
+                                          augment=lambda c, rng: [11, 17], augment_share=0.5)
+    comps = model.sample(torch.rand(400, model.max_atoms + 1, generator=torch.Generator().manual_seed(0)))
+    assert info["augment_share"] == 0.5 and 0.35 < np.mean([c == [11, 17] for c in comps]) < 0.65
+    with pytest.raises(SciDiTInputError, match="needs an augment function"):
+        train_composition_model(train, train, num_types=20, steps=1, augment_share=0.5)
 
 
 # -- generation: a requested composition, and composition first ----------------------------------------
@@ -201,7 +240,8 @@ def test_composition_first_draws_each_crystals_composition_then_its_structure(ti
     for kwargs, message in [({"composition_first": True, "condition": {"composition": "NaCl"}}, "request none"),
                             ({"composition_first": True, "compositions": ["NaCl", "KCl"]}, "not both"),
                             ({"compositions": ["NaCl"]}, "a list of n=2 formulas"),
-                            ({"compositions": ["NaCl", "Na0.5Cl"]}, "positive integer count")]:
+                            ({"compositions": ["NaCl", "Na0.5Cl"]}, "positive integer count"),
+                            ({"composition_temperature": 0.0}, "composition_temperature must be a finite number > 0")]:
         with pytest.raises(SciDiTInputError, match=message):
             gen.generate_token_sets("crystal", n=2, **kwargs, **FAST)
     with pytest.raises(SciDiTInputError, match="draws compositions from a composition model"):

@@ -1,6 +1,6 @@
 """Score a composition model's draws on their own, against MP-20: the first stage of composition-first generation.
 
-    python experiments/composition_first/evaluate_compositions.py outputs/composition_model.pt --n 1000 --seed 0
+    python experiments/composition_first/evaluate_compositions.py outputs/composition_model.pt --n 1000 --seed 0 [--temperature 0.9]
 
 Draws ``n`` compositions (sample ``i`` from its own random stream, as ``composition_first`` sampling does) and prints
 JSON: SMACT validity (the same rule as ``python -m sciDiT.evaluate``), the share of compositions that are new
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("model", help="a composition model file")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0, help="the sampling temperature of the next-id distributions")
     ap.add_argument("--data-dir", default=None, help="the data folder holding mp20/ (default: SCIDIT_DATA_DIR)")
     args = ap.parse_args()
     try:
@@ -61,10 +62,10 @@ def main() -> None:
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    comps = model.draw([torch.Generator().manual_seed(sample_seed(args.seed, i)) for i in range(args.n)])
+    comps = model.draw([torch.Generator().manual_seed(sample_seed(args.seed, i)) for i in range(args.n)], args.temperature)
     train_cells = {formula(c) for c in train}
     train_reduced = {Composition(f).reduced_formula for f in train_cells}
-    out = {"model": args.model, "training": info, "samples": figures(comps, train_cells, train_reduced, test),
+    out = {"model": args.model, "temperature": args.temperature, "training": info, "samples": figures(comps, train_cells, train_reduced, test),
            "mp20_test": figures([sorted(c) for c in test], train_cells, train_reduced, test),
            "mp20_train": figures([sorted(c) for c in train], train_cells, train_reduced, test)}
     print(json.dumps(out, indent=1))

@@ -19,6 +19,7 @@ from sciDiT.data import load_cdvae
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.composition_model import COMPOSITION_SIZES
 from sciDiT.tokenizers.elements import NUM_ELEMENTS, element_features
+from sciDiT.tokenizers.substitution import IonicSubstitution
 from sciDiT.training.composition_model import load_composition_model, save_composition_model, train_composition_model
 
 
@@ -34,17 +35,22 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout in the transformer blocks (training only)")
     ap.add_argument("--element-features", action="store_true",
                     help="give each element its period, group, block, common oxidation states, electronegativity and metal flag")
+    ap.add_argument("--substitution", type=float, default=0.0, metavar="SHARE",
+                    help="replace this share of each batch's compositions by an ionic substitute (sciDiT.tokenizers.substitution)")
     ap.add_argument("--init", default=None, help="continue this composition model file (its sizes and dropout)")
     ap.add_argument("--data-dir", default=None, help="the data folder holding mp20/ (default: SCIDIT_DATA_DIR)")
     args = ap.parse_args()
     try:
         train, val = (load_cdvae("mp20", split, data_dir=args.data_dir) for split in ("train", "val"))
         init, before = load_composition_model(args.init) if args.init else (None, {})
+        seen = {int(z) for ts in train for z in ts.types.tolist()}  # a substitute is an element of the training cells
         model, info = train_composition_model([ts.types.tolist() for ts in train], [ts.types.tolist() for ts in val],
                                               num_types=NUM_ELEMENTS + 1, size=args.size, batch_size=args.batch_size, lr=args.lr,
                                               steps=args.steps, minutes=args.minutes, seed=args.seed,
                                               dropout=args.dropout, init=init,
-                                              type_features=element_features() if args.element_features else None)
+                                              type_features=element_features() if args.element_features else None,
+                                              augment=IonicSubstitution(seen) if args.substitution else None,
+                                              augment_share=args.substitution)
         if init is not None:
             info.update(init=args.init, steps_before=before.get("steps"), steps=info["steps"] + int(before.get("steps", 0)))
         info["data"] = "MP-20 train (the shared CDVAE-layout copy)"

@@ -135,14 +135,15 @@ class CompositionModel(nn.Module):
         return per_token.sum(1) - (self.size_log_probs()[size] if with_size else 0.0)  # [B]
 
     # -- sampling ------------------------------------------------------------------------------
-    def draw(self, generators: Sequence[torch.Generator]) -> list[list[int]]:
+    def draw(self, generators: Sequence[torch.Generator], temperature: float = 1.0) -> list[list[int]]:
         """One composition per generator, from its next ``max_atoms + 1`` uniform numbers (a caller's per-sample random stream)."""
-        return self.sample(torch.stack([torch.rand(self.max_atoms + 1, generator=g) for g in generators]))  # [n, A + 1] uniforms
+        return self.sample(torch.stack([torch.rand(self.max_atoms + 1, generator=g) for g in generators]), temperature)  # [n, A + 1] uniforms
 
     @torch.no_grad()
     def sample(self, uniforms: Tensor, temperature: float = 1.0) -> list[list[int]]:
         """One composition (sorted ids, one per atom) per row of ``uniforms [n, max_atoms + 1]``, U[0, 1) draws: the first
-        draws the size, the others the ids (module docstring), so a composition depends on its own row alone."""
+        draws the size, the others the ids (module docstring), so a composition depends on its own row alone. ``temperature``
+        divides the next-id logits (below 1: likelier ids more often); the size is always drawn from its histogram."""
         device = self.head.weight.device
         u = uniforms.to(device).float().clamp(min=1e-12)  # [n, A + 1]; 0 would pick a value of zero probability
         size_cdf = self.size_log_probs().exp().cumsum(0)  # [A + 1]

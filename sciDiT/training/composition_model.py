@@ -9,7 +9,7 @@ negative log-likelihood. The file is weights-only: the model's sizes and weights
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,16 @@ COMPOSITION_MODEL_KIND = "scidit_composition_model"
 def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequence[int]], *, num_types: int, size: str = "CM-S",
                             batch_size: int = 256, lr: float = 1e-3, steps: int = 20000, minutes: float = 10.0, seed: int = 0,
                             dropout: float = 0.0, type_features: np.ndarray | None = None, init: CompositionModel | None = None,
+                            augment: Callable[[list[int], np.random.Generator], list[int]] | None = None, augment_share: float = 0.0,
                             log_every: int = 500) -> tuple[CompositionModel, dict[str, Any]]:
     """A composition model fitted to ``train`` (lists of type ids, one per atom) and its training facts, among them the
     mean negative log-likelihood (nats per composition, its size included) of ``train`` and ``val``. ``type_features``
     (``[num_types, F]``): a feature row per id for the model's embeddings. ``init``: continue this model (its sizes and
-    features; ``size``, ``dropout`` and ``type_features`` are then unused) instead of a fresh one."""
+    features; ``size``, ``dropout`` and ``type_features`` are then unused) instead of a fresh one. ``augment``: a function
+    that turns a training composition into a new one (e.g. :class:`sciDiT.tokenizers.substitution.IonicSubstitution`),
+    applied to ``augment_share`` of each batch's compositions; held-out figures are on ``val`` as given."""
+    if not 0.0 <= augment_share <= 1.0 or (augment_share > 0 and augment is None):
+        raise SciDiTInputError(f"augment_share={augment_share} must lie in [0, 1], and above 0 needs an augment function")
     if size not in COMPOSITION_SIZES:
         raise SciDiTInputError(f"size={size!r} is not one of {', '.join(COMPOSITION_SIZES)}")
     if not train or not val:
@@ -53,12 +58,12 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
 
     def batch_loss() -> torch.Tensor:
         idx = rng.integers(0, len(train), batch_size)
-        batch = [train[i] for i in idx]
+        batch = [augment(train[i], rng) if augment_share and rng.random() < augment_share else train[i] for i in idx]
         return model.nll(batch, with_size=False).sum() / sum(len(c) for c in batch)  # nats per id given the size
 
     info = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll/atom")
     info.update(size=size if init is None else "continued", batch_size=batch_size, seed=seed, dropout=model.sizes["dropout"],
-                num_features=model.sizes["num_features"], train_compositions=len(train), val_compositions=len(val),
+                num_features=model.sizes["num_features"], augment_share=augment_share, train_compositions=len(train), val_compositions=len(val),
                 train_nll=mean_nll(model, train[: len(val)]), val_nll=mean_nll(model, val))
     return model, info
 
