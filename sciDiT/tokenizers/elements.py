@@ -48,6 +48,10 @@ def formula(numbers: Sequence[int]) -> str:
 
 
 OXIDATION_STATES = tuple(range(-4, 9))  # the states a feature row marks: -4..+8
+# where each block of an element_features row starts: period (7), group (18), block (s/p/d/f), oxidation states, then
+# electronegativity / 4, "no electronegativity" and "metal"
+_PERIOD, _GROUP, _BLOCK, _STATES = 0, 7, 25, 29
+_ENEG = _STATES + len(OXIDATION_STATES)
 
 
 @lru_cache(maxsize=1)
@@ -58,18 +62,17 @@ def element_features() -> np.ndarray:
     its absence, and a metal flag."""
     from pymatgen.core import Element
 
-    rows = np.zeros((NUM_ELEMENTS + 1, 7 + 18 + 4 + len(OXIDATION_STATES) + 3), dtype=np.float32)
+    rows = np.zeros((NUM_ELEMENTS + 1, _ENEG + 3), dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen warns of elements without electronegativity data
         for z in range(1, NUM_ELEMENTS + 1):
             el, row = Element.from_Z(z), rows[z]
-            row[el.row - 1] = 1.0
-            row[7 + el.group - 1] = 1.0
-            row[25 + "spdf".index(el.block)] = 1.0
+            row[_PERIOD + el.row - 1] = 1.0
+            row[_GROUP + el.group - 1] = 1.0
+            row[_BLOCK + "spdf".index(el.block)] = 1.0
             for ox in el.common_oxidation_states:
                 if ox in OXIDATION_STATES:
-                    row[29 + OXIDATION_STATES.index(ox)] = 1.0
-            x = el.X
-            row[42], row[43] = (0.0, 1.0) if math.isnan(x) else (x / 4.0, 0.0)
-            row[44] = float(el.is_metal)
+                    row[_STATES + OXIDATION_STATES.index(ox)] = 1.0
+            row[_ENEG: _ENEG + 2] = (0.0, 1.0) if math.isnan(el.X) else (el.X / 4.0, 0.0)
+            row[_ENEG + 2] = float(el.is_metal)
     return rows

@@ -46,8 +46,9 @@ def _pauling_ok(ox: tuple[int, ...], eneg: list[float | None]) -> bool:
     return True
 
 
-def _balanced_search(ox_lists: list[list[int]], counts: list[int], eneg: list[float | None]) -> bool:
-    """Depth-first search for a charge-neutral assignment that passes :func:`_pauling_ok`.
+def neutral_assignment(ox_lists: list[list[int]], counts: list[int], eneg: list[float | None]) -> tuple[int, ...] | None:
+    """The first charge-neutral assignment (one state of ``ox_lists[i]`` per element ``i``, in list order) that passes
+    :func:`_pauling_ok`, or None: a depth-first search.
 
     Same answer as enumerating the full product (CDVAE's loop), but prunes partial assignments
     whose charge can no longer reach zero or - when every electronegativity is known, so the test
@@ -74,13 +75,12 @@ def _balanced_search(ox_lists: list[list[int]], counts: list[int], eneg: list[fl
                 if mc >= ma:
                     continue
             chosen.append(o)
-            found = dfs(i + 1, charge + o * counts[i], mc, ma)
-            chosen.pop()
-            if found:
+            if dfs(i + 1, charge + o * counts[i], mc, ma):
                 return True
+            chosen.pop()
         return False
 
-    return dfs(0, 0, -np.inf, np.inf)
+    return tuple(chosen) if dfs(0, 0, -np.inf, np.inf) else None
 
 
 def smact_validity(symbols: list[str], counts: list[int]) -> bool:
@@ -98,7 +98,7 @@ def smact_validity(symbols: list[str], counts: list[int]) -> bool:
     ox_lists = [e.oxidation_states_smact14 or [] for e in elements]
     if any(not o for o in ox_lists):
         return False  # an element without oxidation states (noble gases): no assignment exists
-    return _balanced_search(ox_lists, counts, [e.pauling_eneg for e in elements])
+    return neutral_assignment(ox_lists, counts, [e.pauling_eneg for e in elements]) is not None
 
 
 def balanced_types(log_probs: np.ndarray, candidates: int = 3, min_prob: float = 1e-2, max_visits: int = 2000,

@@ -1,7 +1,8 @@
 """Ionic substitution of compositions (Hautier et al., Inorg. Chem. 2011): new, charge-neutral compositions from known ones.
 
 A composition's elements get oxidation states from pymatgen's common ones (the first charge-neutral assignment in
-which every cation is less electronegative than every anion); one element is then replaced, at its state, by
+which every cation is less electronegative than every anion: :func:`sciDiT.tokenizers.oxidation.neutral_assignment`,
+the search SMACT validity runs); one element is then replaced, at its state, by
 another element drawn from pymatgen's data-mined substitution probabilities (``SubstitutionProbability``, mined
 from the ICSD and shipped with pymatgen). The result stays neutral under the same assignment. A composition with no
 such assignment (an intermetallic) is returned unchanged. Used to augment a composition model's training data.
@@ -9,6 +10,7 @@ such assignment (an intermetallic) is returned unchanged. Used to augment a comp
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -16,6 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from sciDiT.tokenizers.elements import NUM_ELEMENTS, atomic_number
+from sciDiT.tokenizers.oxidation import neutral_assignment
 
 
 class IonicSubstitution:
@@ -58,22 +61,8 @@ class IonicSubstitution:
         zs = [z for z, _ in counts]
         if any(not self._states[z] for z in zs):
             return None
-
-        def dfs(i: int, charge: int, chosen: list[int]) -> list[int] | None:
-            if i == len(zs):
-                if charge != 0:
-                    return None
-                cations = [self._eneg[z] for z, s in zip(zs, chosen) if s > 0]
-                anions = [self._eneg[z] for z, s in zip(zs, chosen) if s < 0]
-                ordered = not cations or not anions or max(cations) < min(anions)
-                return chosen if ordered or any(np.isnan(cations + anions)) else None
-            for state in self._states[zs[i]]:
-                found = dfs(i + 1, charge + state * counts[i][1], [*chosen, state])
-                if found is not None:
-                    return found
-            return None
-
-        found = dfs(0, 0, [])
+        eneg = [None if math.isnan(self._eneg[z]) else self._eneg[z] for z in zs]
+        found = neutral_assignment([self._states[z] for z in zs], [c for _, c in counts], eneg)
         return None if found is None else dict(zip(zs, found))
 
     def __call__(self, types: list[int], rng: np.random.Generator) -> list[int]:
