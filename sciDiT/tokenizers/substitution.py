@@ -35,7 +35,7 @@ class IonicSubstitution:
             self._eneg = {z: Element.from_Z(z).X for z in range(1, NUM_ELEMENTS + 1)}
         table = SubstitutionProbability()
         by_state: dict[int, list] = {}
-        for sp in table.species:
+        for sp in sorted(table.species, key=lambda s: (atomic_number(s.symbol), s.oxi_state)):  # a set: its order varies by process
             by_state.setdefault(int(sp.oxi_state), []).append(sp)
         self._substitutes: dict[tuple[int, int], tuple[list[int], np.ndarray]] = {}
         for state, species in by_state.items():
