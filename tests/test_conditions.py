@@ -4,8 +4,6 @@ requests in the API and the CLI (validation, outputs), null embeddings and per-c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -385,11 +383,11 @@ def test_cli_bad_requests_are_one_line_and_exit_2(tiny_cond_ckpt, tmp_path, caps
     assert not (tmp_path / "m.sdf").exists()
 
 
-def test_cli_crystal_elements_unknown_exit_2_and_help_states_units(tiny_cond_ckpt, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "sciDiT.sample", f"ckpt={tiny_cond_ckpt}", "domain=crystal", "n=2", f"out={tmp_path}/x",
-                          "condition.elements=[Li,Qq]", "progress=false"], capture_output=True, text=True)
-    assert run.returncode == 2 and run.stderr.strip() == "error: condition.elements: unknown element 'Qq'"
-    help_text = subprocess.run([sys.executable, "-m", "sciDiT.sample", "--help"], capture_output=True, text=True).stdout
+def test_cli_crystal_elements_unknown_exit_2_and_help_states_units(tiny_cond_ckpt, tmp_path, capsys):
+    code = main([f"ckpt={tiny_cond_ckpt}", "domain=crystal", "n=2", f"out={tmp_path}/x", "condition.elements=[Li,Qq]", "progress=false"])
+    assert code == 2 and capsys.readouterr().err.strip() == "error: condition.elements: unknown element 'Qq'"
+    assert main(["--help"]) == 0
+    help_text = capsys.readouterr().out
     for key, info in CONDITION_KEYS.items():
         assert key in help_text and info.unit in help_text
     assert "condition.KEY" in help_text and "guidance.KEY" in help_text and "allow_extrapolation" in help_text

@@ -35,9 +35,38 @@ TINY_ATOMS = [
 ]
 
 
-def _train(args: list[str], data_dir: Path, cache_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SCIDIT_DATA_DIR": str(data_dir), "SCIDIT_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "sciDiT.train", *args], capture_output=True, text=True, env=env, timeout=timeout)
+def _train(args: list[str], data_dir: Path, cache_dir: Path, timeout: int = 600, process: bool = False) -> subprocess.CompletedProcess:
+    """``python -m sciDiT.train ARGS``: its exit code and output. In this process (``cli``, as the console script runs
+    it) unless ``process``; a fresh interpreter per run would pay ~9 s of imports each. What a run sets globally
+    (environment, sys.argv, the float32 matmul precision, the default dtype) is put back afterwards."""
+    env = {"SCIDIT_DATA_DIR": str(data_dir), "SCIDIT_CACHE_DIR": str(cache_dir)}
+    if process:
+        return subprocess.run([sys.executable, "-m", "sciDiT.train", *args], capture_output=True, text=True,
+                              env={**os.environ, **env, "PYTHONWARNINGS": "ignore"}, timeout=timeout)
+    import contextlib
+    import io
+    import warnings
+
+    from sciDiT.train import cli
+
+    saved = (dict(os.environ), list(sys.argv), torch.get_float32_matmul_precision(), torch.get_default_dtype(), torch.get_num_threads())
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as PYTHONWARNINGS=ignore does for a process
+            try:
+                code = cli(args)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved[0])
+        sys.argv[:] = saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+        torch.set_default_dtype(saved[3])
+        torch.set_num_threads(saved[4])
+    return subprocess.CompletedProcess(["sciDiT.train", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -107,7 +136,7 @@ def test_two_process_ddp_on_cpu(data_dir: Path, cache_dir: Path, tmp_path: Path)
     args = ["experiment=quickstart", *TINY_ATOMS, "stage=vae", "test=false", "trainer=ddp", "trainer.accelerator=cpu",
             "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=2", f"paths.output_dir={out}"]
     args = [a for a in args if a not in ("trainer.devices=1", "trainer.strategy=auto")]
-    res = _train(args, data_dir, cache_dir)
+    res = _train(args, data_dir, cache_dir, process=True)  # DDP launches its second rank as a copy of this command
     assert res.returncode == 0, res.stderr[-3000:]
     assert "distributed_backend=gloo" in res.stderr + res.stdout
     assert json.loads((out / "vae" / "metrics.json").read_text())["steps"] == 2
@@ -117,7 +146,7 @@ def test_two_process_ddp_on_cpu(data_dir: Path, cache_dir: Path, tmp_path: Path)
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path: Path):
     args = ["experiment=quickstart", "data=mp20", "stage=vae", f"paths.output_dir={tmp_path / 'x'}"]
-    res = _train(args, tmp_path / "nowhere", tmp_path / "cache", timeout=300)
+    res = _train(args, tmp_path / "nowhere", tmp_path / "cache", timeout=300, process=True)  # the console entry point, exit code and all
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "mp20" in lines[-1] and "Traceback" not in res.stderr
