@@ -185,6 +185,48 @@ def test_training_on_augmented_compositions_learns_them():
         train_composition_model(train, train, num_types=20, steps=1, augment_share=0.5)
 
 
+def test_species_label_each_element_with_one_state_and_round_trip():
+    from sciDiT.tokenizers.species import SpeciesVocabulary, oxidation_labels
+
+    vocab = SpeciesVocabulary()
+    charges, elements = vocab.charges(), vocab.elements()
+    assert oxidation_labels(composition_numbers("LiFePO4")) == {3: 1, 8: -2, 15: 5, 26: 2}  # common states first
+    assert oxidation_labels(composition_numbers("Fe3Al")) == {13: 0, 26: 0} and oxidation_labels([14, 14]) == {14: 0}  # alloy, element
+    assert oxidation_labels(composition_numbers("NaCl2")) == {11: 1, 17: -1}  # no neutral assignment: first states, charge left
+    for text in ["Li4Fe4P4O16", "NaCl", "Cs2AgBiBr6", "Fe3Al", "La2CuO4", "NaCl2"]:
+        types = composition_numbers(text)
+        ids = vocab.encode(types)
+        assert vocab.decode(ids) == sorted(types) and ids == sorted(ids)  # round trip; sorted ids keep elements together
+        assert len({i for i in ids}) == len(set(types)) and elements[ids].tolist() == sorted(types)  # one state per element
+        assert (charges[ids].sum() == 0) == (text != "NaCl2")
+    feats = vocab.features()
+    assert feats.shape == (len(vocab), 58) and np.array_equal(feats[:, :45], element_features()[elements])
+    assert np.array_equal(feats[:, 45:].argmax(1)[1:] - 4, charges[1:]) and not feats[0].any()
+
+
+def test_charged_ids_embed_their_running_charge_and_draw_one_id_per_type(tmp_path):
+    # ids 1, 2: type 1 at charge +1 / +2; id 3: type 2 at -1. The data: cells of a +1 or a +2 cation, always neutral
+    charges, types = torch.tensor([0, 1, 2, -1]), torch.tensor([0, 1, 1, 2])
+    train = [[1, 3]] * 20 + [[1, 1, 3, 3]] * 20 + [[2, 3, 3]] * 20 + [[2, 2, 3, 3, 3, 3]] * 20
+    model, info = train_composition_model(train, train, num_types=4, batch_size=32, lr=3e-3, steps=150, minutes=5,
+                                          charges=(charges.numpy(), types.numpy()), max_charge=4)
+    assert info["max_charge"] == 4 and torch.equal(model.type_charge[:4], charges)
+    draws = model.sample(torch.rand(400, model.max_atoms + 1, generator=torch.Generator().manual_seed(0)))
+    assert all(set(c) <= {1, 2} for c in draws)  # the types, never ids
+    model.type_of.copy_(torch.arange(4))  # ids as their own types: see which ids were drawn
+    raw = model.sample(torch.rand(400, model.max_atoms + 1, generator=torch.Generator().manual_seed(0)))
+    assert not any(1 in c and 2 in c for c in raw)  # one id per type within a set, always
+    assert np.mean([int(charges[c].sum()) == 0 for c in raw]) > 0.9  # learned: the charge closes
+    loaded, _ = load_composition_model(save_composition_model(tmp_path / "cm.pt", model, info))
+    assert torch.equal(loaded.type_charge, model.type_charge) and mean_nll(loaded, train) == pytest.approx(mean_nll(model, train), rel=1e-5)
+    inputs, _, size = loaded.encode([[1, 3]])
+    before = loaded(inputs, size)[0, 1]  # [T] the logits after id 1
+    loaded.set_type_charges(torch.tensor([0, 2, 2, -1]), types)  # id 1 now +2
+    assert not torch.allclose(loaded(inputs, size)[0, 1], before)
+    with pytest.raises(ValueError, match="max_charge"):
+        CompositionModel(num_types=4, max_atoms=4).set_type_charges(torch.zeros(4), torch.zeros(4))
+
+
 # -- generation: a requested composition, and composition first ----------------------------------------
 
 

@@ -19,6 +19,7 @@ from sciDiT.data import load_cdvae
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.composition_model import COMPOSITION_SIZES
 from sciDiT.tokenizers.elements import NUM_ELEMENTS, element_features
+from sciDiT.tokenizers.species import SpeciesVocabulary
 from sciDiT.tokenizers.substitution import IonicSubstitution
 from sciDiT.training.composition_model import load_composition_model, save_composition_model, train_composition_model
 
@@ -37,6 +38,8 @@ def main() -> None:
                     help="give each element its period, group, block, common oxidation states, electronegativity and metal flag")
     ap.add_argument("--substitution", type=float, default=0.0, metavar="SHARE",
                     help="replace this share of each batch's compositions by an ionic substitute (sciDiT.tokenizers.substitution)")
+    ap.add_argument("--species", action="store_true",
+                    help="draw ions (element, oxidation state; sciDiT.tokenizers.species) and show the model their running charge")
     ap.add_argument("--init", default=None, help="continue this composition model file (its sizes and dropout)")
     ap.add_argument("--data-dir", default=None, help="the data folder holding mp20/ (default: SCIDIT_DATA_DIR)")
     args = ap.parse_args()
@@ -44,16 +47,25 @@ def main() -> None:
         train, val = (load_cdvae("mp20", split, data_dir=args.data_dir) for split in ("train", "val"))
         init, before = load_composition_model(args.init) if args.init else (None, {})
         seen = {int(z) for ts in train for z in ts.types.tolist()}  # a substitute is an element of the training cells
-        model, info = train_composition_model([ts.types.tolist() for ts in train], [ts.types.tolist() for ts in val],
-                                              num_types=NUM_ELEMENTS + 1, size=args.size, batch_size=args.batch_size, lr=args.lr,
-                                              steps=args.steps, minutes=args.minutes, seed=args.seed,
-                                              dropout=args.dropout, init=init,
-                                              type_features=element_features() if args.element_features else None,
-                                              augment=IonicSubstitution(seen) if args.substitution else None,
-                                              augment_share=args.substitution)
+        train_sets, val_sets = [ts.types.tolist() for ts in train], [ts.types.tolist() for ts in val]
+        augment = IonicSubstitution(seen) if args.substitution else None
+        num_types, features, charges = NUM_ELEMENTS + 1, element_features() if args.element_features else None, None
+        if args.species:
+            vocab = SpeciesVocabulary()
+            train_sets, val_sets = [vocab.encode(c) for c in train_sets], [vocab.encode(c) for c in val_sets]
+            num_types, charges = len(vocab), (vocab.charges(), vocab.elements())
+            features = vocab.features() if args.element_features else None
+            if augment is not None:
+                substitute = augment
+                augment = lambda ids, rng: vocab.encode(substitute(vocab.decode(ids), rng))  # noqa: E731 (the ions of a substitute)
+        model, info = train_composition_model(train_sets, val_sets, num_types=num_types, size=args.size, batch_size=args.batch_size,
+                                              lr=args.lr, steps=args.steps, minutes=args.minutes, seed=args.seed,
+                                              dropout=args.dropout, init=init, type_features=features,
+                                              augment=augment, augment_share=args.substitution, charges=charges)
         if init is not None:
             info.update(init=args.init, steps_before=before.get("steps"), steps=info["steps"] + int(before.get("steps", 0)))
         info["data"] = "MP-20 train (the shared CDVAE-layout copy)"
+        info["ids"] = "ions: element and oxidation state (sciDiT.tokenizers.species)" if args.species else "elements"
         save_composition_model(args.out, model, info)
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,6 +17,12 @@ and may give each id a row of numbers (``num_features``, :meth:`CompositionModel
 for elements, their period, group, oxidation states...) that is projected into its embedding, so what
 the model learns of one element carries over to those like it.
 
+Ids may also carry a charge and a type (``max_charge`` > 0, :meth:`CompositionModel.set_type_charges`): the ids are
+then refinements of types (for crystals, ions: an element at one oxidation state, :mod:`sciDiT.tokenizers.species`),
+the running charge of the ids drawn so far is embedded at every place (clamped to ``+-max_charge``), so a model
+can learn from data where a set's charge closes, sampling keeps one id per type within a set, and draws return
+the types.
+
 Sections in data-flow order: sizes, the model (embedding -> causal blocks -> next-id logits), the
 likelihood, sampling.
 """
@@ -47,13 +53,14 @@ class CompositionModel(nn.Module):
     """``p(n) p(ids | n)`` of sorted id multisets (module docstring): ``forward`` gives next-id logits given the size.
 
     ``dropout`` (training only) keeps a model of a few thousand compositions from memorising them; ``num_features``
-    (0: none) is the width of the per-id feature rows added to the id embeddings (module docstring)."""
+    (0: none) is the width of the per-id feature rows added to the id embeddings; ``max_charge`` (0: none) the clamp of
+    the embedded running charge of ids that carry charges and types (module docstring)."""
 
     def __init__(self, num_types: int, max_atoms: int, hidden_size: int = 128, depth: int = 3, num_heads: int = 4, dropout: float = 0.0,
-                 num_features: int = 0):
+                 num_features: int = 0, max_charge: int = 0):
         super().__init__()
         self.sizes = {"num_types": num_types, "max_atoms": max_atoms, "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads,
-                      "dropout": dropout, "num_features": num_features}
+                      "dropout": dropout, "num_features": num_features, "max_charge": max_charge}
         self.num_types, self.max_atoms = num_types, max_atoms
         self.bos = num_types  # ids 0..num_types-1 are types (0: none, never drawn)
         self.register_buffer("size_counts", torch.zeros(max_atoms + 1))  # training histogram of n (set by fit_support)
@@ -62,6 +69,10 @@ class CompositionModel(nn.Module):
         if num_features:
             self.register_buffer("type_features", torch.zeros(num_types + 1, num_features))  # per-id rows (set_type_features); BOS: 0
             self.feature_embed = nn.Linear(num_features, hidden_size, bias=False)
+        if max_charge:
+            self.register_buffer("type_charge", torch.zeros(num_types + 1, dtype=torch.long))  # per-id charge (set_type_charges); BOS: 0
+            self.register_buffer("type_of", torch.arange(num_types))  # the type each id refines (set_type_charges)
+            self.charge_embed = nn.Embedding(2 * max_charge + 1, hidden_size)  # running charge -max..max
         self.pos_embed = nn.Embedding(max_atoms, hidden_size)  # a place in the sorted sequence, not an atom index
         self.size_embed = nn.Embedding(max_atoms + 1, hidden_size)  # n, at every place
         layer = nn.TransformerEncoderLayer(hidden_size, num_heads, 4 * hidden_size, dropout=dropout, activation="gelu",
@@ -78,8 +89,9 @@ class CompositionModel(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        for embed in (self.token_embed, self.pos_embed, self.size_embed):
-            nn.init.normal_(embed.weight, std=0.02)
+        for embed in (self.token_embed, self.pos_embed, self.size_embed, getattr(self, "charge_embed", None)):
+            if embed is not None:
+                nn.init.normal_(embed.weight, std=0.02)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -94,6 +106,14 @@ class CompositionModel(nn.Module):
             raise ValueError(f"type features of shape {tuple(features.shape)}; this model takes {(self.num_types, self.sizes['num_features'])}")
         self.type_features[: self.num_types].copy_(features)
 
+    def set_type_charges(self, charges: Tensor, types: Tensor) -> None:
+        """Set each id's charge and the type it refines, both ``[num_types]`` integers (a model with ``max_charge``)."""
+        if not self.sizes["max_charge"] or charges.shape != (self.num_types,) or types.shape != (self.num_types,):
+            raise ValueError(f"charges and types of shapes {tuple(charges.shape)}, {tuple(types.shape)}; this model takes "
+                             f"{(self.num_types,)} each, and max_charge > 0")
+        self.type_charge[: self.num_types].copy_(charges)
+        self.type_of.copy_(types)
+
     def size_log_probs(self) -> Tensor:
         """``log p(n)`` ``[max_atoms + 1]``: the training histogram, add-one smoothed over sizes 1..max_atoms."""
         counts = self.size_counts.clone()
@@ -106,6 +126,10 @@ class CompositionModel(nn.Module):
         h = self.token_embed(tokens) + self.pos_embed(torch.arange(s, device=tokens.device)) + self.size_embed(size)[:, None]  # [B, S, H]
         if self.sizes["num_features"]:
             h = h + self.feature_embed(self.type_features[tokens])  # [B, S, H] what the ids are, shared between like ids
+        if self.sizes["max_charge"]:
+            m = self.sizes["max_charge"]
+            charge = self.type_charge[tokens].cumsum(1).clamp(-m, m)  # [B, S] charge of the ids up to each place
+            h = h + self.charge_embed(charge + m)  # [B, S, H]
         causal = torch.triu(torch.full((s, s), float("-inf"), device=tokens.device), diagonal=1)  # [S, S]
         h = self.blocks(h, mask=causal, is_causal=True)  # [B, S, H]
         logits = self.head(self.norm(h))  # [B, S, T]
@@ -141,9 +165,10 @@ class CompositionModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, uniforms: Tensor, temperature: float = 1.0) -> list[list[int]]:
-        """One composition (sorted ids, one per atom) per row of ``uniforms [n, max_atoms + 1]``, U[0, 1) draws: the first
-        draws the size, the others the ids (module docstring), so a composition depends on its own row alone. ``temperature``
-        divides the next-id logits (below 1: likelier ids more often); the size is always drawn from its histogram."""
+        """One composition (sorted ids, one per atom; the types they refine with ``max_charge``) per row of ``uniforms
+        [n, max_atoms + 1]``, U[0, 1) draws: the first draws the size, the others the ids (module docstring), so a composition
+        depends on its own row alone. ``temperature`` divides the next-id logits (below 1: likelier ids more often); the size
+        is always drawn from its histogram."""
         device = self.head.weight.device
         u = uniforms.to(device).float().clamp(min=1e-12)  # [n, A + 1]; 0 would pick a value of zero probability
         size_cdf = self.size_log_probs().exp().cumsum(0)  # [A + 1]
@@ -154,7 +179,11 @@ class CompositionModel(nn.Module):
             logits = self(seq, size)[:, -1].float() / temperature  # [n, T]
             last = seq[:, -1].where(seq[:, -1] < self.num_types, torch.ones_like(seq[:, -1]))  # [n] previous id (1 after BOS)
             banned = (ids[None, :] < last[:, None]) | ~self.seen[None, :]  # [n, T] descending, or never in training
+            if self.sizes["max_charge"] and step:
+                banned |= (self.type_of[None, :] == self.type_of[last][:, None]) & (ids[None, :] != last[:, None])  # [n, T] a 2nd id of a type
             cdf = logits.masked_fill(banned, float("-inf")).softmax(-1).cumsum(-1)  # [n, T]
             nxt = (cdf < u[:, 1 + step, None] * cdf[:, -1:]).sum(-1).clamp(max=self.num_types - 1)  # [n] first id whose CDF reaches u
             seq = torch.cat([seq, nxt[:, None]], 1)  # [n, step + 2]
+        if self.sizes["max_charge"]:
+            seq = torch.cat([seq[:, :1], self.type_of[seq[:, 1:]]], 1)  # [n, 1 + max size] the types the ids refine
         return [row[1: 1 + int(k)].tolist() for row, k in zip(seq.cpu(), size.cpu())]

@@ -28,13 +28,16 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
                             batch_size: int = 256, lr: float = 1e-3, steps: int = 20000, minutes: float = 10.0, seed: int = 0,
                             dropout: float = 0.0, type_features: np.ndarray | None = None, init: CompositionModel | None = None,
                             augment: Callable[[list[int], np.random.Generator], list[int]] | None = None, augment_share: float = 0.0,
+                            charges: tuple[np.ndarray, np.ndarray] | None = None, max_charge: int = 32,
                             log_every: int = 500) -> tuple[CompositionModel, dict[str, Any]]:
     """A composition model fitted to ``train`` (lists of type ids, one per atom) and its training facts, among them the
     mean negative log-likelihood (nats per composition, its size included) of ``train`` and ``val``. ``type_features``
     (``[num_types, F]``): a feature row per id for the model's embeddings. ``init``: continue this model (its sizes and
     features; ``size``, ``dropout`` and ``type_features`` are then unused) instead of a fresh one. ``augment``: a function
     that turns a training composition into a new one (e.g. :class:`sciDiT.tokenizers.substitution.IonicSubstitution`),
-    applied to ``augment_share`` of each batch's compositions; held-out figures are on ``val`` as given."""
+    applied to ``augment_share`` of each batch's compositions; held-out figures are on ``val`` as given. ``charges``: each id's
+    charge and the type it refines (``[num_types]`` integers each; e.g. ions,
+    :class:`sciDiT.tokenizers.species.SpeciesVocabulary`), for a model that embeds the running charge up to ``max_charge``."""
     if not 0.0 <= augment_share <= 1.0 or (augment_share > 0 and augment is None):
         raise SciDiTInputError(f"augment_share={augment_share} must lie in [0, 1], and above 0 needs an augment function")
     if size not in COMPOSITION_SIZES:
@@ -48,9 +51,12 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
                                f"{num_types} and {max_atoms}")
     if init is None:
         width = 0 if type_features is None else int(type_features.shape[1])
-        model = CompositionModel(num_types, max_atoms, **COMPOSITION_SIZES[size], dropout=dropout, num_features=width)
+        model = CompositionModel(num_types, max_atoms, **COMPOSITION_SIZES[size], dropout=dropout, num_features=width,
+                                 max_charge=0 if charges is None else max_charge)
         if width:
             model.set_type_features(torch.as_tensor(type_features, dtype=torch.float32))
+        if charges is not None:
+            model.set_type_charges(*(torch.as_tensor(a, dtype=torch.long) for a in charges))
     else:
         model = init
     model.fit_support(train)  # p(n): the training histogram
@@ -63,7 +69,7 @@ def train_composition_model(train: Sequence[Sequence[int]], val: Sequence[Sequen
 
     info = fit(model, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="nll/atom")
     info.update(size=size if init is None else "continued", batch_size=batch_size, seed=seed, dropout=model.sizes["dropout"],
-                num_features=model.sizes["num_features"], augment_share=augment_share, train_compositions=len(train), val_compositions=len(val),
+                num_features=model.sizes["num_features"], max_charge=model.sizes["max_charge"], augment_share=augment_share, train_compositions=len(train), val_compositions=len(val),
                 train_nll=mean_nll(model, train[: len(val)]), val_nll=mean_nll(model, val))
     return model, info
 
