@@ -192,13 +192,15 @@ def test_species_label_each_element_with_one_state_and_round_trip():
     charges, elements = vocab.charges(), vocab.elements()
     assert oxidation_labels(composition_numbers("LiFePO4")) == {3: 1, 8: -2, 15: 5, 26: 2}  # common states first
     assert oxidation_labels(composition_numbers("Fe3Al")) == {13: 0, 26: 0} and oxidation_labels([14, 14]) == {14: 0}  # alloy, element
-    assert oxidation_labels(composition_numbers("NaCl2")) == {11: 1, 17: -1}  # no neutral assignment: first states, charge left
+    assert oxidation_labels(composition_numbers("NaCl2")) == {11: 0, 17: 0}  # no neutral assignment: as an alloy
+    assert oxidation_labels(composition_numbers("NaCl2"), "first") == {11: 1, 17: -1}  # or first states, charge left
+    vocab_first = SpeciesVocabulary("first")
     for text in ["Li4Fe4P4O16", "NaCl", "Cs2AgBiBr6", "Fe3Al", "La2CuO4", "NaCl2"]:
         types = composition_numbers(text)
         ids = vocab.encode(types)
         assert vocab.decode(ids) == sorted(types) and ids == sorted(ids)  # round trip; sorted ids keep elements together
         assert len({i for i in ids}) == len(set(types)) and elements[ids].tolist() == sorted(types)  # one state per element
-        assert (charges[ids].sum() == 0) == (text != "NaCl2")
+        assert charges[ids].sum() == 0 and (charges[vocab_first.encode(types)].sum() == 0) == (text != "NaCl2")
     feats = vocab.features()
     assert feats.shape == (len(vocab), 58) and np.array_equal(feats[:, :45], element_features()[elements])
     assert np.array_equal(feats[:, 45:].argmax(1)[1:] - 4, charges[1:]) and not feats[0].any()
@@ -294,6 +296,10 @@ def test_a_packed_composition_model_samples_as_its_file(tiny_cond_ckpt, composit
     from sciDiT.pretrained import export_pretrained
 
     packed = export_pretrained(tiny_cond_ckpt, tmp_path / "packed.pt", composition_model=composition_file)
+    model, _ = load_composition_model(composition_file)
+    entry = torch.load(packed, weights_only=True)["composition_model"]["state_dict"]
+    buffers = {name for name, _ in model.named_buffers()}  # the size histogram, the seen ids: exact
+    assert buffers and all(torch.equal(entry[k], v if k in buffers else v.to(torch.bfloat16)) for k, v in model.state_dict().items())
     kwargs = {"n": 4, "seed": 5, "composition_first": True, "composition": "requested", **FAST}
     from_file = load_generator(tiny_cond_ckpt, composition_model=composition_file).generate_token_sets("crystal", **kwargs)
     from_pack = load_generator(packed).generate_token_sets("crystal", **kwargs)

@@ -19,7 +19,7 @@ from sciDiT.data import load_cdvae
 from sciDiT.errors import SciDiTInputError
 from sciDiT.models.composition_model import COMPOSITION_SIZES
 from sciDiT.tokenizers.elements import NUM_ELEMENTS, element_features
-from sciDiT.tokenizers.species import SpeciesVocabulary
+from sciDiT.tokenizers.species import UNBALANCED, SpeciesVocabulary
 from sciDiT.tokenizers.substitution import IonicSubstitution
 from sciDiT.training.composition_model import load_composition_model, save_composition_model, train_composition_model
 
@@ -40,6 +40,8 @@ def main() -> None:
                     help="replace this share of each batch's compositions by an ionic substitute (sciDiT.tokenizers.substitution)")
     ap.add_argument("--species", action="store_true",
                     help="draw ions (element, oxidation state; sciDiT.tokenizers.species) and show the model their running charge")
+    ap.add_argument("--unbalanced", default="zero", choices=UNBALANCED,
+                    help="with --species: the states of a composition without a neutral assignment: 0 throughout, or each element's first")
     ap.add_argument("--init", default=None, help="continue this composition model file (its sizes and dropout)")
     ap.add_argument("--data-dir", default=None, help="the data folder holding mp20/ (default: SCIDIT_DATA_DIR)")
     args = ap.parse_args()
@@ -51,7 +53,7 @@ def main() -> None:
         augment = IonicSubstitution(seen) if args.substitution else None
         num_types, features, charges = NUM_ELEMENTS + 1, element_features() if args.element_features else None, None
         if args.species:
-            vocab = SpeciesVocabulary()
+            vocab = SpeciesVocabulary(args.unbalanced)
             train_sets, val_sets = [vocab.encode(c) for c in train_sets], [vocab.encode(c) for c in val_sets]
             num_types, charges = len(vocab), (vocab.charges(), vocab.elements())
             features = vocab.features() if args.element_features else None
@@ -65,7 +67,7 @@ def main() -> None:
         if init is not None:
             info.update(init=args.init, steps_before=before.get("steps"), steps=info["steps"] + int(before.get("steps", 0)))
         info["data"] = "MP-20 train (the shared CDVAE-layout copy)"
-        info["ids"] = "ions: element and oxidation state (sciDiT.tokenizers.species)" if args.species else "elements"
+        info["ids"] = f"ions: element and oxidation state (sciDiT.tokenizers.species, unbalanced={args.unbalanced})" if args.species else "elements"
         save_composition_model(args.out, model, info)
     except SciDiTInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -147,12 +147,15 @@ COMPOSITION_MODEL_KEY = "composition_model"
 
 
 def composition_model_entry(path: str | Path) -> dict[str, Any]:
-    """The packed entry (sizes, float32 weights, training facts) of the composition model file ``path``
-    (``experiments/composition_first/train_composition_model.py``); one line naming the file for another kind."""
+    """The packed entry (sizes, weights in bfloat16 with the buffers - size histogram, feature rows - exact, training
+    facts) of the composition model file ``path`` (``experiments/composition_first/train_composition_model.py``); one
+    line naming the file for another kind."""
     from sciDiT.training.composition_model import load_composition_model
 
     model, info = load_composition_model(path)
-    return {"hparams": dict(model.sizes), "state_dict": model.state_dict(), "info": info}
+    buffers = {name for name, _ in model.named_buffers()}
+    weights = cast_floats({k: v for k, v in model.state_dict().items() if k not in buffers}, torch.bfloat16)
+    return {"hparams": dict(model.sizes), "state_dict": {**model.state_dict(), **weights}, "info": info}
 
 
 def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None,

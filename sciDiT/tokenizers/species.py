@@ -9,8 +9,9 @@ alloy) gets state 0 throughout; otherwise the first charge-neutral assignment th
 pymatgen's common states of the elements (SMACT's states that pymatgen calls common), and only where there is none
 among all of SMACT's states, common ones first (LiFePO4: Li+ Fe2+ P5+ O2-, not the Fe4+ P3+ a search of all states
 meets first). A composition with no such
-assignment (about a tenth of MP-20) keeps each element's first state, so its charge does not sum to zero: the
-data say such cells exist, and the model learns them as they are. Decoding drops the states.
+assignment (about a tenth of MP-20) is labelled by ``unbalanced``: ``"zero"``, state 0 throughout as an alloy, so
+that every labelled composition has charge zero and a model sees no exception to the rule it should learn; or
+``"first"``, each element's first state, so its charge does not sum to zero. Decoding drops the states.
 """
 
 from __future__ import annotations
@@ -75,8 +76,14 @@ def _pauling() -> dict[int, float | None]:
     return out
 
 
-def oxidation_labels(types: Iterable[int]) -> dict[int, int]:
-    """One oxidation state per element of a composition (atomic numbers, one per atom), by the module's rules."""
+UNBALANCED = ("zero", "first")
+
+
+def oxidation_labels(types: Iterable[int], unbalanced: str = "zero") -> dict[int, int]:
+    """One oxidation state per element of a composition (atomic numbers, one per atom), by the module's rules;
+    ``unbalanced``: the labels of a composition without a neutral assignment (module docstring)."""
+    if unbalanced not in UNBALANCED:
+        raise ValueError(f"unbalanced={unbalanced!r} is not one of {UNBALANCED}")
     counts = Counter(int(z) for z in types)
     zs = sorted(counts)
     if len(zs) == 1 or all(z in _metals() for z in zs):
@@ -87,14 +94,18 @@ def oxidation_labels(types: Iterable[int]) -> dict[int, int]:
             found = neutral_assignment([table[z] for z in zs], [counts[z] for z in zs], [_pauling()[z] for z in zs])
             if found is not None:
                 return dict(zip(zs, found))
-    return {z: states[z][0] if states[z] else 0 for z in zs}
+    return {z: states[z][0] if states[z] and unbalanced == "first" else 0 for z in zs}
 
 
 class SpeciesVocabulary:
     """Ids of species (element, oxidation state): id 0 is no species, then every element with state 0 and each of its
-    SMACT states, in ascending (element, state) order, so sorted species ids keep an element's atoms together."""
+    SMACT states, in ascending (element, state) order, so sorted species ids keep an element's atoms together;
+    ``unbalanced``: how :meth:`encode` labels a composition without a neutral assignment (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unbalanced: str = "zero") -> None:
+        if unbalanced not in UNBALANCED:
+            raise ValueError(f"unbalanced={unbalanced!r} is not one of {UNBALANCED}")
+        self.unbalanced = unbalanced
         pairs = sorted({(z, s) for z in range(1, NUM_ELEMENTS + 1) for s in [0, *_states()[z]]})
         self.species: list[tuple[int, int]] = [(0, 0), *pairs]
         self._index = {p: i for i, p in enumerate(self.species)}
@@ -104,7 +115,7 @@ class SpeciesVocabulary:
 
     def encode(self, types: Sequence[int]) -> list[int]:
         """Atomic numbers (one per atom) -> sorted species ids, states from :func:`oxidation_labels`."""
-        labels = oxidation_labels(types)
+        labels = oxidation_labels(types, self.unbalanced)
         return sorted(self._index[(int(z), labels[int(z)])] for z in types)
 
     def decode(self, ids: Sequence[int]) -> list[int]:
