@@ -28,52 +28,27 @@ from sciDiT.tokenizers.oxidation import neutral_assignment
 
 
 @lru_cache(maxsize=1)
-def _states() -> dict[int, list[int]]:
-    """Each element's oxidation states in SMACT's original table, pymatgen's common ones first ([] if none)."""
+def _tables() -> tuple[dict[int, list[int]], dict[int, list[int]], dict[int, float | None], frozenset[int]]:
+    """Per element: its oxidation states in SMACT's original table, pymatgen's common ones first ([] if none); those of
+    them pymatgen calls common; its Pauling electronegativity (None if unknown); and SMACT's metals."""
     import smact
     from pymatgen.core import Element
 
-    out: dict[int, list[int]] = {}
+    states: dict[int, list[int]] = {}
+    common: dict[int, list[int]] = {}
+    pauling: dict[int, float | None] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for z in range(1, NUM_ELEMENTS + 1):
             try:
-                table = list(smact.Element(symbol(z)).oxidation_states_smact14 or [])
+                el = smact.Element(symbol(z))
+                table, pauling[z] = list(el.oxidation_states_smact14 or []), el.pauling_eneg
             except KeyError:  # SMACT has no data for the element
-                table = []
-            common = [s for s in Element.from_Z(z).common_oxidation_states if s in table]
-            out[z] = common + [s for s in table if s not in common]  # in pymatgen's order, then SMACT's
-    return out
-
-
-@lru_cache(maxsize=1)
-def _common() -> dict[int, list[int]]:
-    """Each element's SMACT states that pymatgen calls common."""
-    from pymatgen.core import Element
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {z: [s for s in states if s in Element.from_Z(z).common_oxidation_states] for z, states in _states().items()}
-
-
-@lru_cache(maxsize=1)
-def _metals() -> frozenset[int]:
-    import smact
-
-    return frozenset(z for z in range(1, NUM_ELEMENTS + 1) if symbol(z) in smact.metals)
-
-
-@lru_cache(maxsize=1)
-def _pauling() -> dict[int, float | None]:
-    import smact
-
-    out: dict[int, float | None] = {}
-    for z in range(1, NUM_ELEMENTS + 1):
-        try:
-            out[z] = smact.Element(symbol(z)).pauling_eneg
-        except KeyError:
-            out[z] = None
-    return out
+                table, pauling[z] = [], None
+            common[z] = [s for s in Element.from_Z(z).common_oxidation_states if s in table]
+            states[z] = common[z] + [s for s in table if s not in common[z]]  # in pymatgen's order, then SMACT's
+    metals = frozenset(z for z in range(1, NUM_ELEMENTS + 1) if symbol(z) in smact.metals)
+    return states, common, pauling, metals
 
 
 UNBALANCED = ("zero", "first")
@@ -86,12 +61,12 @@ def oxidation_labels(types: Iterable[int], unbalanced: str = "zero") -> dict[int
         raise ValueError(f"unbalanced={unbalanced!r} is not one of {UNBALANCED}")
     counts = Counter(int(z) for z in types)
     zs = sorted(counts)
-    if len(zs) == 1 or all(z in _metals() for z in zs):
+    states, common, pauling, metals = _tables()
+    if len(zs) == 1 or all(z in metals for z in zs):
         return dict.fromkeys(zs, 0)
-    states, common = _states(), _common()
     for table in (common, states):  # common states only, then all
         if all(table[z] for z in zs):
-            found = neutral_assignment([table[z] for z in zs], [counts[z] for z in zs], [_pauling()[z] for z in zs])
+            found = neutral_assignment([table[z] for z in zs], [counts[z] for z in zs], [pauling[z] for z in zs])
             if found is not None:
                 return dict(zip(zs, found))
     return {z: states[z][0] if states[z] and unbalanced == "first" else 0 for z in zs}
@@ -106,7 +81,7 @@ class SpeciesVocabulary:
         if unbalanced not in UNBALANCED:
             raise ValueError(f"unbalanced={unbalanced!r} is not one of {UNBALANCED}")
         self.unbalanced = unbalanced
-        pairs = sorted({(z, s) for z in range(1, NUM_ELEMENTS + 1) for s in [0, *_states()[z]]})
+        pairs = sorted({(z, s) for z in range(1, NUM_ELEMENTS + 1) for s in [0, *_tables()[0][z]]})
         self.species: list[tuple[int, int]] = [(0, 0), *pairs]
         self._index = {p: i for i, p in enumerate(self.species)}
 
