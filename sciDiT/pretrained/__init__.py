@@ -153,9 +153,9 @@ def composition_model_entry(path: str | Path) -> dict[str, Any]:
     from sciDiT.training.composition_model import load_composition_model
 
     model, info = load_composition_model(path)
-    buffers = {name for name, _ in model.named_buffers()}
-    weights = cast_floats({k: v for k, v in model.state_dict().items() if k not in buffers}, torch.bfloat16)
-    return {"hparams": dict(model.sizes), "state_dict": {**model.state_dict(), **weights}, "info": info}
+    state, buffers = model.state_dict(), {name for name, _ in model.named_buffers()}
+    weights = cast_floats({k: v for k, v in state.items() if k not in buffers}, torch.bfloat16)
+    return {"hparams": dict(model.sizes), "state_dict": {**state, **weights}, "info": info}
 
 
 def export_pretrained(ckpt: str | Path, out: str | Path, decoder: str | Path | None = None, guide: str | Path | None = None,

@@ -59,17 +59,23 @@ def oxidation_labels(types: Iterable[int], unbalanced: str = "zero") -> dict[int
     ``unbalanced``: the labels of a composition without a neutral assignment (module docstring)."""
     if unbalanced not in UNBALANCED:
         raise ValueError(f"unbalanced={unbalanced!r} is not one of {UNBALANCED}")
-    counts = Counter(int(z) for z in types)
+    return dict(_labels(tuple(sorted(Counter(int(z) for z in types).items())), unbalanced))
+
+
+@lru_cache(maxsize=65536)
+def _labels(element_counts: tuple[tuple[int, int], ...], unbalanced: str) -> tuple[tuple[int, int], ...]:
+    """:func:`oxidation_labels` of ``((Z, count), ...)``, cached: training labels each batch's substitutes afresh."""
+    counts = dict(element_counts)
     zs = sorted(counts)
     states, common, pauling, metals = _tables()
     if len(zs) == 1 or all(z in metals for z in zs):
-        return dict.fromkeys(zs, 0)
+        return tuple((z, 0) for z in zs)
     for table in (common, states):  # common states only, then all
         if all(table[z] for z in zs):
             found = neutral_assignment([table[z] for z in zs], [counts[z] for z in zs], [pauling[z] for z in zs])
             if found is not None:
-                return dict(zip(zs, found))
-    return {z: states[z][0] if states[z] and unbalanced == "first" else 0 for z in zs}
+                return tuple(zip(zs, found))
+    return tuple((z, states[z][0] if states[z] and unbalanced == "first" else 0) for z in zs)
 
 
 class SpeciesVocabulary:
