@@ -21,7 +21,8 @@ from sciDiT.models.crystal_refiner import (
 from sciDiT.models.vae import element_log_probs, features_to_lattice, lattice_to_features
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES
-from sciDiT.training.crystal_refiner import load_crystal_refiner, save_crystal_refiner, size_batches, train_crystal_refiner
+from sciDiT.training.crystal_refiner import (load_crystal_refiner, overlap_atoms, save_crystal_refiner, size_batches,
+                                            train_crystal_refiner)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,39 @@ def test_an_untrained_refiner_is_the_identity_and_the_loss_is_closed_form(crysta
     k = int(batch.mask[0].sum())
     expected = (0.1 * float(batch.lattice[0, 0])) ** 2 * (1 - 1 / k) / float(batch.mask.sum())  # mean shift removed
     assert moved["sites"].item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_rounds_chain_passes_and_survive_the_file(crystals, tiny_dit_ckpt, tmp_path):
+    from sciDiT.generate import load_generator
+
+    batch = collate(crystals[:3])
+    lp, frac, feat = _inputs(batch)
+    refiner = _random_refiner()
+    first = refiner.refine_once(lp, frac, feat, batch.mask)
+    second = refiner.refine_once(element_log_probs(first[0]), first[1], first[2], batch.mask)
+    refiner.set_rounds(2)
+    twice = refiner(lp, frac, feat, batch.mask)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(twice, second))
+    assert not torch.allclose(twice[1], first[1], atol=1e-4)  # the second pass reads the first one's crystal
+    gen = load_generator(tiny_dit_ckpt)
+    path = save_crystal_refiner(tmp_path / "c2.pt", refiner, gen.model.latent_mean, gen.model.latent_std, {})
+    assert load_crystal_refiner(path, gen.model.latent_mean, gen.model.latent_std)[0].rounds == 2
+    old = {k: v for k, v in refiner.sizes.items() if k != "rounds"}  # files written before rounds existed
+    assert CrystalRefiner(**old).rounds == 1
+    with pytest.raises(ValueError, match="rounds"):
+        refiner.set_rounds(0)
+
+
+def test_overlap_augmentation_moves_one_atom_onto_another(crystals):
+    batch = collate(crystals[:40])
+    moved = overlap_atoms(batch.frac, batch.mask, 0.5, torch.Generator().manual_seed(0), jitter=0.0)
+    changed = (moved != batch.frac).any(-1)  # [B, N]
+    assert torch.equal(moved[~changed], batch.frac[~changed]) and not (changed & ~batch.mask).any()
+    per_crystal = changed.sum(1)
+    assert set(per_crystal.tolist()) <= {0, 1} and 10 <= int(per_crystal.sum()) <= 30  # about half, one atom each
+    for b, i in changed.nonzero().tolist():
+        others = batch.frac[b, batch.mask[b]]
+        assert (moved[b, i] - others).abs().sum(-1).min() < 1e-6  # now on another atom's site
 
 
 def test_size_batches_cover_an_epoch_with_little_padding():

@@ -23,8 +23,9 @@ from sciDiT.data import load_cdvae
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.crystals import composition_validity, structure_validity, to_structure
 from sciDiT.generate import load_generator
+from sciDiT.pretrained import CRYSTAL_REFINER_KEY, available, pretrained_path
 from sciDiT.tokenizers.crystal import lattice_matrix
-from sciDiT.training.crystal_refiner import save_crystal_refiner, train_crystal_refiner
+from sciDiT.training.crystal_refiner import load_crystal_refiner, save_crystal_refiner, train_crystal_refiner
 from sciDiT.training.precision import resolve_bf16
 
 
@@ -70,6 +71,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--latent-noise", type=float, default=0.6, help="decodes at latent noise U[0, this] (standardised units)")
     parser.add_argument("--dist-weight", type=float, default=1.0)
+    parser.add_argument("--overlap-share", type=float, default=0.0,
+                        help="share of training crystals with one atom put onto another's site (the DiT's overlaps)")
+    parser.add_argument("--rounds", type=int, default=1, help="passes per decoding, trained unrolled (loss on the last)")
+    parser.add_argument("--init", help="continue this crystal refiner: its file, or a model file or shipped name that packs one")
     parser.add_argument("--bf16", choices=["true", "false", "auto"], default="auto", help="bf16 autocast: auto = where native")
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--test-noise", type=float, nargs="+", default=[0.0, 0.3, 0.5])
@@ -80,6 +85,10 @@ def main() -> None:
         gen = load_generator(args.ckpt)
         train, test = load_cdvae("mp20", "train"), load_cdvae("mp20", "test")
         bf16 = resolve_bf16({"true": True, "false": False}.get(args.bf16, "auto"), "cpu")
+        init, init_raw = None, {}
+        if args.init is not None:
+            init_path = pretrained_path(args.init) if args.init in available() else args.init
+            init, init_raw = load_crystal_refiner(init_path, gen.model.latent_mean, gen.model.latent_std, packed_key=CRYSTAL_REFINER_KEY)
     except (SciDiTInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -87,11 +96,13 @@ def main() -> None:
     print(f"{len(sets)} MP-20 train crystals, {args.size}, up to {args.minutes} min, bf16 {bf16}", flush=True)
     refiner, info = train_crystal_refiner(sets, gen.model, size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                                           minutes=args.minutes, latent_noise=args.latent_noise, dist_weight=args.dist_weight,
-                                          bf16=bf16, seed=args.seed)
+                                          overlap_share=args.overlap_share, rounds=args.rounds, init=init, bf16=bf16, seed=args.seed)
     idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[: args.test].tolist()
     test_sets = [test[i] for i in idx]
     info["test"] = {str(s): test_figures(gen, refiner, test_sets, s, seed=args.seed + 1) for s in args.test_noise}
     info["data"] = "MP-20 train (the shared copy)"
+    if args.init is not None:  # the training facts of the refiner it continued
+        info["init"] = {"file": args.init, **{k: v for k, v in init_raw.get("info", {}).items() if k != "test"}}
     save_crystal_refiner(args.out, refiner, gen.model.latent_mean, gen.model.latent_std, info)
     print(json.dumps(info, indent=1))
 

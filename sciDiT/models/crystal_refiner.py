@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from sciDiT.models.attention import masked_mean, xavier_linear_init
 from sciDiT.models.refiner import radial_basis
-from sciDiT.models.vae import features_to_lattice
+from sciDiT.models.vae import element_log_probs, features_to_lattice
 
 # the 27 cell translations (-1, 0, 1)^3 that hold every site's nearest image in a cell of sane shape
 IMAGES = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=torch.float32)
@@ -120,9 +120,11 @@ class CrystalRefiner(nn.Module):
     """Decoded crystal (per-token element log-probabilities, fractional sites, cell features) -> refined element
     logits, sites and cell features; starts as the identity (zero-initialised output layers)."""
 
-    def __init__(self, num_types: int, hidden_size: int = 64, depth: int = 4, num_rbf: int = 32, num_freqs: int = 4):
+    def __init__(self, num_types: int, hidden_size: int = 64, depth: int = 4, num_rbf: int = 32, num_freqs: int = 4,
+                 rounds: int = 1):
         super().__init__()
         self.sizes = {"num_types": num_types, "hidden_size": hidden_size, "depth": depth, "num_rbf": num_rbf, "num_freqs": num_freqs}
+        self.set_rounds(rounds)
         self.type_embed = nn.Linear(num_types, hidden_size, bias=False)  # element probabilities -> state (a soft embedding)
         self.lattice_embed = nn.Linear(6, hidden_size)
         self.layers = nn.ModuleList(PeriodicLayer(hidden_size, num_rbf, num_freqs) for _ in range(depth))
@@ -131,10 +133,24 @@ class CrystalRefiner(nn.Module):
         self.lattice_head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, 6))
         self.initialize_weights()
 
+    def set_rounds(self, rounds: int) -> None:
+        """Apply the network ``rounds`` times per call, each pass reading the last one's crystal (a refiner is trained
+        for the rounds it is used with: ``train_crystal_refiner(rounds=...)``)."""
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        self.rounds = self.sizes["rounds"] = rounds
+
     def forward(self, type_log_probs: Tensor, frac: Tensor, lattice_feat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``type_log_probs [B, N, T]``, ``frac [B, N, 3]``, ``lattice_feat [B, 6]`` (the VAE's normalised cell
         features, :func:`sciDiT.models.vae.lattice_to_features`), ``mask [B, N]`` -> refined type logits
-        ``[B, N, T]``, sites ``[B, N, 3]`` in [0, 1) and cell features ``[B, 6]``."""
+        ``[B, N, T]``, sites ``[B, N, 3]`` in [0, 1) and cell features ``[B, 6]``, after :attr:`rounds` passes."""
+        logits, frac, lattice_feat = self.refine_once(type_log_probs, frac, lattice_feat, mask)  # [B, N, T], [B, N, 3], [B, 6]
+        for _ in range(self.rounds - 1):  # each further pass reads the last one's distribution, sites and cell
+            logits, frac, lattice_feat = self.refine_once(element_log_probs(logits), frac, lattice_feat, mask)
+        return logits, frac, lattice_feat
+
+    def refine_once(self, type_log_probs: Tensor, frac: Tensor, lattice_feat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One pass of the network (shapes as :meth:`forward`)."""
         h = self.type_embed(type_log_probs.exp()) + self.lattice_embed(lattice_feat)[:, None]  # [B, N, H]
         metric = metric_tensor(lattice_feat)  # [B, 3, 3] A^2
         eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)  # [N, N]

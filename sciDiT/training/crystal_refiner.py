@@ -44,6 +44,20 @@ def decoded_crystals(model: LatentDiffusion, batch: TokenBatch, sigma: Tensor, g
     return element_log_probs(type_logits), circle_to_frac(frac.float()), lattice_feat.float()
 
 
+def overlap_atoms(frac: Tensor, mask: Tensor, share: float, generator: torch.Generator, jitter: float = 0.02) -> Tensor:
+    """``frac [B, N, 3]`` with, in a ``share`` of the crystals, one atom moved onto another atom's site plus Gaussian
+    jitter of ``jitter`` (fractional units): the DiT's main structural failure (two atoms of a cell within 0.5 A, one of
+    them off its site), which Gaussian latent noise rarely makes. The moved atom keeps its element distribution; its
+    target stays its true site. Sets are left-aligned (padding at the end)."""
+    frac = frac.clone()
+    sizes = mask.sum(1)  # [B]
+    chosen = (torch.rand(frac.shape[0], generator=generator) < share).to(mask.device) & (sizes >= 2)  # [B]
+    for b in chosen.nonzero().flatten().tolist():
+        i, j = torch.randperm(int(sizes[b]), generator=generator)[:2].tolist()
+        frac[b, i] = torch.remainder(frac[b, j] + torch.randn(3, generator=generator).to(frac) * jitter, 1.0)
+    return frac
+
+
 def size_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """One epoch of index batches of similar set sizes (little padding: pair features cost N^2), in random order: a
     shuffle, stably sorted by size, cut into ``batch_size`` chunks (the remainder waits for the next epoch)."""
@@ -55,17 +69,22 @@ def size_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generator) -
 
 def train_crystal_refiner(sets: Sequence[TokenSet], model: LatentDiffusion, *, size: str = "CR-S", batch_size: int = 64,
                           lr: float = 1e-3, steps: int = 100_000, minutes: float = 20.0, latent_noise: float = 0.6,
-                          dist_weight: float = 1.0, bf16: bool = False, device: str = "cpu", seed: int = 0,
+                          dist_weight: float = 1.0, overlap_share: float = 0.0, rounds: int = 1,
+                          init: CrystalRefiner | None = None, bf16: bool = False, device: str = "cpu", seed: int = 0,
                           log_every: int = 200) -> tuple[CrystalRefiner, dict[str, Any]]:
     """A refiner trained on crystals ``sets`` to restore their elements, sites and cells from ``model``'s VAE decodes of
-    their latents at noise ~ U[0, ``latent_noise``] per crystal (:func:`decoded_crystals`), by
-    :func:`~sciDiT.models.crystal_refiner.crystal_refiner_loss`. ``bf16``: the network's matrix products in bfloat16
+    their latents at noise ~ U[0, ``latent_noise``] per crystal (:func:`decoded_crystals`), and in ``overlap_share`` of
+    them one atom put onto another's site (:func:`overlap_atoms`), by
+    :func:`~sciDiT.models.crystal_refiner.crystal_refiner_loss` of the output after ``rounds`` passes (the passes it will
+    make when decoding; saved with its sizes). ``init``: continue this refiner (its sizes; ``size`` is
+    then ignored) instead of a new one. ``bf16``: the network's matrix products in bfloat16
     autocast (inputs and the loss stay float32). Random draws come from one seeded CPU generator."""
     if any(ts.domain != Domain.CRYSTAL for ts in sets):
         raise SciDiTInputError("the crystal refiner trains on crystals; some sets are not")
     torch.manual_seed(seed)
     gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
-    refiner = CrystalRefiner(NUM_ATOM_TYPES, **CRYSTAL_REFINER_SIZES[size]).to(device)
+    refiner = (CrystalRefiner(NUM_ATOM_TYPES, **CRYSTAL_REFINER_SIZES[size]) if init is None else init).to(device).train()
+    refiner.set_rounds(rounds)
     model.to(device).eval()
 
     sizes, queue = np.array([ts.num_tokens for ts in sets]), []
@@ -76,6 +95,8 @@ def train_crystal_refiner(sets: Sequence[TokenSet], model: LatentDiffusion, *, s
         batch = collate([sets[i] for i in queue.pop()]).to(device)
         sigma = torch.rand(batch.batch_size, generator=gen).to(device) * latent_noise  # [B]
         log_probs, frac, lattice_feat = decoded_crystals(model, batch, sigma, gen)
+        if overlap_share > 0:
+            frac = overlap_atoms(frac, batch.mask, overlap_share, gen)
         target_feat = lattice_to_features(batch.lattice, torch.ones(batch.batch_size, device=device))  # [B, 6]
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             out = refiner(log_probs, frac, lattice_feat, batch.mask)
@@ -84,7 +105,8 @@ def train_crystal_refiner(sets: Sequence[TokenSet], model: LatentDiffusion, *, s
 
     facts = fit(refiner, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="loss")
     return refiner.cpu(), {**facts, "batch_size": batch_size, "size": size, "train_sets": len(sets),
-                           "latent_noise": latent_noise, "dist_weight": dist_weight, "bf16": bf16}
+                           "latent_noise": latent_noise, "dist_weight": dist_weight,
+                           "overlap_share": overlap_share, "rounds": rounds, "continued": init is not None, "bf16": bf16}
 
 
 # ----------------------------------------------------------------------------------------------
