@@ -302,7 +302,8 @@ class Generator:
         ``refine`` (molecules; ``"auto"``: where the model has a geometry refiner): the geometry refiner packed in the model (or
         ``load_generator(..., refiner=FILE)``) moves each decoded molecule's atoms to the geometry of its decoded graph,
         and the graph is decoded again from the refined geometry, in turns (:mod:`sciDiT.models.refiner`,
-        :data:`sciDiT.models.vae.REFINE_ROUNDS`; a learned stage of decoding, not a force field: ``relax`` in
+        :data:`sciDiT.models.vae.REFINE_ROUNDS`), then the refiner runs again on the last graph up to
+        :data:`sciDiT.models.vae.REFINE_PASSES` passes (a learned stage of decoding, not a force field: ``relax`` in
         :meth:`generate` is that). Every molecule's ``meta['geometry_source']`` says
         ``decoded`` or ``refined`` (SD property ``geometry_source``); a refinement that puts two atoms within
         :data:`sciDiT.models.vae.REFINED_MIN_DISTANCE` of each other is undone for that molecule (``decoded``).

@@ -86,6 +86,31 @@ def test_training_restores_bond_lengths_of_noised_real_molecules(molecules):
     assert after < 0.6 * before  # noise of 0.1 A per coordinate: bond errors ~0.1 A before
 
 
+def test_rounds_train_the_passes_unrolled(molecules, monkeypatch):
+    import numpy as np
+
+    import sciDiT.training.refiner as training
+
+    seen, loss = [], training.refiner_loss
+
+    def recording(pred, *args):
+        seen.append(pred.detach())
+        return loss(pred, *args)
+
+    monkeypatch.setattr(training, "refiner_loss", recording)
+    start = _random_refiner()  # not the identity, so the passes differ; lr 0 keeps it as it is
+    refiner, facts = train_refiner(molecules[:40], None, batch_size=8, lr=0.0, steps=1, minutes=60.0, log_every=0, init=start, rounds=3)
+    assert facts["rounds"] == 3 and len(seen) == 1
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)  # the run's draws: seed 0
+    batch = collate([molecules[i] for i in rng.choice(40, 8, replace=False)])
+    one = pos = rough_positions(batch, None, 0.5, 0.3, gen)
+    with torch.no_grad():
+        for k in range(3):
+            pos = refiner(batch.types, batch.charges, batch.bonds, pos, batch.mask)
+            one = pos if k == 0 else one
+    assert torch.allclose(seen[0], pos, atol=1e-5) and not torch.allclose(seen[0], one, atol=1e-3)  # the loss saw the third pass
+
+
 def test_weights_decide_which_sets_are_drawn(molecules):
     poisoned = [replace(ts, pos=torch.full_like(ts.pos, float("nan"))) for ts in molecules[:20]]  # a draw makes the weights NaN
     sets = molecules[20:120] + poisoned
@@ -110,7 +135,7 @@ def test_sets_with_rough_positions_of_their_own_get_them_as_input(molecules):
 
 def test_decoding_alternates_refinement_and_graph_decoding_on_the_refined_geometry(tiny_dit_ckpt):
     from sciDiT.generate import load_generator
-    from sciDiT.models.vae import REFINE_ROUNDS
+    from sciDiT.models.vae import REFINE_PASSES, REFINE_ROUNDS
 
     gen = load_generator(tiny_dit_ckpt)
     vae, refiner = gen.model.vae, _random_refiner()
@@ -126,7 +151,7 @@ def test_decoding_alternates_refinement_and_graph_decoding_on_the_refined_geomet
 
     out = vae.decode_to_batch(z, mask, domain, refiner=recording)
     plain = vae.decode_to_batch(z, mask, domain)
-    assert len(calls) == REFINE_ROUNDS
+    assert len(calls) == max(REFINE_ROUNDS, REFINE_PASSES)
     assert torch.equal(calls[0][0], plain.bonds) and torch.equal(calls[0][1], plain.pos)  # first round: the decoded graph
     h = vae.decode_states(z, mask, domain)
     first = refiner(plain.types, plain.charges, plain.bonds, plain.pos, mask)
@@ -135,6 +160,36 @@ def test_decoding_alternates_refinement_and_graph_decoding_on_the_refined_geomet
     last = refiner(out.types, out.charges, calls[-1][0], calls[-1][1], mask)
     kept = [b for b, meta in enumerate(out.meta) if meta["geometry_source"] == "refined"]  # not undone as collapsed
     assert kept and all(torch.allclose(out.pos[b], last[b], atol=1e-6) for b in kept)
+
+
+def test_passes_after_the_graph_rounds_keep_the_last_graph(tiny_dit_ckpt, monkeypatch):
+    import sciDiT.models.vae as vae_module
+    from sciDiT.generate import load_generator
+
+    gen = load_generator(tiny_dit_ckpt)
+    vae, refiner = gen.model.vae, _random_refiner()
+    torch.manual_seed(0)
+    z, mask, domain = torch.randn(2, 5, vae.latent_dim), torch.ones(2, 5, dtype=torch.bool), torch.zeros(2, dtype=torch.long)
+    calls, graphs = [], []
+    decode_graph = vae.decode_graph
+
+    def recording(types, charges, bonds, pos, mask_):
+        calls.append((bonds.clone(), pos.clone(), types.clone(), charges.clone()))
+        return refiner(types, charges, bonds, pos, mask_)
+
+    def counting(*args, **kwargs):
+        graphs.append(1)
+        return decode_graph(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode_graph", counting)
+    monkeypatch.setattr(vae_module, "REFINE_PASSES", vae_module.REFINE_ROUNDS + 2)
+    vae.decode_to_batch(z, mask, domain, refiner=recording)
+    rounds = vae_module.REFINE_ROUNDS
+    assert len(calls) == rounds + 2 and len(graphs) == rounds  # the first decoding, then one after each round but the last
+    assert all(torch.equal(c[0], calls[rounds - 1][0]) for c in calls[rounds:])  # the last graph, kept
+    for k in range(rounds - 1, rounds + 1):  # each later pass reads the last one's positions
+        bonds, pos, types, charges = calls[k]
+        assert torch.allclose(calls[k + 1][1], refiner(types, charges, bonds, pos, mask).float(), atol=1e-6)
 
 
 def test_a_refinement_that_collapses_atoms_is_undone_for_that_molecule(tiny_dit_ckpt):

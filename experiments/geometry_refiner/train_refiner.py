@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the generator's molecules as decoded (refine=false) and the same minimised (minimise_pairs.py): raw positions "
                         "in, the minimum out (repeatable)")
     parser.add_argument("--extra-share", type=float, default=0.3, help="share of each batch drawn from the --extra-sdf and --pair-sdf molecules")
+    parser.add_argument("--rounds", type=int, default=1, help="passes per training step, each on the last one's positions (loss on the last)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda (the test figures run on CPU)")
     args = parser.parse_args(argv)
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     refiner, facts = train_refiner(train + extra, gen.model, size=args.size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                                    minutes=args.minutes, latent_noise=args.latent_noise, pos_noise=args.pos_noise,
                                    dist_weight=args.dist_weight, bf16=bf16, device=args.device, seed=args.seed, init=init,
-                                   weights=weights)
+                                   weights=weights, rounds=args.rounds)
     facts["extra"] = {"files": args.extra_sdf, "pairs": args.pair_sdf, "pairs_left_out": left_out, "molecules": len(extra), "share": share}
     gen.model.cpu()
     facts["test"] = {str(noise): test_figures(refiner, gen.model, test, noise) for noise in args.test_noise}

@@ -39,6 +39,7 @@ Refiner = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 # -> refined element logits, sites and cell features (e.g. sciDiT.models.crystal_refiner.CrystalRefiner)
 CrystalRefine = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 REFINE_ROUNDS = 3  # refine, re-decode the graph on the refined geometry, ...: 3 refinements (experiments/geometry_refiner)
+REFINE_PASSES = 40  # refinements in all: those after the REFINE_ROUNDS keep the last graph (a pass is cheap, a graph decoding not)
 REFINED_MIN_DISTANCE = 0.5  # Angstrom: a refinement that brings two atoms closer is undone (the shortest bond, H2, is 0.74)
 
 
@@ -264,7 +265,8 @@ class AllAtomVAE(nn.Module):
         rules then count compositions and log-probabilities with these weights (a dropped token keeps its argmax).
         Bonds: argmax per pair, or ``graph_decoder`` per molecule (see :meth:`decode_graph`). ``refiner``: molecules'
         positions are placed on their decoded graph by it, and the graph is decoded again from the refined geometry
-        (the bond head reads positions), :data:`REFINE_ROUNDS` refinements in turn with graph decodings.
+        (the bond head reads positions), :data:`REFINE_ROUNDS` refinements in turn with graph decodings, then
+        refinements on the last graph up to :data:`REFINE_PASSES` in all.
         ``crystal_refiner``: crystals' element distributions, sites and cells are refined by it, before any type rule.
         """
         h = self.decode_states(z, mask, domain)  # [B, N, D], read by every head below
@@ -304,9 +306,9 @@ class AllAtomVAE(nn.Module):
             types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, atom_types, type_log_probs, graph_decoder)
             is_mol = ((domain == Domain.MOLECULE)[:, None] & mask)[..., None]  # [B, N, 1]
             decoded = (types, bonds, charges, meta, pos)  # the graph on the decoded geometry, kept for a collapsed refinement
-            for round_ in range(REFINE_ROUNDS if refiner is not None else 0):
+            for pass_ in range(max(REFINE_ROUNDS, REFINE_PASSES) if refiner is not None else 0):
                 pos = torch.where(is_mol, refiner(types, charges, bonds, pos, mask).float(), pos)  # [B, N, 3]
-                if round_ < REFINE_ROUNDS - 1:
+                if pass_ < REFINE_ROUNDS - 1:
                     types, bonds, charges, meta = self.decode_graph(h, mask, domain, pos, atom_types, type_log_probs, graph_decoder)
             if refiner is not None:
                 types, bonds, charges, meta, pos = _undo_collapsed(decoded, (types, bonds, charges, meta, pos), mask, domain)

@@ -73,14 +73,17 @@ def rough_positions(batch: TokenBatch, model: LatentDiffusion | None, latent_noi
 def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None, *, size: str = "R-S", batch_size: int = 64,
                   lr: float = 1e-3, steps: int = 100_000, minutes: float = 20.0, latent_noise: float = 0.5, pos_noise: float = 0.3,
                   dist_weight: float = 10.0, bf16: bool = False, device: str = "cpu", seed: int = 0, log_every: int = 200,
-                  init: GeometryRefiner | None = None, weights: Sequence[float] | None = None) -> tuple[GeometryRefiner, dict[str, Any]]:
+                  init: GeometryRefiner | None = None, weights: Sequence[float] | None = None,
+                  rounds: int = 1) -> tuple[GeometryRefiner, dict[str, Any]]:
     """A refiner trained on molecules ``sets`` (each with its graph) to restore their positions from rough ones
     (:func:`rough_positions`; ``model``: the generator whose VAE decodes half of each batch), by :func:`refiner_loss` with
     ``dist_weight`` on the local distances. ``bf16``: the network's
     matrix products in bfloat16 autocast (positions and the loss stay float32). Random draws come from one seeded CPU
     generator, so a seed gives the same batches and noise on every ``device``. ``init``: a trained refiner to continue
     from (a copy; its sizes replace ``size``), e.g. to widen the noise it learned on. ``weights``: relative chance of each
-    set to be drawn (default uniform), e.g. to give a small set of extra molecules a fixed share of each batch."""
+    set to be drawn (default uniform), e.g. to give a small set of extra molecules a fixed share of each batch.
+    ``rounds``: passes per step, each reading the last one's positions, with the loss on the last (trained unrolled, as
+    decoding refines :data:`sciDiT.models.vae.REFINE_ROUNDS` times)."""
     if any(ts.bonds is None for ts in sets):
         raise SciDiTInputError("the refiner trains on molecules with a known graph; some sets have none")
     torch.manual_seed(seed)
@@ -94,13 +97,15 @@ def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None
         batch = collate([sets[i] for i in rng.choice(len(sets), batch_size, replace=False, p=p)]).to(device)
         rough = rough_positions(batch, model, latent_noise, pos_noise, gen)  # [B, N, 3]
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            pred = refiner(batch.types, batch.charges, batch.bonds, rough, batch.mask).float()  # [B, N, 3]
+            pred = rough  # [B, N, 3]
+            for _ in range(rounds):
+                pred = refiner(batch.types, batch.charges, batch.bonds, pred, batch.mask).float()  # [B, N, 3]
         return refiner_loss(pred, batch.pos, batch.mask, dist_weight)["loss"]
 
     facts = fit(refiner, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="loss")
     size = size if init is None else next((k for k, v in REFINER_SIZES.items() if v == dict(refiner.sizes)), "custom")
     return refiner.cpu(), {**facts, "batch_size": batch_size, "size": size, "continued": init is not None, "train_sets": len(sets), "latent_noise": latent_noise,
-                     "pos_noise": pos_noise, "dist_weight": dist_weight, "bf16": bf16}
+                     "pos_noise": pos_noise, "dist_weight": dist_weight, "rounds": rounds, "bf16": bf16}
 
 
 @torch.no_grad()
