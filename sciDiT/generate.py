@@ -62,7 +62,7 @@ from sciDiT.models.dit import DiT
 from sciDiT.models.latent_diffusion import MAX_SET_SIZE, LatentDiffusion
 from sciDiT.models.latent_guides import gaussian_log_likelihood
 from sciDiT.pretrained import (COMPOSITION_MODEL_KEY, CRYSTAL_REFINER_KEY, DISCRIMINATORS_KEY, GUIDE_KEY, REFINER_KEY, guide_section,
-                              pretrained_path)
+                              model_path)
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES, atomic_number, formula
 from sciDiT.tokenizers.symmetry import expand_token_set, multiplicities, spacegroup_number, standard_hall_number, symmetric_lattice
 from sciDiT.tokenizers.valence import ValenceGraphDecoder
@@ -701,14 +701,6 @@ def _check_seed(seed: int) -> int:
     return value
 
 
-def _resolve(ckpt: str | Path) -> Path:
-    """A checkpoint path, or a bare name of a model shipped in the package (one-line error listing them otherwise)."""
-    path = Path(ckpt)
-    if isinstance(ckpt, str) and not path.exists() and path.name == ckpt and not path.suffix:
-        return pretrained_path(ckpt)
-    return path
-
-
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: str | Path | None = None,
                    property_guide: str | Path | None = None, discriminator: str | Path | None = None,
                    refiner: str | Path | None = None, screen_predictor: str | Path | None = None,
@@ -733,7 +725,7 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
     unsafe or wrong-stage file is a SciDiTInputError naming it.
     """
     usable_device(device)  # before reading anything, so a bad device fails fast
-    path = _resolve(ckpt)
+    path = model_path(ckpt)
     raw = load_checkpoint(path, "checkpoint")  # weights only: nothing in the file runs
     require_stage(raw, "dit", path, "sampling needs <output_dir>/dit/checkpoints/*.ckpt")
     hparams = raw["hyper_parameters"]
@@ -748,7 +740,7 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
         raise SciDiTInputError(f"checkpoint weights do not fit its hyperparameters: {str(err).splitlines()[0]}", path) from err
     if not bool(module.model.prepared):
         raise SciDiTInputError("checkpoint has no latent statistics or set-size histograms (saved before DiT training started)", path)
-    section = guide_section(state, hparams, _resolve(guide)) if guide is not None else raw.get(GUIDE_KEY)
+    section = guide_section(state, hparams, model_path(guide)) if guide is not None else raw.get(GUIDE_KEY)
     weak = None
     if section is not None:
         weak = DiT(latent_dim=module.model.vae.latent_dim, **section["dit"])
@@ -765,17 +757,17 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", guide: 
         disc, contents = load_discriminator(discriminator, *module.model.latent_frame())
         discriminators[contents["domain"]] = disc
     if refiner is not None:
-        geometry_refiner = load_refiner(_resolve(refiner), module.model.latent_mean, module.model.latent_std, packed_key=REFINER_KEY)[0]
+        geometry_refiner = load_refiner(model_path(refiner), module.model.latent_mean, module.model.latent_std, packed_key=REFINER_KEY)[0]
     else:
         geometry_refiner = packed_refiner(raw[REFINER_KEY], path) if REFINER_KEY in raw else None
     if crystal_refiner is not None:
-        xtal_refiner = load_crystal_refiner(_resolve(crystal_refiner), module.model.latent_mean, module.model.latent_std,
+        xtal_refiner = load_crystal_refiner(model_path(crystal_refiner), module.model.latent_mean, module.model.latent_std,
                                             packed_key=CRYSTAL_REFINER_KEY)[0]
     else:
         xtal_refiner = packed_crystal_refiner(raw[CRYSTAL_REFINER_KEY], path) if CRYSTAL_REFINER_KEY in raw else None
     screeners = load_screeners(screen_predictor) if screen_predictor is not None else {}
     if composition_model is not None:
-        compositions = load_composition_model(_resolve(composition_model), packed_key=COMPOSITION_MODEL_KEY)[0]
+        compositions = load_composition_model(model_path(composition_model), packed_key=COMPOSITION_MODEL_KEY)[0]
     else:
         compositions = packed_composition_model(raw[COMPOSITION_MODEL_KEY], path) if COMPOSITION_MODEL_KEY in raw else None
     try:

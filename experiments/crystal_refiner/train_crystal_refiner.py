@@ -23,7 +23,7 @@ from sciDiT.data import load_cdvae
 from sciDiT.errors import SciDiTInputError
 from sciDiT.evaluation.crystals import composition_validity, structure_validity, to_structure
 from sciDiT.generate import load_generator
-from sciDiT.pretrained import CRYSTAL_REFINER_KEY, available, pretrained_path
+from sciDiT.pretrained import CRYSTAL_REFINER_KEY, model_path
 from sciDiT.tokenizers.crystal import lattice_matrix
 from sciDiT.training.crystal_refiner import load_crystal_refiner, save_crystal_refiner, train_crystal_refiner
 from sciDiT.training.precision import resolve_bf16
@@ -87,8 +87,7 @@ def main() -> None:
         bf16 = resolve_bf16({"true": True, "false": False}.get(args.bf16, "auto"), "cpu")
         init, init_raw = None, {}
         if args.init is not None:
-            init_path = pretrained_path(args.init) if args.init in available() else args.init
-            init, init_raw = load_crystal_refiner(init_path, gen.model.latent_mean, gen.model.latent_std, packed_key=CRYSTAL_REFINER_KEY)
+            init, init_raw = load_crystal_refiner(model_path(args.init), gen.model.latent_mean, gen.model.latent_std, packed_key=CRYSTAL_REFINER_KEY)
     except (SciDiTInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -133,12 +133,17 @@ class CrystalRefiner(nn.Module):
         self.lattice_head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, 6))
         self.initialize_weights()
 
+    @property
+    def rounds(self) -> int:
+        """Passes per call (kept with the sizes, so a file keeps them)."""
+        return self.sizes["rounds"]
+
     def set_rounds(self, rounds: int) -> None:
         """Apply the network ``rounds`` times per call, each pass reading the last one's crystal (a refiner is trained
         for the rounds it is used with: ``train_crystal_refiner(rounds=...)``)."""
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
-        self.rounds = self.sizes["rounds"] = rounds
+        self.sizes["rounds"] = rounds
 
     def forward(self, type_log_probs: Tensor, frac: Tensor, lattice_feat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``type_log_probs [B, N, T]``, ``frac [B, N, 3]``, ``lattice_feat [B, 6]`` (the VAE's normalised cell

@@ -39,6 +39,15 @@ def pretrained_path(name: str) -> Path:
     return FOLDER / f"{name}.pt"
 
 
+def model_path(ckpt: str | Path) -> Path:
+    """A file path as it is, or a bare name (no folder, no suffix, no such file) as that shipped model's weights file
+    (one-line error listing the shipped ones otherwise)."""
+    path = Path(ckpt)
+    if isinstance(ckpt, str) and not path.exists() and path.name == ckpt and not path.suffix:
+        return pretrained_path(ckpt)
+    return path
+
+
 def changed_encoder_tensors(vae_hparams: dict[str, Any], state: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> list[str]:
     """Keys ``model.vae.*`` of the VAE encoder's tensors that differ between two DiT-module state dicts: a DiT
     samples its encoder's latents, so only a decoder or a guide on an equal encoder fits it."""

@@ -11,6 +11,7 @@ the VAE whose decodes it learned (checked when it is loaded beside a generator) 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,15 +77,17 @@ def train_crystal_refiner(sets: Sequence[TokenSet], model: LatentDiffusion, *, s
     their latents at noise ~ U[0, ``latent_noise``] per crystal (:func:`decoded_crystals`), and in ``overlap_share`` of
     them one atom put onto another's site (:func:`overlap_atoms`), by
     :func:`~sciDiT.models.crystal_refiner.crystal_refiner_loss` of the output after ``rounds`` passes (the passes it will
-    make when decoding; saved with its sizes). ``init``: continue this refiner (its sizes; ``size`` is
-    then ignored) instead of a new one. ``bf16``: the network's matrix products in bfloat16
+    make when decoding; saved with its sizes). ``init``: a trained refiner to continue from (a copy;
+    its sizes replace ``size``). ``bf16``: the network's matrix products in bfloat16
     autocast (inputs and the loss stay float32). Random draws come from one seeded CPU generator."""
     if any(ts.domain != Domain.CRYSTAL for ts in sets):
         raise SciDiTInputError("the crystal refiner trains on crystals; some sets are not")
     torch.manual_seed(seed)
     gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
-    refiner = (CrystalRefiner(NUM_ATOM_TYPES, **CRYSTAL_REFINER_SIZES[size]) if init is None else init).to(device).train()
+    refiner = (CrystalRefiner(NUM_ATOM_TYPES, **CRYSTAL_REFINER_SIZES[size]) if init is None else copy.deepcopy(init)).to(device).train()
     refiner.set_rounds(rounds)
+    if init is not None:
+        size = next((k for k, v in CRYSTAL_REFINER_SIZES.items() if all(refiner.sizes[n] == v[n] for n in v)), "custom")
     model.to(device).eval()
 
     sizes, queue = np.array([ts.num_tokens for ts in sets]), []

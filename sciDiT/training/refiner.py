@@ -83,7 +83,7 @@ def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None
     from (a copy; its sizes replace ``size``), e.g. to widen the noise it learned on. ``weights``: relative chance of each
     set to be drawn (default uniform), e.g. to give a small set of extra molecules a fixed share of each batch.
     ``rounds``: passes per step, each reading the last one's positions, with the loss on the last (trained unrolled, as
-    decoding refines :data:`sciDiT.models.vae.REFINE_ROUNDS` times)."""
+    decoding refines :data:`sciDiT.models.vae.REFINE_PASSES` times)."""
     if any(ts.bonds is None for ts in sets):
         raise SciDiTInputError("the refiner trains on molecules with a known graph; some sets have none")
     torch.manual_seed(seed)
