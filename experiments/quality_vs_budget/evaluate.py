@@ -6,7 +6,9 @@
    by today's ``train.sh``; the DiT's last checkpoint for runs of the former recipe): Euler 100 steps at CFG 1 and 2 (the earlier sweep
    in ``experiments/qm9_mp20_joint_cpu`` found Heun no better), ``--sweep-n`` sets per domain and seed 1,
    scored with the cheap validity of ``sciDiT.evaluation.quick``; each domain keeps its best CFG.
-2. ``python -m sciDiT.sample`` at that setting, seed 0, ``--n`` sets per domain.
+   ``--cfg`` fixes the scale for both domains instead.
+2. ``python -m sciDiT.sample`` at that setting, seed 0, ``--n`` sets per domain (refined by the model's packed
+   refiners, the sampler's default; ``--unrefined`` also samples with ``refine=false``, into ``*_unrefined``).
 3. ``python -m sciDiT.evaluate`` with every metric on: coverage and the CHGNet proxy for crystals
    (``--skip-slow`` leaves those two out); PoseBusters for the first ``--pb-n`` molecules of the SD file
    (its energy-ratio check embeds conformers and takes seconds per molecule), in ``molecules_pb.json``.
@@ -60,7 +62,10 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="output folder of experiments/quality_vs_budget/train.sh")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--sweep-n", type=int, default=200)
-    parser.add_argument("--pb-n", type=int, default=200, help="molecules scored by PoseBusters (the first of the SD file)")
+    parser.add_argument("--pb-n", type=int, default=200, help="molecules scored by PoseBusters (the first of the SD file; 0: none)")
+    parser.add_argument("--cfg", type=float, default=None, help="this CFG scale for both domains instead of the sweep")
+    parser.add_argument("--unrefined", action="store_true",
+                        help="also sample and score both domains with refine=false (the positions as decoded), where the model packs refiners")
     parser.add_argument("--skip-slow", action="store_true", help="leave out coverage and the CHGNet proxy (about 10 minutes)")
     args = parser.parse_args()
     ckpt = args.run / "model.pt"
@@ -71,20 +76,33 @@ def main() -> None:
     eval_dir, sample_dir = args.run / "eval", args.run / "samples"
     eval_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
-    scores = sweep(ckpt, args.sweep_n)
-    best = {d: max(s, key=s.get) for d, s in scores.items()}
-    (eval_dir / "sweep.json").write_text(json.dumps({"scores": scores, "best_cfg": best, "steps": STEPS, "n": args.sweep_n}, indent=2) + "\n")
+    if args.cfg is None:
+        scores = sweep(ckpt, args.sweep_n)
+        best = {d: max(s, key=s.get) for d, s in scores.items()}
+    else:
+        scores, best = {}, {"molecule": str(args.cfg), "crystal": str(args.cfg)}
+    (eval_dir / "sweep.json").write_text(json.dumps({"scores": scores, "best_cfg": best, "steps": STEPS, "n": 0 if args.cfg is not None else args.sweep_n}, indent=2) + "\n")
     print(f"sweep {scores} -> {best}", flush=True)
     py, log = sys.executable, []
     common = [f"ckpt={ckpt}", f"n={args.n}", f"steps={STEPS}", "seed=0"]
     run([py, "-m", "sciDiT.sample", *common, "domain=molecule", f"cfg_scale={best['molecule']}", f"out={sample_dir / 'molecules.sdf'}"], log)
     run([py, "-m", "sciDiT.sample", *common, "domain=crystal", f"cfg_scale={best['crystal']}", f"out={sample_dir / 'crystals'}/"], log)
     run([py, "-m", "sciDiT.evaluate", f"molecules={sample_dir / 'molecules.sdf'}", "reference=qm9", f"out={eval_dir / 'molecules.json'}"], log)
-    subset = sample_dir / f"molecules_first{args.pb_n}.sdf"
-    write_first_records(sample_dir / "molecules.sdf", subset, args.pb_n)
-    run([py, "-m", "sciDiT.evaluate", f"molecules={subset}", "reference=qm9", "posebusters=1", f"out={eval_dir / 'molecules_pb.json'}"], log)
+    if args.pb_n > 0:
+        subset = sample_dir / f"molecules_first{args.pb_n}.sdf"
+        write_first_records(sample_dir / "molecules.sdf", subset, args.pb_n)
+        run([py, "-m", "sciDiT.evaluate", f"molecules={subset}", "reference=qm9", "posebusters=1", f"out={eval_dir / 'molecules_pb.json'}"], log)
     slow = "0" if args.skip_slow else "1"
     run([py, "-m", "sciDiT.evaluate", f"crystals={sample_dir / 'crystals'}/", "reference=mp20", f"coverage={slow}", f"chgnet={slow}", f"out={eval_dir / 'crystals.json'}"], log)
+    if args.unrefined:
+        run([py, "-m", "sciDiT.sample", *common, "domain=molecule", "refine=false", f"cfg_scale={best['molecule']}",
+             f"out={sample_dir / 'molecules_unrefined.sdf'}"], log)
+        run([py, "-m", "sciDiT.sample", *common, "domain=crystal", "refine=false", f"cfg_scale={best['crystal']}",
+             f"out={sample_dir / 'crystals_unrefined'}/"], log)
+        run([py, "-m", "sciDiT.evaluate", f"molecules={sample_dir / 'molecules_unrefined.sdf'}", "reference=qm9",
+             f"out={eval_dir / 'molecules_unrefined.json'}"], log)
+        run([py, "-m", "sciDiT.evaluate", f"crystals={sample_dir / 'crystals_unrefined'}/", "reference=mp20", "coverage=0", "chgnet=0",
+             f"out={eval_dir / 'crystals_unrefined.json'}"], log)
     (eval_dir / "commands.txt").write_text("\n".join(log) + "\n")
 
 

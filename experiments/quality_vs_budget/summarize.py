@@ -4,9 +4,10 @@
         --plot experiments/quality_vs_budget/metrics_vs_budget.png
 
 Prints a Markdown table (one column per run): training steps, VAE reconstruction, the chosen CFG scale
-and every molecule and crystal metric that ``python -m sciDiT.evaluate`` wrote; where a run also has a geometry
-refiner (``<run>/refiner.pt``) and its refined molecules' report (``<run>/eval/molecules_refined.json``; commands in
-the README), their rows too, dashed in the plot.
+and every molecule and crystal metric that ``python -m sciDiT.evaluate`` wrote. Runs of today's ``train.sh`` pack both
+refiners, so their samples are refined; ``evaluate.py --unrefined`` adds the rows as decoded. Runs of the recipe before
+may have a geometry refiner trained afterwards (``<run>/refiner.pt``) and its refined molecules' report
+(``<run>/eval/molecules_refined.json``; commands in the README): their rows too, dashed in the plot.
 """
 
 from __future__ import annotations
@@ -59,11 +60,17 @@ def load(run: Path) -> dict:
     pb = run / "eval" / "molecules_pb.json"  # PoseBusters on the first molecules of the file (today's evaluate.py)
     if pb.is_file():
         out["molecules"].update({k: v for k, v in json.loads(pb.read_text()).items() if k.startswith("pb_")})
-    refined = run / "eval" / "molecules_refined.json"
+    for part in ("molecules_unrefined", "crystals_unrefined"):  # today's train.sh packs refiners; evaluate.py --unrefined
+        path = run / "eval" / f"{part}.json"
+        if path.is_file():
+            out[part] = json.loads(path.read_text())
+    refined = run / "eval" / "molecules_refined.json"  # the recipe before: a refiner trained after the run, scored by hand
     if refined.is_file() and (run / "refiner.pt").is_file():
         report = json.loads(refined.read_text())
         out["refined"] = report.get("metrics", report)
-        out["refiner_steps"] = load_checkpoint(run / "refiner.pt", "geometry refiner")["info"]["steps"]
+    for key, name, what in (("refiner_steps", "refiner.pt", "geometry refiner"), ("crystal_refiner_steps", "crystal_refiner.pt", "crystal refiner")):
+        if (run / name).is_file():
+            out[key] = load_checkpoint(run / name, what)["info"]["steps"]
     return out
 
 
@@ -86,9 +93,17 @@ def table(runs: list[dict]) -> str:
         for name, part in models:
             lines.append(f"| {name} {label} | " + " | ".join(fmt(r[part].get(key)) for r in runs) + " |")
     lines.append("| CFG scale (molecules / crystals) | " + " | ".join(f"{r['sweep']['best_cfg']['molecule']} / {r['sweep']['best_cfg']['crystal']}" for r in runs) + " |")
-    parts = [("molecules", "molecules", MOLECULE_ROWS), ("crystals", "crystals", CRYSTAL_ROWS)]
+    packed = any("molecules_unrefined" in r for r in runs)  # refiners inside the budget and the model
+    for key, label in (("refiner_steps", "geometry refiner steps"), ("crystal_refiner_steps", "crystal refiner steps")):
+        if any(key in r for r in runs):
+            share = " (1/9 of the budget)" if packed else " (1/9 of the budget more)"
+            lines.append(f"| {label}{share} | " + " | ".join(fmt(r.get(key)) for r in runs) + " |")
+    if packed:
+        parts = [("molecules", "molecules (refined, the sampler's default)", [*MOLECULE_ROWS, REFINED_ROWS[-1]]), ("molecules_unrefined", "molecules, positions as decoded (refine=false)", MOLECULE_ROWS),
+                 ("crystals", "crystals (refined, the sampler's default)", CRYSTAL_ROWS), ("crystals_unrefined", "crystals as decoded (refine=false)", CRYSTAL_ROWS)]
+    else:
+        parts = [("molecules", "molecules", MOLECULE_ROWS), ("crystals", "crystals", CRYSTAL_ROWS)]
     if any("refined" in r for r in runs):
-        lines.append("| geometry refiner steps (1/9 of the budget more) | " + " | ".join(fmt(r.get("refiner_steps")) for r in runs) + " |")
         parts.insert(1, ("refined", "molecules, refined (CFG 1)", REFINED_ROWS))
     for part, title, rows in parts:
         lines.append(f"| **{title}** |" + " |" * len(runs))
