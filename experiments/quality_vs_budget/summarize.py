@@ -45,7 +45,7 @@ REFINED_PLOTTED = [("validity_connected", "QM9 valid and connected, refined"), (
                    ("molecule_stability", "QM9 molecule stability (EDM), refined")]
 PLOTTED = [("molecules", "validity", "QM9 validity (strict, decoded bonds)"), ("molecules", "validity_connected", "QM9 valid and connected"),
            ("molecules", "validity_openbabel", "QM9 validity (OpenBabel)"),
-           ("molecules", "atom_stability", "QM9 atom stability"), ("crystals", "structural_validity", "MP-20 structural validity"),
+           ("molecules", "atom_stability", "QM9 atom stability"), ("molecules", "molecule_stability", "QM9 molecule stability (EDM)"), ("crystals", "structural_validity", "MP-20 structural validity"),
            ("crystals", "validity", "MP-20 overall validity")]
 
 
@@ -99,7 +99,7 @@ def table(runs: list[dict]) -> str:
             share = " (1/9 of the budget)" if packed else " (1/9 of the budget more)"
             lines.append(f"| {label}{share} | " + " | ".join(fmt(r.get(key)) for r in runs) + " |")
     if packed:
-        parts = [("molecules", "molecules (refined, the sampler's default)", [*MOLECULE_ROWS, REFINED_ROWS[-1]]), ("molecules_unrefined", "molecules, positions as decoded (refine=false)", MOLECULE_ROWS),
+        parts = [("molecules", "molecules (refined, the sampler's default)", [*MOLECULE_ROWS, REFINED_ROWS[-1]]), ("molecules_unrefined", "molecules, positions as decoded (refine=false)", REFINED_ROWS),
                  ("crystals", "crystals (refined, the sampler's default)", CRYSTAL_ROWS), ("crystals_unrefined", "crystals as decoded (refine=false)", CRYSTAL_ROWS)]
     else:
         parts = [("molecules", "molecules", MOLECULE_ROWS), ("crystals", "crystals", CRYSTAL_ROWS)]
