@@ -85,24 +85,19 @@ def main() -> None:
     print(f"sweep {scores} -> {best}", flush=True)
     py, log = sys.executable, []
     common = [f"ckpt={ckpt}", f"n={args.n}", f"steps={STEPS}", "seed=0"]
-    run([py, "-m", "sciDiT.sample", *common, "domain=molecule", f"cfg_scale={best['molecule']}", f"out={sample_dir / 'molecules.sdf'}"], log)
-    run([py, "-m", "sciDiT.sample", *common, "domain=crystal", f"cfg_scale={best['crystal']}", f"out={sample_dir / 'crystals'}/"], log)
-    run([py, "-m", "sciDiT.evaluate", f"molecules={sample_dir / 'molecules.sdf'}", "reference=qm9", f"out={eval_dir / 'molecules.json'}"], log)
-    if args.pb_n > 0:
-        subset = sample_dir / f"molecules_first{args.pb_n}.sdf"
-        write_first_records(sample_dir / "molecules.sdf", subset, args.pb_n)
-        run([py, "-m", "sciDiT.evaluate", f"molecules={subset}", "reference=qm9", "posebusters=1", f"out={eval_dir / 'molecules_pb.json'}"], log)
     slow = "0" if args.skip_slow else "1"
-    run([py, "-m", "sciDiT.evaluate", f"crystals={sample_dir / 'crystals'}/", "reference=mp20", f"coverage={slow}", f"chgnet={slow}", f"out={eval_dir / 'crystals.json'}"], log)
-    if args.unrefined:
-        run([py, "-m", "sciDiT.sample", *common, "domain=molecule", "refine=false", f"cfg_scale={best['molecule']}",
-             f"out={sample_dir / 'molecules_unrefined.sdf'}"], log)
-        run([py, "-m", "sciDiT.sample", *common, "domain=crystal", "refine=false", f"cfg_scale={best['crystal']}",
-             f"out={sample_dir / 'crystals_unrefined'}/"], log)
-        run([py, "-m", "sciDiT.evaluate", f"molecules={sample_dir / 'molecules_unrefined.sdf'}", "reference=qm9",
-             f"out={eval_dir / 'molecules_unrefined.json'}"], log)
-        run([py, "-m", "sciDiT.evaluate", f"crystals={sample_dir / 'crystals_unrefined'}/", "reference=mp20", "coverage=0", "chgnet=0",
-             f"out={eval_dir / 'crystals_unrefined.json'}"], log)
+    variants = [("", [], slow)] + ([("_unrefined", ["refine=false"], "0")] if args.unrefined else [])  # (suffix, options, slow metrics)
+    for suffix, options, slow_metrics in variants:
+        sdf, xtals = sample_dir / f"molecules{suffix}.sdf", f"{sample_dir / f'crystals{suffix}'}/"
+        run([py, "-m", "sciDiT.sample", *common, "domain=molecule", *options, f"cfg_scale={best['molecule']}", f"out={sdf}"], log)
+        run([py, "-m", "sciDiT.sample", *common, "domain=crystal", *options, f"cfg_scale={best['crystal']}", f"out={xtals}"], log)
+        run([py, "-m", "sciDiT.evaluate", f"molecules={sdf}", "reference=qm9", f"out={eval_dir / f'molecules{suffix}.json'}"], log)
+        if args.pb_n > 0 and not suffix:
+            subset = sample_dir / f"molecules_first{args.pb_n}.sdf"
+            write_first_records(sdf, subset, args.pb_n)
+            run([py, "-m", "sciDiT.evaluate", f"molecules={subset}", "reference=qm9", "posebusters=1", f"out={eval_dir / 'molecules_pb.json'}"], log)
+        run([py, "-m", "sciDiT.evaluate", f"crystals={xtals}", "reference=mp20", f"coverage={slow_metrics}", f"chgnet={slow_metrics}",
+             f"out={eval_dir / f'crystals{suffix}.json'}"], log)
     (eval_dir / "commands.txt").write_text("\n".join(log) + "\n")
 
 

@@ -28,7 +28,7 @@ from sciDiT.models.latent_diffusion import LatentDiffusion
 from sciDiT.models.vae import circle_to_frac, element_log_probs, lattice_to_features
 from sciDiT.tokenizers.elements import NUM_ATOM_TYPES
 from sciDiT.training.optim import fit
-from sciDiT.training.refiner import refiner_file, write_refiner_file
+from sciDiT.training.refiner import refiner_file, size_name, write_refiner_file
 
 CRYSTAL_REFINER_KIND = "scidit_crystal_refiner"
 
@@ -87,7 +87,7 @@ def train_crystal_refiner(sets: Sequence[TokenSet], model: LatentDiffusion, *, s
     refiner = (CrystalRefiner(NUM_ATOM_TYPES, **CRYSTAL_REFINER_SIZES[size]) if init is None else copy.deepcopy(init)).to(device).train()
     refiner.set_rounds(rounds)
     if init is not None:
-        size = next((k for k, v in CRYSTAL_REFINER_SIZES.items() if all(refiner.sizes[n] == v[n] for n in v)), "custom")
+        size = size_name(CRYSTAL_REFINER_SIZES, refiner.sizes)
     model.to(device).eval()
 
     sizes, queue = np.array([ts.num_tokens for ts in sets]), []

@@ -103,7 +103,7 @@ def train_refiner(sets: Sequence[TokenSet], model: LatentDiffusion | None = None
         return refiner_loss(pred, batch.pos, batch.mask, dist_weight)["loss"]
 
     facts = fit(refiner, batch_loss, lr=lr, steps=steps, minutes=minutes, log_every=log_every, name="loss")
-    size = size if init is None else next((k for k, v in REFINER_SIZES.items() if v == dict(refiner.sizes)), "custom")
+    size = size if init is None else size_name(REFINER_SIZES, refiner.sizes)
     return refiner.cpu(), {**facts, "batch_size": batch_size, "size": size, "continued": init is not None, "train_sets": len(sets), "latent_noise": latent_noise,
                      "pos_noise": pos_noise, "dist_weight": dist_weight, "rounds": rounds, "bf16": bf16}
 
@@ -143,6 +143,11 @@ def load_refiner(path: str | Path, latent_mean: Tensor, latent_std: Tensor,
     raw = refiner_file(path, REFINER_KIND, "geometry refiner", "experiments/geometry_refiner/train_refiner.py", latent_mean, latent_std,
                        packed_key)
     return packed_refiner(raw, path), raw
+
+
+def size_name(registry: dict[str, dict[str, Any]], sizes: dict[str, Any]) -> str:
+    """The registry's name for a network of these sizes (``"custom"`` if none): what a continued refiner records."""
+    return next((name for name, entry in registry.items() if all(sizes.get(k) == v for k, v in entry.items())), "custom")
 
 
 def refiner_file(path: str | Path, kind: str, what: str, script: str, latent_mean: Tensor, latent_std: Tensor,
